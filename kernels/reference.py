@@ -1,0 +1,143 @@
+"""Plain-torch versions of every kernel: the CPU path and the oracle of every kernel test.
+
+Shapes: T tokens, H heads, D head_dim. Math in float32, results cast back to the input dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    # x: [..., N], weight: [N]
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+def fused_add_rmsnorm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (rmsnorm(x + residual), x + residual)."""
+    summed = (x.float() + residual.float()).to(x.dtype)
+    return rmsnorm(summed, weight, eps), summed
+
+
+def layernorm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float) -> torch.Tensor:
+    return torch.nn.functional.layer_norm(x.float(), (x.shape[-1],), weight.float(),
+                                          None if bias is None else bias.float(), eps).to(x.dtype)
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    # x: [..., 2N] = [gate | up] -> [..., N]
+    gate, up = x.chunk(2, dim=-1)
+    return torch.nn.functional.silu(gate) * up
+
+
+def gelu_tanh_and_mul(x: torch.Tensor) -> torch.Tensor:
+    gate, up = x.chunk(2, dim=-1)
+    return torch.nn.functional.gelu(gate, approximate="tanh") * up
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # neox style: x = [x1 | x2], cos/sin: [T, D/2] broadcast over heads
+    x1, x2 = x.float().chunk(2, dim=-1)
+    c, s = cos[:, None, :].float(), sin[:, None, :].float()
+    return torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1).to(x.dtype)
+
+
+def apply_rotary_(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+    """In-place neox rotary on q [T, Hq, D] and k [T, Hk, D] with cos/sin [T, D/2] (2D vision rope)."""
+    q.copy_(_rotate(q, cos, sin))
+    k.copy_(_rotate(k, cos, sin))
+
+
+def mrope_axis_map(mrope_section: list[int] | tuple[int, ...], interleaved: bool) -> torch.Tensor:
+    """Axis (0=t, 1=h, 2=w) used by each of the D/2 rotary frequencies.
+
+    Contiguous (Qwen2.5-VL): [t]*s0 + [h]*s1 + [w]*s2. Interleaved (Qwen3-VL): t,h,w,t,h,w,... with h only at
+    i % 3 == 1 and i < 3*s1, w only at i % 3 == 2 and i < 3*s2, t everywhere else.
+    """
+    half = sum(mrope_section)
+    if not interleaved:
+        return torch.cat([torch.full((s,), a, dtype=torch.long) for a, s in enumerate(mrope_section)])
+    axis = torch.zeros(half, dtype=torch.long)
+    for a in (1, 2):
+        axis[a: 3 * mrope_section[a]: 3] = a
+    return axis
+
+
+def mrope_cos_sin(positions: torch.Tensor, cos_sin_cache: torch.Tensor, mrope_section, interleaved: bool):
+    """positions [3, T] int64, cos_sin_cache [max_pos, D] = [cos | sin] of pos * inv_freq -> cos, sin [T, D/2]."""
+    half = cos_sin_cache.shape[-1] // 2
+    axis = mrope_axis_map(mrope_section, interleaved).to(positions.device)
+    pos = positions[axis, :].T  # [T, D/2]: the position of the axis each frequency uses
+    freq_idx = torch.arange(half, device=positions.device).expand_as(pos)
+    cos = cos_sin_cache[pos, freq_idx]
+    sin = cos_sin_cache[pos, freq_idx + half]
+    return cos, sin
+
+
+def apply_mrope_(q, k, positions, cos_sin_cache, mrope_section, interleaved: bool) -> None:
+    """In-place 3D MRoPE on q [T, Hq, D], k [T, Hk, D]; see mrope_cos_sin for the other inputs."""
+    cos, sin = mrope_cos_sin(positions, cos_sin_cache, mrope_section, interleaved)
+    apply_rotary_(q, k, cos, sin)
+
+
+def rope_cos_sin_cache(head_dim: int, max_pos: int, theta: float, device=None) -> torch.Tensor:
+    """[max_pos, head_dim] float32 = [cos | sin] of pos * inv_freq, the layout apply_mrope_ reads."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim))
+    freqs = torch.outer(torch.arange(max_pos, device=device, dtype=torch.float32), inv_freq)
+    return torch.cat((freqs.cos(), freqs.sin()), dim=-1)
+
+
+def store_kv(k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+    """Write k, v [T, Hk, D] into kv_cache [num_blocks, 2, block_size, Hk, D] at flat slots [T] (block*bs+off)."""
+    block_size = kv_cache.shape[2]
+    blocks, offsets = slot_mapping // block_size, slot_mapping % block_size
+    kv_cache[blocks, 0, offsets] = k.to(kv_cache.dtype)
+    kv_cache[blocks, 1, offsets] = v.to(kv_cache.dtype)
+
+
+# ---- seeded sampling: Gumbel-max with MurmurHash3 noise ----------------------------------------------------------
+
+_M32 = 0xFFFFFFFF
+
+
+def _rotl32(x: torch.Tensor, r: int) -> torch.Tensor:
+    return ((x << r) | (x >> (32 - r))) & _M32
+
+
+def _mix32(h: torch.Tensor, word: torch.Tensor) -> torch.Tensor:
+    k = (word * 0xCC9E2D51) & _M32
+    k = _rotl32(k, 15)
+    k = (k * 0x1B873593) & _M32
+    h = h ^ k
+    h = _rotl32(h, 13)
+    return (h * 5 + 0xE6546B64) & _M32
+
+
+def murmur3_32(seed: torch.Tensor, words: list[torch.Tensor]) -> torch.Tensor:
+    """MurmurHash3 x86_32 of a sequence of 32-bit words (int64 tensors holding uint32 values), broadcasting."""
+    h = seed & _M32
+    for w in words:
+        h = _mix32(h, w & _M32)
+    h = h ^ (4 * len(words))
+    h = h ^ (h >> 16)
+    h = (h * 0x85EBCA6B) & _M32
+    h = h ^ (h >> 13)
+    h = (h * 0xC2B2AE35) & _M32
+    return h ^ (h >> 16)
+
+
+def gumbel_noise(seeds: torch.Tensor, positions: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Gumbel(0,1) noise [B, V] from hash(seed, position, token id): independent of the batch around a row."""
+    tok = torch.arange(vocab, dtype=torch.int64, device=seeds.device)[None, :]
+    h = murmur3_32(seeds[:, None].to(torch.int64), [positions[:, None].to(torch.int64), tok])
+    u = (h.to(torch.float64) + 0.5) / 4294967296.0  # in (0, 1)
+    return -torch.log(-torch.log(u)).to(torch.float32)
+
+
+def gumbel_sample(logits: torch.Tensor, seeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """argmax(logits + Gumbel noise) per row. logits [B, V] float32 already divided by temperature and masked."""
+    return torch.argmax(logits.float() + gumbel_noise(seeds, positions, logits.shape[-1]), dim=-1)

@@ -1,0 +1,135 @@
+"""Internal messages between server, processor and engine: no proto, no CUDA.
+
+Flow: server/convert builds a `Request`; the processor turns it into a `ProcessedInput`; the engine streams
+`TokenDelta`s and ends with exactly one `Finished`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Union
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Unset values mean: greedy (temperature 0), no top-k/top-p/min-p, no penalty, max_tokens up to the context."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    min_p: float = 0.0
+    seed: int | None = None
+    max_tokens: int | None = None
+    min_tokens: int = 0
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    repetition_penalty: float = 1.0
+    logprobs: bool = False
+    top_logprobs: int = 0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    data: bytes
+    mime_type: str = ""
+
+
+ContentPart = Union[str, ImageInput]
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str
+    content: tuple[ContentPart, ...]
+
+
+@dataclass(frozen=True)
+class Request:
+    request_id: str
+    messages: tuple[ChatMessage, ...]
+    sampling: SamplingParams = SamplingParams()
+    arrival_time: float = 0.0  # time.monotonic() when the server received it
+
+
+@dataclass
+class ProcessedImage:
+    """One preprocessed image, in the exact layout transformers' Qwen2VL image processor produces."""
+
+    pixel_values: torch.Tensor  # [num_patches, C * temporal_patch * patch * patch], float32
+    grid_thw: tuple[int, int, int]  # (t, h, w) in patches, before the 2x2 merge
+    content_hash: str  # sha256 of the image bytes: keys the vision and prefix caches
+    offset: int  # index in input_ids of this image's first pad token
+    num_tokens: int  # pad tokens = t * h * w // merge_size**2
+
+
+@dataclass
+class ProcessedInput:
+    input_ids: list[int]
+    images: list[ProcessedImage]
+    positions: torch.Tensor  # [3, len(input_ids)] int64 MRoPE positions (t, h, w)
+    mrope_delta: int  # decode position of token at index i is i + mrope_delta on all three axes
+    preprocess_ms: float = 0.0
+
+    @property
+    def num_image_tokens(self) -> int:
+        return sum(img.num_tokens for img in self.images)
+
+
+class FinishReason(enum.Enum):
+    STOP = "stop"  # EOS or a stop token id
+    LENGTH = "length"  # max_tokens or the context limit
+    STOP_SEQUENCE = "stop_sequence"  # a stop string matched
+    ABORT = "abort"
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class TokenDelta:
+    request_id: str
+    token_ids: tuple[int, ...]
+    text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    image_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Timings:
+    queue_ms: float = 0.0
+    preprocess_ms: float = 0.0
+    vision_ms: float = 0.0
+    prefill_ms: float = 0.0
+    ttft_ms: float = 0.0
+    e2e_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class Finished:
+    request_id: str
+    finish_reason: FinishReason
+    matched_stop: str = ""
+    usage: Usage = field(default_factory=Usage)
+    timings: Timings = field(default_factory=Timings)
+
+
+EngineOutput = Union[TokenDelta, Finished]
