@@ -31,3 +31,47 @@ class MultimodalEmbeds:
     embeds: torch.Tensor
     mask: torch.Tensor
     deepstack: list[torch.Tensor] | None = None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the engine, processor and server need to know about a loaded model (derived from config.json)."""
+
+    architecture: str  # "Qwen2_5_VLForConditionalGeneration" | "Qwen3VLForConditionalGeneration"
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    hidden_size: int
+    vocab_size: int
+    max_position_embeddings: int
+    image_token_id: int
+    vision_start_token_id: int
+    eos_token_ids: tuple[int, ...]
+    spatial_merge_size: int
+    patch_size: int
+    temporal_patch_size: int
+
+
+class VLModel(Protocol):
+    """The model interface the engine drives (vlm_service/models/qwen2_5_vl.py and qwen3_vl.py implement it)."""
+
+    spec: ModelSpec
+
+    def encode_images(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
+        """Run the vision tower over several images packed together (one varlen ViT batch).
+
+        pixel_values [sum of patches, C*tp*p*p] (images concatenated in order), grid_thw int64 [n_images, 3].
+        Returns, per image, (embeds [tokens, hidden], deepstack list of [tokens, hidden]; empty for Qwen2.5-VL).
+        """
+        ...
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: AttentionContext,
+                mm: MultimodalEmbeds | None = None) -> torch.Tensor:
+        """input_ids [T] int64 (flattened batch), positions [3, T] int64 -> final hidden states [T, hidden]
+        (after the last norm)."""
+        ...
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [B, hidden] -> logits [B, vocab] float32."""
+        ...
