@@ -1,0 +1,21 @@
+# Source this at the start of a command on the H200 host (the device tool): installs the carried GPU extras
+# (.whl/, from ../shared/gpu/fetch_wheels.sh all) into /tmp/site and points Python at them and at this checkout.
+# The gRPC stubs must be carried too (vlm_service/_proto, generated here with grpcio-tools 1.84).
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  || { echo "wheel install failed" >&2; return 1; }
+export PYTHONPATH=/tmp/site:$PWD
+export PYTHONUNBUFFERED=1
+export FLASHINFER_WORKSPACE_BASE=/tmp/flashinfer-cache
+export VLM_STATE_DIR=/tmp/vlm-state
+mkdir -p "$OUT"
+python3 - <<'PY' | tee "$OUT/versions.json"
+import json, datetime, importlib, torch
+v = {"date": datetime.date.today().isoformat(), "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
+     "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()}
+for name in ("triton", "transformers", "flashinfer", "cudnn", "grpc", "google.protobuf"):
+    try:
+        v[name] = importlib.import_module(name).__version__
+    except Exception as e:  # report, don't fail
+        v[name] = f"unavailable: {e.__class__.__name__}"
+print(json.dumps(v))
+PY
