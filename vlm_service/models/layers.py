@@ -1,0 +1,137 @@
+"""Small building blocks both model files use: norms that call kernels/, a fused linear that loads from several
+canonical tensors, and the weight-loading walk that maps canonical names onto our parameters.
+
+Modules here are built on the `meta` device and materialized once (see `materialize`), so a 8B model never spends
+time on a throwaway random init before its checkpoint is copied in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+import kernels
+from vlm_service.errors import ModelLoadError
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm over the last dim; `add` fuses the residual add (returns (normed, new_residual))."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return kernels.rmsnorm(x, self.weight, self.eps)
+
+    def add(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return kernels.fused_add_rmsnorm(x, residual, self.weight, self.eps)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with weight and bias over the last dim (the ViT's norm)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(dim))
+        self.bias = nn.Parameter(torch.empty(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return kernels.layernorm(x, self.weight, self.bias, self.eps)
+
+
+class MergedLinear(nn.Module):
+    """One matmul for several checkpoint linears that read the same input (q/k/v, gate/up).
+
+    weight [sum(sizes), in]; the checkpoint tensors `<parent>.<part>.weight` (and `.bias`) fill row blocks in order.
+    forward returns the fused output [..., sum(sizes)]; split it with `sizes`.
+    """
+
+    def __init__(self, in_features: int, parts: dict[str, int], bias: bool):
+        super().__init__()
+        self.parts = dict(parts)
+        self.sizes = list(parts.values())
+        self.weight = nn.Parameter(torch.empty(sum(self.sizes), in_features))
+        self.bias = nn.Parameter(torch.empty(sum(self.sizes))) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.weight, self.bias)
+
+    def slots(self, parent: str) -> dict[str, torch.Tensor]:
+        """Canonical names -> row views of our weight/bias."""
+        out, start = {}, 0
+        for part, size in self.parts.items():
+            out[f"{parent}{part}.weight"] = self.weight[start:start + size]
+            if self.bias is not None:
+                out[f"{parent}{part}.bias"] = self.bias[start:start + size]
+            start += size
+        return out
+
+
+def materialize(module: nn.Module, dtype: torch.dtype, device: torch.device) -> nn.Module:
+    """Turn a module built on `meta` into uninitialized storage of `dtype` on `device` (weights come later)."""
+    return module.to(dtype).to_empty(device=device)
+
+
+def weight_slots(root: nn.Module, skip: Iterable[str] = ()) -> dict[str, torch.Tensor]:
+    """Every canonical tensor name the checkpoint must provide -> the tensor (or view) it is copied into.
+
+    A parameter's own name is canonical, except inside MergedLinear, which expands to its parts' names.
+    Names in `skip` (e.g. a tied lm_head) are left out.
+    """
+    slots: dict[str, torch.Tensor] = {}
+    for prefix, mod in root.named_modules():
+        parent = prefix.rsplit(".", 1)[0] + "." if "." in prefix else ""
+        if isinstance(mod, MergedLinear):
+            slots.update(mod.slots(parent))
+            continue
+        for name, param in mod.named_parameters(recurse=False):
+            slots[f"{prefix}.{name}" if prefix else name] = param
+    for name in skip:
+        slots.pop(name, None)
+    return slots
+
+
+@torch.no_grad()
+def load_into(root: nn.Module, named: Iterable[tuple[str, torch.Tensor]], skip: Iterable[str] = (),
+              ignore: Iterable[str] = ()) -> None:
+    """Copy canonical (name, tensor) pairs into `root`, casting to its dtype and device.
+
+    Raises ModelLoadError naming the tensor for an unexpected name, a shape mismatch, a duplicate, or a tensor
+    the checkpoint never provided. Names in `ignore` are accepted and dropped (e.g. lm_head of a tied model).
+    """
+    slots, ignore = weight_slots(root, skip), set(ignore)
+    seen: set[str] = set()
+    for name, tensor in named:
+        if name in ignore:
+            continue
+        dest = slots.get(name)
+        if dest is None:
+            raise ModelLoadError(f"unexpected tensor {name!r} {tuple(tensor.shape)} (not a weight of this model)")
+        if name in seen:
+            raise ModelLoadError(f"tensor {name!r} appears twice in the checkpoint")
+        if tuple(tensor.shape) != tuple(dest.shape):
+            raise ModelLoadError(f"tensor {name!r} has shape {tuple(tensor.shape)}, expected {tuple(dest.shape)}")
+        dest.copy_(tensor)
+        seen.add(name)
+    missing = sorted(set(slots) - seen)
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ModelLoadError(f"missing tensor {missing[0]!r}{more} in the checkpoint")
+
+
+@torch.no_grad()
+def init_random_(root: nn.Module, std: float = 0.02, seed: int = 0) -> None:
+    """Random weights for `random:` presets: normal(0, std) matrices, norms at one, biases at zero."""
+    gen = torch.Generator(device=next(root.parameters()).device).manual_seed(seed)
+    for name, param in root.named_parameters():
+        if name.endswith("bias"):
+            param.zero_()
+        elif param.dim() == 1:
+            param.fill_(1.0)
+        else:
+            param.normal_(0.0, std, generator=gen)
