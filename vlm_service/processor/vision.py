@@ -1,0 +1,172 @@
+"""Image preprocessing, step for step what transformers' Qwen2VLImageProcessorPil does.
+
+resize to the smart_resize size with PIL (bicubic) → rescale in float64 then float32 → normalize in float32 →
+patchify into [grid_h * grid_w, C * temporal_patch * patch * patch], rows ordered by 2x2 merge blocks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+_DEFAULT_MIN_PIXELS = 56 * 56
+_DEFAULT_MAX_PIXELS = 28 * 28 * 1280
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """The image processor settings of a checkpoint (preprocessor_config.json / processor_config.json)."""
+
+    patch_size: int = 14
+    temporal_patch_size: int = 2
+    merge_size: int = 2
+    min_pixels: int = _DEFAULT_MIN_PIXELS
+    max_pixels: int = _DEFAULT_MAX_PIXELS
+    image_mean: tuple[float, ...] = CLIP_MEAN
+    image_std: tuple[float, ...] = CLIP_STD
+    rescale_factor: float = 1 / 255
+    do_rescale: bool = True
+    do_normalize: bool = True
+    resample: int = Image.Resampling.BICUBIC
+
+    def __post_init__(self):
+        if min(self.patch_size, self.temporal_patch_size, self.merge_size) <= 0:
+            raise ValueError("patch_size, temporal_patch_size and merge_size must be positive")
+        if not 0 < self.min_pixels <= self.max_pixels:
+            raise ValueError(f"need 0 < min_pixels <= max_pixels, got {self.min_pixels}, {self.max_pixels}")
+
+    @property
+    def factor(self) -> int:
+        """Resized sides are multiples of this: one merged token covers factor x factor pixels."""
+        return self.patch_size * self.merge_size
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ImageConfig":
+        """Read the HF keys; min_pixels/max_pixels win over size.{shortest,longest}_edge, as in transformers."""
+        size = d.get("size") or {}
+        kw = dict(
+            min_pixels=d.get("min_pixels") or size.get("shortest_edge") or size.get("min_pixels") or _DEFAULT_MIN_PIXELS,
+            max_pixels=d.get("max_pixels") or size.get("longest_edge") or size.get("max_pixels") or _DEFAULT_MAX_PIXELS,
+        )
+        for key in ("patch_size", "temporal_patch_size", "merge_size", "rescale_factor", "do_rescale",
+                    "do_normalize", "resample"):
+            if d.get(key) is not None:
+                kw[key] = d[key]
+        for key in ("image_mean", "image_std"):
+            if d.get(key) is not None:
+                kw[key] = tuple(d[key]) if isinstance(d[key], (list, tuple)) else (d[key],) * 3
+        return cls(**kw)
+
+    @classmethod
+    def from_pretrained(cls, model_dir: Path) -> "ImageConfig":
+        """Load from preprocessor_config.json, else processor_config.json (flat or with an image_processor entry)."""
+        model_dir = Path(model_dir)
+        for name in ("preprocessor_config.json", "processor_config.json"):
+            path = model_dir / name
+            if path.is_file():
+                d = json.loads(path.read_text())
+                return cls.from_dict(d.get("image_processor", d))
+        raise FileNotFoundError(f"{model_dir} has no preprocessor_config.json or processor_config.json")
+
+
+def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """Qwen's resize rule: sides multiples of `factor`, area within [min_pixels, max_pixels], aspect kept.
+
+    Raises ValueError for an aspect ratio over 200 (callers validate images before, see image.py).
+    """
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(f"aspect ratio {max(height, width) / min(height, width):.1f} is over 200")
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        scale = math.sqrt(height * width / max_pixels)
+        h_bar = max(factor, math.floor(height / scale / factor) * factor)
+        w_bar = max(factor, math.floor(width / scale / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        scale = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * scale / factor) * factor
+        w_bar = math.ceil(width * scale / factor) * factor
+    return h_bar, w_bar
+
+
+def preprocess_image(img: Image.Image, cfg: ImageConfig) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """RGB PIL image -> (pixel_values [gh*gw, C*tp*p*p] float32, grid_thw (1, gh, gw)), as transformers does."""
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    height, width = smart_resize(img.height, img.width, cfg.factor, cfg.min_pixels, cfg.max_pixels)
+    resized = img.resize((width, height), resample=cfg.resample)
+    chw = np.asarray(resized, dtype=np.uint8).transpose(2, 0, 1)  # [C, H, W]
+    values = _rescale_normalize(chw, cfg)
+    patches, grid_h, grid_w = _patchify(values, cfg)
+    return torch.from_numpy(patches), (1, grid_h, grid_w)
+
+
+def _rescale_normalize(chw: np.ndarray, cfg: ImageConfig) -> np.ndarray:
+    """[C, H, W] uint8 -> float32, with the same dtypes at each step as transformers (bit-identical results)."""
+    values = chw
+    if cfg.do_rescale:
+        values = (values.astype(np.float64) * cfg.rescale_factor).astype(np.float32)
+    values = values.astype(np.float32, copy=False)
+    if cfg.do_normalize:
+        mean = np.asarray(cfg.image_mean, dtype=np.float32)[:, None, None]
+        std = np.asarray(cfg.image_std, dtype=np.float32)[:, None, None]
+        values = (values - mean) / std
+    return values
+
+
+def _patchify(values: np.ndarray, cfg: ImageConfig) -> tuple[np.ndarray, int, int]:
+    """[C, H, W] -> [gh*gw, C*tp*p*p]: rows walk merge blocks (block row, block col, in-block row, in-block col),
+    each row holds channel, temporal copy, patch row, patch col."""
+    p, m, tp = cfg.patch_size, cfg.merge_size, cfg.temporal_patch_size
+    channels, height, width = values.shape
+    grid_h, grid_w = height // p, width // p
+    x = values.reshape(channels, grid_h // m, m, p, grid_w // m, m, p)
+    x = x.transpose(1, 4, 2, 5, 0, 3, 6)  # [gh/m, gw/m, m, m, C, p, p]
+    x = np.broadcast_to(x[:, :, :, :, :, None], (*x.shape[:5], tp, p, p))  # still images: repeat in time
+    flat = np.ascontiguousarray(x).reshape(grid_h * grid_w, channels * tp * p * p)
+    return flat, grid_h, grid_w
+
+
+def demo_image_config(arch: str) -> dict:
+    """The preprocessor_config.json of the demo checkpoints: real Qwen settings with a small max_pixels."""
+    if arch == "qwen2_5_vl":
+        patch, mean, std, processor = 14, CLIP_MEAN, CLIP_STD, "Qwen2_5_VLProcessor"
+    elif arch == "qwen3_vl":
+        patch, mean, std, processor = 16, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "Qwen3VLProcessor"
+    else:
+        raise ValueError(f"unknown architecture {arch!r} (qwen2_5_vl or qwen3_vl)")
+    factor = patch * 2
+    return {
+        "image_processor_type": "Qwen2VLImageProcessor",
+        "processor_class": processor,
+        "do_resize": True,
+        "resample": 3,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "do_convert_rgb": True,
+        "image_mean": list(mean),
+        "image_std": list(std),
+        "patch_size": patch,
+        "temporal_patch_size": 2,
+        "merge_size": 2,
+        # Demo images become at most 64 merged tokens (8x8 blocks of factor x factor pixels).
+        "size": {"shortest_edge": factor * factor, "longest_edge": 64 * factor * factor},
+        "min_pixels": factor * factor,
+        "max_pixels": 64 * factor * factor,
+    }
+
+
+def write_preprocessor_config(out_dir: Path, arch: str) -> None:
+    """Write the demo checkpoint's preprocessor_config.json for `arch` (qwen2_5_vl or qwen3_vl)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "preprocessor_config.json").write_text(json.dumps(demo_image_config(arch), indent=2))
