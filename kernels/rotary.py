@@ -1,18 +1,105 @@
-"""Rotary embeddings, in place on q and k: 2D vision rope and fused 3D MRoPE (contiguous and interleaved)."""
+"""Rotary embeddings, in place on q and k: 2D vision rope and fused 3D MRoPE (contiguous and interleaved).
+
+CUDA -> one fused Triton launch for q and k (kernels/triton/rotary.py); CPU -> kernels.reference.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 from kernels import reference
+from kernels._dispatch import check, check_float, check_last_contiguous, check_same_device, next_pow2, use_triton
 
 
-def apply_rotary_(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
-    """q [T, Hq, D], k [T, Hk, D], cos/sin [T, D/2]; neox (rotate-half) layout."""
-    reference.apply_rotary_(q, k, cos, sin)
+@dataclass(frozen=True)
+class RopeLaunch:
+    """Tile of one program: BLOCK_T tokens x BLOCK_H heads x D/2 frequencies (benchmarks sweep these)."""
+
+    block_t: int
+    block_h: int
+    num_warps: int = 4
+
+
+def default_launch(head_dim: int) -> RopeLaunch:
+    # ~4k elements per half-tile: enough bytes in flight per program without spilling registers
+    return RopeLaunch(block_t=max(1, 4096 // (4 * next_pow2(head_dim // 2))), block_h=4, num_warps=4)
+
+
+def _check_qk(q: torch.Tensor, k: torch.Tensor) -> None:
+    check(q.dim() == 3 and k.dim() == 3, f"q and k must be [T, H, D], got {tuple(q.shape)} and {tuple(k.shape)}")
+    check(q.shape[0] == k.shape[0], f"q and k must have the same T, got {q.shape[0]} and {k.shape[0]}")
+    check(q.shape[2] == k.shape[2] and q.shape[2] % 2 == 0 and q.shape[2] > 0,
+          f"q and k must share an even head_dim, got {q.shape[2]} and {k.shape[2]}")
+    check(q.dtype == k.dtype, f"q and k must have one dtype, got {q.dtype} and {k.dtype}")
+    check_float("q", q)
+    check_last_contiguous("q", q)
+    check_last_contiguous("k", k)
+
+
+def _launch(q, k, cos, sin, positions, section, interleaved: bool, launch: RopeLaunch | None) -> None:
+    from kernels.triton.rotary import rope_kernel
+
+    t, hq, d = q.shape
+    hk = k.shape[1]
+    if t == 0:
+        return
+    cfg = launch or default_launch(d)
+    grid = (-(-t // cfg.block_t), -(-hq // cfg.block_h) + -(-hk // cfg.block_h))
+    use_pos = positions is not None
+    pos = positions if use_pos else q  # unused pointer when not use_pos
+    s0, s1, s2 = section if use_pos else (0, 0, 0)
+    rope_kernel[grid](
+        q, k, cos, sin, pos, t, hq, hk, d // 2,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos.stride(0), sin.stride(0),
+        pos.stride(0) if use_pos else 0, pos.stride(1) if use_pos else 0,
+        USE_POS=use_pos, INTERLEAVED=bool(interleaved), S0=s0, S1=s1, S2=s2,
+        BLOCK_T=cfg.block_t, BLOCK_H=cfg.block_h, BLOCK_F=next_pow2(d // 2), num_warps=cfg.num_warps)
+
+
+def apply_rotary_(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, impl: str = "auto",
+                  launch: RopeLaunch | None = None) -> None:
+    """q [T, Hq, D], k [T, Hk, D], cos/sin [T, D/2]; neox (rotate-half) layout, in place."""
+    _check_qk(q, k)
+    t, _, d = q.shape
+    for name, c in (("cos", cos), ("sin", sin)):
+        check(c.shape == (t, d // 2), f"{name} must be [T, D/2] = {(t, d // 2)}, got {tuple(c.shape)}")
+        check_float(name, c)
+        check_last_contiguous(name, c)
+    check_same_device(("q", q), ("k", k), ("cos", cos), ("sin", sin))
+    if use_triton(impl, q):
+        _launch(q, k, cos, sin, None, None, False, launch)
+    else:
+        reference.apply_rotary_(q, k, cos, sin)
+
+
+def _check_mrope(q, positions, cos_sin_cache, mrope_section) -> tuple[int, int, int]:
+    t, _, d = q.shape
+    check(positions.dim() == 2 and positions.shape == (3, t), f"positions must be [3, T] = {(3, t)}, "
+          f"got {tuple(positions.shape)}")
+    check(positions.dtype in (torch.int64, torch.int32), f"positions must be int64 or int32, got {positions.dtype}")
+    check(cos_sin_cache.dim() == 2 and cos_sin_cache.shape[1] == d,
+          f"cos_sin_cache must be [max_pos, D={d}], got {tuple(cos_sin_cache.shape)}")
+    check_float("cos_sin_cache", cos_sin_cache)
+    check_last_contiguous("cos_sin_cache", cos_sin_cache)
+    section = tuple(int(s) for s in mrope_section)
+    check(len(section) == 3 and min(section) >= 0 and sum(section) == d // 2,
+          f"mrope_section must be 3 non-negative ints summing to D/2={d // 2}, got {list(section)}")
+    return section
 
 
 def apply_mrope_(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor,
-                 mrope_section, interleaved: bool) -> None:
-    """q [T, Hq, D], k [T, Hk, D], positions [3, T] int64, cos_sin_cache [max_pos, D] = [cos | sin]."""
-    reference.apply_mrope_(q, k, positions, cos_sin_cache, mrope_section, interleaved)
+                 mrope_section, interleaved: bool, impl: str = "auto", launch: RopeLaunch | None = None) -> None:
+    """In-place 3D MRoPE: q [T, Hq, D], k [T, Hk, D], positions [3, T] (t, h, w), cos_sin_cache [max_pos, D].
+
+    interleaved=False is Qwen2.5-VL's contiguous sections, True Qwen3-VL's t,h,w interleave. Positions must lie in
+    [0, max_pos); the CUDA path does not check them (that would cost a sync).
+    """
+    _check_qk(q, k)
+    section = _check_mrope(q, positions, cos_sin_cache, mrope_section)
+    check_same_device(("q", q), ("k", k), ("positions", positions), ("cos_sin_cache", cos_sin_cache))
+    if use_triton(impl, q):
+        _launch(q, k, cos_sin_cache, cos_sin_cache, positions, section, interleaved, launch)
+    else:
+        reference.apply_mrope_(q, k, positions, cos_sin_cache, section, interleaved)
