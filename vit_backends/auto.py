@@ -1,0 +1,132 @@
+"""`auto`: pick the fastest ViT attention backend per shape bucket, by measurement, once.
+
+A bucket is (device, dtype, heads, head_dim, tokens, max_seqlen, segments), the last three rounded up to powers of
+two. The first call in a bucket runs every candidate that supports the inputs on those very inputs: one untimed
+call (cuDNN graph build, kernel load), then a few calls timed with CUDA events; the median decides. The winner is
+cached for the bucket and logged once; `choices()` exposes it. On CPU the choice is sdpa, without measuring.
+Measure outside CUDA-graph capture: the first call per bucket synchronizes the device.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from typing import Callable, NamedTuple
+
+import torch
+
+from vit_backends.base import ViTAttention
+
+log = logging.getLogger(__name__)
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+class ShapeBucket(NamedTuple):
+    """The key auto caches its choice under; tokens / max_seqlen / segments are power-of-two upper bounds."""
+    device: str
+    dtype: str
+    heads: int
+    head_dim: int
+    tokens: int
+    max_seqlen: int
+    segments: int
+
+    def __str__(self) -> str:
+        return (f"{self.device} {self.dtype} H={self.heads} D={self.head_dim} T<={self.tokens} "
+                f"L<={self.max_seqlen} S<={self.segments}")
+
+
+def shape_bucket(q: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> ShapeBucket:
+    """Bucket of packed inputs q [T, H, D] with cu_seqlens [S+1]."""
+    tokens, heads, dim = q.shape
+    return ShapeBucket(str(q.device), str(q.dtype).removeprefix("torch."), heads, dim, _pow2(tokens),
+                       _pow2(int(max_seqlen)), _pow2(cu_seqlens.shape[0] - 1))
+
+
+def time_us(backend: ViTAttention, args: tuple, reps: int = 5) -> float:
+    """Median µs per call of backend(*args) on CUDA, by CUDA events; one untimed call first (graph builds)."""
+    backend.forward(*args)
+    torch.cuda.synchronize()
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+    for start, end in events:
+        start.record()
+        backend.forward(*args)
+        end.record()
+    torch.cuda.synchronize()
+    return statistics.median(start.elapsed_time(end) * 1e3 for start, end in events)
+
+
+class AutoAttention(ViTAttention):
+    """Dispatches each call to the backend measured fastest for its shape bucket.
+
+    candidates: name -> factory, in order of preference (ties and CPU go to the first usable, sdpa on CPU).
+    """
+
+    name = "auto"
+
+    def __init__(self, candidates: dict[str, Callable[[], ViTAttention]], reps: int = 5):
+        self._factories = dict(candidates)
+        self._built: dict[str, ViTAttention | None] = {}
+        self._winner: dict[ShapeBucket, ViTAttention] = {}
+        self._timings: dict[ShapeBucket, dict[str, float]] = {}
+        self._reps = reps
+
+    def forward(self, q, k, v, cu_seqlens, max_seqlen):
+        bucket = shape_bucket(q, cu_seqlens, max_seqlen)
+        backend = self._winner.get(bucket)
+        if backend is None:
+            backend = self._resolve(bucket, (q, k, v, cu_seqlens, max_seqlen))
+        return backend.forward(q, k, v, cu_seqlens, max_seqlen)
+
+    def choices(self) -> dict[str, str]:
+        """Bucket (as text) -> name of the backend chosen for it."""
+        return {str(bucket): backend.name for bucket, backend in self._winner.items()}
+
+    def timings(self) -> dict[str, dict[str, float]]:
+        """Bucket (as text) -> µs per call measured for each candidate (empty where nothing was measured)."""
+        return {str(bucket): dict(t) for bucket, t in self._timings.items()}
+
+    def _backend(self, name: str) -> ViTAttention | None:
+        if name not in self._built:
+            try:
+                self._built[name] = self._factories[name]()
+            except ImportError as e:
+                log.warning("auto: ViT attention candidate %s unavailable: %s", name, e)
+                self._built[name] = None
+        return self._built[name]
+
+    def _candidates(self, q: torch.Tensor) -> dict[str, ViTAttention]:
+        found = {}
+        for name in self._factories:
+            backend = self._backend(name)
+            if backend is not None and backend.supports(q.device, q.dtype, q.shape[-1]):
+                found[name] = backend
+        if not found:
+            raise RuntimeError(f"no ViT attention backend supports {q.dtype} head_dim {q.shape[-1]} on {q.device}")
+        return found
+
+    def _measure(self, candidates: dict[str, ViTAttention], args: tuple) -> dict[str, float]:
+        timings = {}
+        for name, backend in candidates.items():
+            try:
+                timings[name] = time_us(backend, args, self._reps)
+            except Exception as e:  # a candidate that fails on these inputs is skipped, not fatal
+                log.warning("auto: ViT attention candidate %s failed, skipped: %s: %s", name, type(e).__name__, e)
+        return timings
+
+    def _resolve(self, bucket: ShapeBucket, args: tuple) -> ViTAttention:
+        candidates = self._candidates(args[0])
+        if args[0].device.type != "cuda" or len(candidates) == 1:
+            timings, name = {}, "sdpa" if "sdpa" in candidates else next(iter(candidates))
+        else:
+            timings = self._measure(candidates, args)
+            if not timings:
+                raise RuntimeError(f"every ViT attention candidate failed for {bucket}")
+            name = min(timings, key=timings.get)
+        self._winner[bucket], self._timings[bucket] = candidates[name], timings
+        log.info("auto ViT attention for %s: %s %s", bucket, name,
+                 " ".join(f"{n}={t:.0f}us" for n, t in timings.items()))
+        return candidates[name]
