@@ -1,0 +1,128 @@
+"""A small client library: sync `Client` and asyncio `AsyncClient` (streaming generate, info, abort).
+
+TLS by default, trusting the server's dev CA in the state dir (state_dir/tls/ca.crt) unless `ca` is given; `cert` and
+`key` add a client certificate (mTLS); `insecure=True` for plaintext; `unix:/path` targets for a UDS (plaintext by
+default there, like the server).
+"""
+
+from __future__ import annotations
+
+import mimetypes
+from pathlib import Path
+from typing import AsyncIterator, Iterator, Sequence
+
+import grpc
+
+from vlm_service._proto.vlm.v1 import vlm_pb2, vlm_pb2_grpc
+from vlm_service.config import default_state_dir
+from vlm_service.server.tls import channel_credentials
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+
+
+def _image_part(image: bytes | str | Path) -> vlm_pb2.ContentPart:
+    if isinstance(image, (str, Path)):
+        mime = mimetypes.guess_type(str(image))[0] or ""
+        return vlm_pb2.ContentPart(image=vlm_pb2.Image(data=Path(image).read_bytes(), mime_type=mime))
+    return vlm_pb2.ContentPart(image=vlm_pb2.Image(data=image))
+
+
+def build_request(prompt: str, images: Sequence[bytes | str | Path] = (), system: str | None = None,
+                  request_id: str = "", **sampling) -> vlm_pb2.GenerateRequest:
+    """One user turn (images first, then the text), optional system prompt; `sampling` are SamplingParams fields."""
+    messages = []
+    if system:
+        messages.append(vlm_pb2.Message(role="system", content=[vlm_pb2.ContentPart(text=system)]))
+    parts = [_image_part(img) for img in images] + [vlm_pb2.ContentPart(text=prompt)]
+    messages.append(vlm_pb2.Message(role="user", content=parts))
+    return vlm_pb2.GenerateRequest(request_id=request_id, messages=messages,
+                                   sampling=vlm_pb2.SamplingParams(**sampling))
+
+
+def credentials(target: str, ca: str | Path | None = None, cert: str | Path | None = None,
+                key: str | Path | None = None, insecure: bool = False,
+                state_dir: str | Path | None = None) -> grpc.ChannelCredentials | None:
+    """Channel credentials under the service's policy; None means plaintext."""
+    if insecure or (target.startswith("unix:") and ca is None and cert is None):
+        return None
+    if ca is None:
+        dev_ca = Path(state_dir or default_state_dir()) / "tls" / "ca.crt"
+        ca = dev_ca if dev_ca.exists() else None  # fall back to the system roots
+    return channel_credentials(ca, cert, key)
+
+
+def _channel(module, target: str, creds: grpc.ChannelCredentials | None, server_name: str | None):
+    options = list(_OPTIONS) + ([("grpc.ssl_target_name_override", server_name)] if server_name else [])
+    if creds is None:
+        return module.insecure_channel(target, options=options)
+    return module.secure_channel(target, creds, options=options)
+
+
+class Client:
+    """Blocking client. Use as a context manager or call close()."""
+
+    def __init__(self, target: str = DEFAULT_TARGET, *, server_name: str | None = None,
+                 channel_credentials: grpc.ChannelCredentials | None = None, **tls):
+        creds = channel_credentials if channel_credentials is not None else credentials(target, **tls)
+        self.channel = _channel(grpc, target, creds, server_name)
+        self.stub = vlm_pb2_grpc.VisionLanguageServiceStub(self.channel)
+
+    def generate(self, request: vlm_pb2.GenerateRequest, timeout: float | None = None) -> Iterator[vlm_pb2.GenerateResponse]:
+        """Stream responses: Chunks, then one Complete. Raises grpc.RpcError on errors."""
+        return self.stub.Generate(request, timeout=timeout)
+
+    def generate_text(self, prompt: str, images=(), timeout: float | None = None, **sampling) -> tuple[str, vlm_pb2.Complete]:
+        """Convenience: the whole text and the Complete of one request."""
+        text, complete = [], None
+        for resp in self.generate(build_request(prompt, images, **sampling), timeout=timeout):
+            if resp.HasField("chunk"):
+                text.append(resp.chunk.text)
+            else:
+                complete = resp.complete
+        return "".join(text), complete
+
+    def info(self, timeout: float | None = 10.0) -> vlm_pb2.ModelInfo:
+        return self.stub.GetModelInfo(vlm_pb2.GetModelInfoRequest(), timeout=timeout)
+
+    def abort(self, request_id: str, timeout: float | None = 10.0) -> bool:
+        return self.stub.Abort(vlm_pb2.AbortRequest(request_id=request_id), timeout=timeout).found
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class AsyncClient:
+    """asyncio client (grpc.aio). Use as an async context manager or await close()."""
+
+    def __init__(self, target: str = DEFAULT_TARGET, *, server_name: str | None = None,
+                 channel_credentials: grpc.ChannelCredentials | None = None, **tls):
+        creds = channel_credentials if channel_credentials is not None else credentials(target, **tls)
+        self.channel = _channel(grpc.aio, target, creds, server_name)
+        self.stub = vlm_pb2_grpc.VisionLanguageServiceStub(self.channel)
+
+    def generate(self, request: vlm_pb2.GenerateRequest,
+                 timeout: float | None = None) -> AsyncIterator[vlm_pb2.GenerateResponse]:
+        """The streaming call (iterate with `async for`; .cancel() cancels it)."""
+        return self.stub.Generate(request, timeout=timeout)
+
+    async def info(self, timeout: float | None = 10.0) -> vlm_pb2.ModelInfo:
+        return await self.stub.GetModelInfo(vlm_pb2.GetModelInfoRequest(), timeout=timeout)
+
+    async def abort(self, request_id: str, timeout: float | None = 10.0) -> bool:
+        return (await self.stub.Abort(vlm_pb2.AbortRequest(request_id=request_id), timeout=timeout)).found
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.close()

@@ -1,0 +1,165 @@
+"""Build and run the grpc.aio server: listeners (TCP/TLS, UDS), health, reflection, load, warm-up and drain.
+
+Lifecycle: start() binds and answers health at once ("" SERVING, the service NOT_SERVING); load() attaches the runtime
+and warms it up, then the service turns SERVING; drain() (SIGTERM/SIGINT) turns it NOT_SERVING, refuses new calls with
+UNAVAILABLE, lets in-flight streams finish within drain_timeout_s, stops the engine and the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Callable
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from vlm_service import types
+from vlm_service._proto.vlm.v1 import vlm_pb2, vlm_pb2_grpc
+from vlm_service.config import Config
+from vlm_service.server import tls
+from vlm_service.server.servicer import VisionLanguageServicer
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = vlm_pb2.DESCRIPTOR.services_by_name["VisionLanguageService"].full_name
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def _grpc_options(cfg: Config) -> list[tuple[str, int]]:
+    limit = cfg.server.limits.max_request_bytes
+    return [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
+            ("grpc.so_reuseport", 0)]
+
+
+def _prepare_socket(path: Path) -> None:
+    """Remove a stale socket file (never any other kind of file) and make sure the folder exists."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_socket():
+        path.unlink()
+    elif path.exists():
+        raise ValueError(f"--uds {path}: exists and is not a socket")
+
+
+class Server:
+    """One vlm-service server; see the module docstring for its lifecycle."""
+
+    def __init__(self, cfg: Config, load_runtime: Callable[[Config], object]):
+        self.cfg = cfg
+        self._load_runtime = load_runtime
+        self.runtime = None
+        self.servicer = VisionLanguageServicer(cfg.server.limits)
+        self.health = HealthServicer()
+        self.targets: list[str] = []
+        self.cert_fetcher = None
+        self._server = grpc.aio.server(options=_grpc_options(cfg))
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> list[str]:
+        """Register the services, bind the listeners and start answering; returns the client targets."""
+        vlm_pb2_grpc.add_VisionLanguageServiceServicer_to_server(self.servicer, self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection((SERVICE_NAME, "grpc.health.v1.Health", reflection.SERVICE_NAME),
+                                            self._server)
+        self.targets = self._bind()
+        await self._server.start()
+        await self.health.set("", SERVING)
+        await self.health.set(SERVICE_NAME, NOT_SERVING)
+        log.info("listening on %s", ", ".join(self.targets))
+        return self.targets
+
+    def _bind(self) -> list[str]:
+        s = self.cfg.server
+        if s.uds is not None:
+            path = Path(s.uds).resolve()
+            _prepare_socket(path)
+            self._add_port(f"unix:{path}", on_uds=True)
+            os.chmod(path, 0o600)
+            return [f"unix:{path}"]
+        host = f"[{s.host}]" if ":" in s.host else s.host
+        port = self._add_port(f"{host}:{s.port}", on_uds=False)
+        return [f"{host}:{port}"]
+
+    def _add_port(self, address: str, on_uds: bool) -> int:
+        if not tls.uses_tls(self.cfg.server, on_uds):
+            if self.cfg.server.tls.insecure:
+                log.warning("PLAINTEXT on %s (--insecure): anyone who can reach it can read and send requests", address)
+            return self._server.add_insecure_port(address)
+        creds, self.cert_fetcher = tls.server_credentials(self.cfg.server)
+        mode = "mTLS" if self.cfg.server.tls.client_ca else "TLS"
+        log.info("%s on %s", mode, address)
+        return self._server.add_secure_port(address, creds)
+
+    async def load(self, warmup: bool = True) -> None:
+        """Load the runtime off the event loop, start the engine, warm up, then mark the service SERVING."""
+        runtime = await asyncio.to_thread(self._load_runtime, self.cfg)
+        runtime.start()
+        if warmup:
+            await _warmup(runtime)
+        self.runtime = runtime
+        self.servicer.attach(runtime)
+        await self.health.set(SERVICE_NAME, SERVING)
+        log.info("model %s ready on %s", runtime.info.model_id, runtime.info.device)
+
+    async def drain(self) -> bool:
+        """Stop taking work and let in-flight streams finish; True when they all finished in time."""
+        if self._stopped.is_set():
+            return True
+        log.info("draining: %d in flight, up to %.1fs", self.servicer.inflight, self.cfg.server.drain_timeout_s)
+        await self.health.set(SERVICE_NAME, NOT_SERVING)
+        await self.health.set("", NOT_SERVING)
+        self.servicer.start_drain()
+        clean = await self.servicer.wait_idle(self.cfg.server.drain_timeout_s)
+        if self.runtime is not None:
+            await self.runtime.stop(drain=False)
+        await self._server.stop(grace=1.0)
+        self.servicer.close()
+        self._stopped.set()
+        log.info("drained %s", "cleanly" if clean else "with streams cut at the timeout")
+        return clean
+
+    async def wait(self) -> None:
+        await self._stopped.wait()
+
+
+async def _warmup(runtime) -> None:
+    """One tiny text-only request through processor and engine, so the first user does not pay for lazy setup."""
+    messages = (types.ChatMessage(role="user", content=("hi",)),)
+    processed = await asyncio.to_thread(runtime.processor.process, messages)
+    runtime.engine.reserve("warmup")
+    sampling = types.SamplingParams(max_tokens=1)
+    async for _ in runtime.engine.generate("warmup", processed, sampling, 0.0):
+        pass
+
+
+def _install_signals(server: Server) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda s=sig: (log.info("got %s", signal.Signals(s).name),
+                                                    asyncio.ensure_future(server.drain())))
+
+
+async def serve(cfg: Config, load_runtime: Callable[[Config], object] | None = None) -> int:
+    """Run until SIGTERM/SIGINT, then drain; returns the process exit code (0 after a drain)."""
+    if load_runtime is None:
+        from vlm_service.runtime import load_runtime
+    server = Server(cfg, load_runtime)
+    await server.start()
+    _install_signals(server)
+    from vlm_service.server.metrics import start_metrics
+
+    start_metrics(cfg.server, server.servicer)
+    loader = asyncio.ensure_future(server.load())
+    await asyncio.wait([loader, asyncio.ensure_future(server.wait())], return_when=asyncio.FIRST_COMPLETED)
+    if loader.done() and loader.exception() is not None:
+        log.error("model load failed: %s", loader.exception())
+        await server.drain()
+        return 1
+    await server.wait()
+    return 0
