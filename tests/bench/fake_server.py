@@ -51,3 +51,21 @@ async def start_fake(servicer: FakeServicer | None = None, address: str = "127.0
     port = server.add_insecure_port(address)
     await server.start()
     return server, f"127.0.0.1:{port}"
+
+
+class FakeInThread:
+    """The fake on its own event loop in a daemon thread, for code that calls asyncio.run itself (the CLI)."""
+
+    def __init__(self, servicer: FakeServicer | None = None):
+        import threading
+
+        self.servicer = servicer or FakeServicer()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server, self.address = asyncio.run_coroutine_threadsafe(start_fake(self.servicer), self.loop).result(10)
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(None), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
