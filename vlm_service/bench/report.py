@@ -69,7 +69,7 @@ def format_run(label: str, m: dict) -> str:
              f"Total token throughput (t/s):  {m['total_token_throughput']:.2f}"]
     if "request_goodput" in m:
         lines.append(f"Request goodput (req/s):       {m['request_goodput']:.2f}  SLOs {m['goodput_slos_ms']}")
-    lines.append(f"{"ms":<18}{'mean':>10}{'median':>10}{'p90':>10}{'p99':>10}{'max':>10}")
+    lines.append(f"{'ms':<18}{'mean':>10}{'median':>10}{'p90':>10}{'p99':>10}{'max':>10}")
     rows = [(k.upper(), m[f"{k}_ms"]) for k in ("ttft", "tpot", "itl", "e2e")]
     rows += [(f"server {k[:-3]}", d) for k, d in m["server_ms"].items()]
     for name, d in rows:
