@@ -92,9 +92,14 @@ def rope_cos_sin_cache(head_dim: int, max_pos: int, theta: float, device=None) -
 
 
 def store_kv(k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
-    """Write k, v [T, Hk, D] into kv_cache [num_blocks, 2, block_size, Hk, D] at flat slots [T] (block*bs+off)."""
+    """Write k, v [T, Hk, D] into kv_cache [num_blocks, 2, block_size, Hk, D] at flat slots [T] (block*bs+off).
+
+    A negative slot skips its token (padding).
+    """
+    keep = slot_mapping >= 0
+    slots, k, v = slot_mapping[keep], k[keep], v[keep]
     block_size = kv_cache.shape[2]
-    blocks, offsets = slot_mapping // block_size, slot_mapping % block_size
+    blocks, offsets = slots // block_size, slots % block_size
     kv_cache[blocks, 0, offsets] = k.to(kv_cache.dtype)
     kv_cache[blocks, 1, offsets] = v.to(kv_cache.dtype)
 
