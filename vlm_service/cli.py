@@ -108,6 +108,22 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    """Exit 0 when `--service` (default "": the process) is SERVING; for exec probes."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with _client(args) as client:
+        try:
+            req = health_pb2.HealthCheckRequest(service=args.service)
+            status = health_pb2_grpc.HealthStub(client.channel).Check(req, timeout=args.timeout).status
+        except grpc.RpcError as exc:
+            print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    print(health_pb2.HealthCheckResponse.ServingStatus.Name(status))
+    return 0 if status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
 def cmd_make_demo_model(args: argparse.Namespace) -> int:
     from vlm_service.models.demo import ensure_demo_model
 
@@ -156,6 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="print the served model's info")
     _add_client_flags(info)
     info.set_defaults(func=cmd_info)
+    health = sub.add_parser("health", help="check grpc.health.v1 (exit 0 when SERVING)")
+    _add_client_flags(health)
+    health.add_argument("--service", default="", help='"" = the process; vlm.v1.VisionLanguageService = ready')
+    health.add_argument("--timeout", type=float, default=3.0)
+    health.set_defaults(func=cmd_health)
     demo = sub.add_parser("make-demo-model", help="write the tiny demo checkpoint (HF format)")
     demo.add_argument("--arch", choices=("qwen3_vl", "qwen2_5_vl"), default="qwen3_vl")
     demo.add_argument("--out", type=Path, required=True)

@@ -74,7 +74,8 @@ class TLSConfig:
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 50051
-    uds: Path | None = None
+    uds: Path | None = None  # an extra listener on this Unix socket (mode 0600, plaintext unless TLS files given)
+    tcp: bool = True  # False with uds = serve only the socket
     state_dir: Path = field(default_factory=default_state_dir)
     metrics_port: int = 0  # 0 = off
     log_format: str = "text"  # text | json
@@ -83,6 +84,8 @@ class ServerConfig:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
 
     def __post_init__(self):
+        if not self.tcp and self.uds is None:
+            raise ValueError("--no-tcp needs --uds: the server would have no listener")
         if self.log_format not in ("text", "json"):
             raise ValueError(f"log_format must be text or json, not {self.log_format!r}")
 

@@ -23,6 +23,7 @@ from vlm_service import types
 from vlm_service._proto.vlm.v1 import vlm_pb2, vlm_pb2_grpc
 from vlm_service.config import Config
 from vlm_service.server import tls
+from vlm_service.server.metrics import start_metrics
 from vlm_service.server.servicer import VisionLanguageServicer
 
 log = logging.getLogger(__name__)
@@ -69,22 +70,30 @@ class Server:
                                             self._server)
         self.targets = self._bind()
         await self._server.start()
+        if self.cfg.server.uds is not None:  # the socket file exists once the server started
+            os.chmod(Path(self.cfg.server.uds).resolve(), 0o600)
         await self.health.set("", SERVING)
         await self.health.set(SERVICE_NAME, NOT_SERVING)
         log.info("listening on %s", ", ".join(self.targets))
         return self.targets
 
     def _bind(self) -> list[str]:
-        s = self.cfg.server
+        """TCP first (when on), then the UDS; returns client targets in that order."""
+        s, targets = self.cfg.server, []
+        if s.tcp:
+            host = f"[{s.host}]" if ":" in s.host else s.host
+            port = self._add_port(f"{host}:{s.port}", on_uds=False)
+            targets.append(f"{host}:{port}")
         if s.uds is not None:
             path = Path(s.uds).resolve()
             _prepare_socket(path)
-            self._add_port(f"unix:{path}", on_uds=True)
-            os.chmod(path, 0o600)
-            return [f"unix:{path}"]
-        host = f"[{s.host}]" if ":" in s.host else s.host
-        port = self._add_port(f"{host}:{s.port}", on_uds=False)
-        return [f"{host}:{port}"]
+            old = os.umask(0o177)  # the socket is born 0600 (no window where others could connect)
+            try:
+                self._add_port(f"unix:{path}", on_uds=True)
+            finally:
+                os.umask(old)
+            targets.append(f"unix:{path}")
+        return targets
 
     def _add_port(self, address: str, on_uds: bool) -> int:
         if not tls.uses_tls(self.cfg.server, on_uds):
@@ -152,9 +161,7 @@ async def serve(cfg: Config, load_runtime: Callable[[Config], object] | None = N
     server = Server(cfg, load_runtime)
     await server.start()
     _install_signals(server)
-    from vlm_service.server.metrics import start_metrics
-
-    start_metrics(cfg.server, server.servicer)
+    server.servicer.metrics = start_metrics(cfg.server, cfg.model.model)
     loader = asyncio.ensure_future(server.load())
     await asyncio.wait([loader, asyncio.ensure_future(server.wait())], return_when=asyncio.FIRST_COMPLETED)
     if loader.done() and loader.exception() is not None:

@@ -18,8 +18,9 @@ _TRUE = ("1", "true", "yes", "on")
 _SERVER_FLAGS = [  # (field, type, help) of ServerConfig/TLSConfig, written out for their help texts
     ("host", str, "TCP address to listen on"),
     ("port", int, "TCP port (0 = any free port)"),
-    ("uds", Path, "listen on this Unix socket INSTEAD of TCP; mode 0600 is its access control, so it is plaintext "
+    ("uds", Path, "also listen on this Unix socket; mode 0600 is its access control, so it is plaintext "
                   "unless --tls-cert/--tls-key or --tls-client-ca are given"),
+    ("tcp", bool, "the TCP listener (--no-tcp with --uds serves only the socket)"),
     ("state_dir", Path, "cache folder: demo model, dev TLS CA (state_dir/tls)"),
     ("metrics_port", int, "Prometheus /metrics port (0 = off)"),
     ("log_format", str, "text or json"),

@@ -19,6 +19,7 @@ from vlm_service import errors, types
 from vlm_service._proto.vlm.v1 import vlm_pb2, vlm_pb2_grpc
 from vlm_service.config import LimitsConfig
 from vlm_service.server import convert
+from vlm_service.server.metrics import record_of
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +27,9 @@ log = logging.getLogger(__name__)
 class VisionLanguageServicer(vlm_pb2_grpc.VisionLanguageServiceServicer):
     """Serves a runtime (engine + processor + model info); see the module docstring for the Generate pipeline."""
 
-    def __init__(self, limits: LimitsConfig, runtime=None, preprocess_threads: int = 2):
+    def __init__(self, limits: LimitsConfig, runtime=None, preprocess_threads: int = 2, metrics=None):
         self._rt = runtime  # None while the model loads: calls get UNAVAILABLE
+        self.metrics = metrics  # vlm_service.metrics.Metrics or None
         self._limits = limits
         self._pool = ThreadPoolExecutor(preprocess_threads, thread_name_prefix="preprocess")
         self._inflight = 0
@@ -126,6 +128,8 @@ class VisionLanguageServicer(vlm_pb2_grpc.VisionLanguageServiceServicer):
             while not finished:
                 out = await self._next(gen, deadline)
                 finished = isinstance(out, types.Finished)
+                if finished and self.metrics is not None:
+                    self.metrics.observe_finished(record_of(out))
                 yield out
         except asyncio.TimeoutError:
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the request deadline passed")
@@ -155,6 +159,8 @@ class VisionLanguageServicer(vlm_pb2_grpc.VisionLanguageServiceServicer):
     async def _fail(self, context, exc: errors.ServiceError):
         status = convert.error_status(exc)
         log.info("request refused: %s (%s)", exc, convert.status_code(exc).name)
+        if self.metrics is not None:
+            self.metrics.observe_rejected(convert.status_code(exc).name)
         await context.abort(convert.status_code(exc), str(exc), trailing_metadata=convert.status_metadata(status))
 
     def _enter(self) -> None:
