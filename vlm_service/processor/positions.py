@@ -1,0 +1,82 @@
+"""MRoPE positions for a prompt with images, as transformers' get_rope_index of Qwen2.5-VL and Qwen3-VL computes them.
+
+Text tokens get t = h = w = a running index. An image whose merged grid is (t, gh, gw) placed where the running index
+is `s` gets t = s + frame, h = s + row, w = s + col for each merged token (row-major); the running index then resumes
+at s + max(gh, gw) (= the image's largest position + 1 for still images). Images are found by their runs of image pad
+tokens, split by the token count of each grid (the same rule as transformers' mm_token_type_ids, where image pads
+are type 1).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def mrope_positions(
+    input_ids: list[int],
+    grid_thws: list[tuple[int, int, int]],
+    image_token_id: int,
+    vision_start_token_id: int,
+    merge_size: int,
+) -> tuple[torch.Tensor, int]:
+    """Return (positions [3, T] int64, delta) with delta = max position + 1 - T (0 for text only).
+
+    The decode step at sequence index i uses position i + delta on all three axes.
+    """
+    segments = _image_segments(input_ids, grid_thws, image_token_id, vision_start_token_id, merge_size)
+    pieces = []  # each [3, n]
+    cursor, start = 0, 0  # cursor: index in input_ids; start: the running position
+    for offset, (t, gh, gw) in segments:
+        pieces.append(_text_positions(offset - cursor, start))
+        start += offset - cursor
+        pieces.append(_image_positions(t, gh // merge_size, gw // merge_size, start))
+        cursor = offset + t * (gh // merge_size) * (gw // merge_size)
+        start += max(gh, gw) // merge_size
+    pieces.append(_text_positions(len(input_ids) - cursor, start))
+    positions = torch.cat(pieces, dim=1)
+    delta = int(positions.max()) + 1 - len(input_ids) if len(input_ids) else 0
+    return positions, delta
+
+
+def image_offsets(
+    input_ids: list[int], grid_thws: list[tuple[int, int, int]], image_token_id: int, merge_size: int
+) -> list[int]:
+    """Index in input_ids of each image's first pad token, checking each run holds whole images."""
+    offsets, i = [], 0
+    grids = iter(grid_thws)
+    while i < len(input_ids):
+        if input_ids[i] != image_token_id:
+            i += 1
+            continue
+        run_end = i
+        while run_end < len(input_ids) and input_ids[run_end] == image_token_id:
+            run_end += 1
+        while i < run_end:  # adjacent images with no separator share one run
+            t, gh, gw = next(grids)
+            offsets.append(i)
+            i += t * gh * gw // merge_size**2
+        assert i == run_end, "image pad run does not match the image grids"
+    assert len(offsets) == len(grid_thws), f"{len(offsets)} image pad runs for {len(grid_thws)} images"
+    return offsets
+
+
+def _image_segments(input_ids, grid_thws, image_token_id, vision_start_token_id, merge_size):
+    offsets = image_offsets(input_ids, grid_thws, image_token_id, merge_size)
+    for off in offsets:
+        assert off > 0 and input_ids[off - 1] in (vision_start_token_id, image_token_id), (
+            "an image's pad tokens must follow <|vision_start|>"
+        )
+    return list(zip(offsets, grid_thws))
+
+
+def _text_positions(length: int, start: int) -> torch.Tensor:
+    return (torch.arange(length, dtype=torch.int64) + start).expand(3, -1)  # [3, length]
+
+
+def _image_positions(t: int, h: int, w: int, start: int) -> torch.Tensor:
+    """[3, t*h*w] positions of one image's merged tokens (frame, row, col), offset by `start`."""
+    tt, hh, ww = torch.meshgrid(
+        torch.arange(t, dtype=torch.int64), torch.arange(h, dtype=torch.int64), torch.arange(w, dtype=torch.int64),
+        indexing="ij",
+    )
+    return torch.stack([tt, hh, ww]).reshape(3, -1) + start

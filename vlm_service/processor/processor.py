@@ -1,0 +1,141 @@
+"""The processor: chat messages -> token ids, preprocessed images and MRoPE positions (CPU only).
+
+Token-exact with transformers: the checkpoint's chat template is rendered with the generation prompt as
+`processor.apply_chat_template(messages, add_generation_prompt=True)` does, the text is tokenized as the HF processor
+does, and each `<|image_pad|>` becomes grid_t * grid_h * grid_w / merge_size**2 pad tokens (done on ids, which gives
+the same ids as expanding the text, because the pad is a special token the tokenizer splits on).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+from vlm_service.errors import InvalidInput
+from vlm_service.processor.image import decode_image
+from vlm_service.processor.positions import image_offsets, mrope_positions
+from vlm_service.processor.tokenizer import load_tokenizer, special_token_ids
+from vlm_service.processor.vision import ImageConfig, preprocess_image
+from vlm_service.types import ChatMessage, ImageInput, ProcessedImage, ProcessedInput
+
+ROLES = ("system", "user", "assistant")
+# Markup a user's text may not contain: it would be read as image placeholders and break the image alignment.
+_RESERVED_TEXT = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>")
+
+
+def count_images(messages: tuple[ChatMessage, ...]) -> int:
+    """Number of image parts, counted without decoding anything (for admission checks)."""
+    return sum(isinstance(part, ImageInput) for msg in messages for part in msg.content)
+
+
+class Processor:
+    """Turns a chat into a `ProcessedInput` for one checkpoint (tokenizer + image settings)."""
+
+    def __init__(self, tokenizer, image_config: ImageConfig, max_pixels_limit: int = 40_000_000,
+                 max_images: int = 8):
+        self.tokenizer = tokenizer
+        self.image_config = image_config
+        self.max_pixels_limit = max_pixels_limit
+        self.max_images = max_images
+        self.token_ids = special_token_ids(tokenizer)
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("the tokenizer has no chat template")
+
+    @classmethod
+    def from_pretrained(cls, model_dir: Path, max_pixels_limit: int = 40_000_000, max_images: int = 8) -> "Processor":
+        """Load the tokenizer and image settings of an HF-format checkpoint directory."""
+        return cls(load_tokenizer(model_dir), ImageConfig.from_pretrained(model_dir), max_pixels_limit, max_images)
+
+    def process(self, messages: tuple[ChatMessage, ...]) -> ProcessedInput:
+        """Validate, decode and preprocess images, render and tokenize the chat, compute positions.
+
+        Raises InvalidInput / InvalidImage naming the field at fault (e.g. messages[0].content[1].image).
+        """
+        started = time.perf_counter()
+        self.validate(messages)
+        images = self._preprocess_images(messages)
+        input_ids = self._expand_pads(self._tokenize(messages), [grid for _, grid, _ in images])
+        return self._assemble(input_ids, images, started)
+
+    def validate(self, messages: tuple[ChatMessage, ...]) -> None:
+        """Structural checks only (roles, empty content, reserved markup, image count); decodes nothing."""
+        if not messages:
+            raise InvalidInput("messages must not be empty", field="messages")
+        n_images = count_images(messages)
+        if n_images > self.max_images:
+            raise InvalidInput(f"{n_images} images, over the limit of {self.max_images} per request",
+                               field="messages")
+        for i, msg in enumerate(messages):
+            _validate_message(i, msg)
+
+    def _preprocess_images(self, messages):
+        """[(pixel_values, grid_thw, sha256 hex)] in prompt order."""
+        out = []
+        for i, msg in enumerate(messages):
+            for j, part in enumerate(msg.content):
+                if isinstance(part, ImageInput):
+                    field = f"messages[{i}].content[{j}].image"
+                    img = decode_image(part.data, part.mime_type, self.max_pixels_limit, field)
+                    pixel_values, grid = preprocess_image(img, self.image_config)
+                    out.append((pixel_values, grid, hashlib.sha256(part.data).hexdigest()))
+        return out
+
+    def _tokenize(self, messages) -> list[int]:
+        text = self.tokenizer.apply_chat_template(
+            to_hf_conversation(messages), add_generation_prompt=True, tokenize=False
+        )
+        return list(self.tokenizer(text)["input_ids"])
+
+    def _expand_pads(self, ids: list[int], grids: list[tuple[int, int, int]]) -> list[int]:
+        pad = self.token_ids["image_pad"]
+        n_pads = sum(1 for t in ids if t == pad)
+        if n_pads != len(grids):
+            raise InvalidInput(f"the chat template produced {n_pads} image placeholders for {len(grids)} images",
+                               field="messages")
+        merge = self.image_config.merge_size**2
+        counts = iter(t * h * w // merge for t, h, w in grids)
+        out: list[int] = []
+        for token in ids:
+            out.extend([pad] * next(counts) if token == pad else [token])
+        return out
+
+    def _assemble(self, input_ids, images, started) -> ProcessedInput:
+        grids = [grid for _, grid, _ in images]
+        merge = self.image_config.merge_size
+        offsets = image_offsets(input_ids, grids, self.token_ids["image_pad"], merge)
+        positions, delta = mrope_positions(
+            input_ids, grids, self.token_ids["image_pad"], self.token_ids["vision_start"], merge
+        )
+        processed = [
+            ProcessedImage(pixel_values=pv, grid_thw=grid, content_hash=digest, offset=off,
+                           num_tokens=grid[0] * grid[1] * grid[2] // merge**2)
+            for (pv, grid, digest), off in zip(images, offsets)
+        ]
+        return ProcessedInput(input_ids=input_ids, images=processed, positions=positions, mrope_delta=delta,
+                              preprocess_ms=(time.perf_counter() - started) * 1000.0)
+
+
+def to_hf_conversation(messages: tuple[ChatMessage, ...]) -> list[dict]:
+    """Our messages in the shape HF chat templates read: list content of {"type": "text"|"image"} parts."""
+    return [
+        {
+            "role": msg.role,
+            "content": [
+                {"type": "image"} if isinstance(part, ImageInput) else {"type": "text", "text": part}
+                for part in msg.content
+            ],
+        }
+        for msg in messages
+    ]
+
+
+def _validate_message(i: int, msg: ChatMessage) -> None:
+    if msg.role not in ROLES:
+        raise InvalidInput(f"role must be one of {', '.join(ROLES)}, not {msg.role!r}", field=f"messages[{i}].role")
+    if not any(isinstance(p, ImageInput) or p for p in msg.content):
+        raise InvalidInput("message content is empty", field=f"messages[{i}].content")
+    for j, part in enumerate(msg.content):
+        if isinstance(part, str) and any(tok in part for tok in _RESERVED_TEXT):
+            raise InvalidInput("text must not contain vision placeholder tokens",
+                               field=f"messages[{i}].content[{j}].text")
