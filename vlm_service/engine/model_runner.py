@@ -1,0 +1,194 @@
+"""ModelRunner: turns a SchedulerOutput into one model forward over a flat batch and returns the logits.
+
+Flat batch of T tokens: input_ids [T], positions [3, T] (prefill: the slice of ProcessedInput.positions; generated
+tokens: index + mrope_delta on all axes), slot_mapping [T], MultimodalEmbeds for the image-pad positions in this
+step's chunks (from the vision cache; missing images of this step's prefills are encoded in ONE encode_images call).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from vlm_service.config import EngineConfig
+from vlm_service.engine.attention import BatchLayout, TorchPagedAttention
+from vlm_service.engine.scheduler import ScheduledChunk
+from vlm_service.engine.sequence import Sequence
+from vlm_service.engine.vision_cache import VisionCache, VisionEmbeds
+from vlm_service.models.common import MultimodalEmbeds, VLModel
+
+log = logging.getLogger(__name__)
+
+
+def model_dtype(model) -> torch.dtype:
+    params = getattr(model, "parameters", None)
+    p = next(iter(params()), None) if params else None
+    return p.dtype if p is not None and p.is_floating_point() else torch.float32
+
+
+def kv_block_bytes(spec, block_size: int, dtype: torch.dtype) -> int:
+    return spec.num_layers * 2 * block_size * spec.num_kv_heads * spec.head_dim * dtype.itemsize
+
+
+def pool_num_blocks(cfg: EngineConfig, spec, dtype: torch.dtype, device: torch.device) -> int:
+    """EngineConfig.num_blocks, or what fits in kv_memory_fraction of free GPU memory / kv_cpu_bytes on CPU."""
+    if cfg.num_blocks > 0:
+        return cfg.num_blocks
+    per_block = kv_block_bytes(spec, cfg.block_size, dtype)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return max(int(free * cfg.kv_memory_fraction) // per_block, 1)
+    return max(cfg.kv_cpu_bytes // per_block, 1)
+
+
+class ModelRunner:
+    """Owns the KV pool, the vision cache and (on CUDA) the FlashInfer planner and decode CUDA graphs."""
+
+    def __init__(self, model: VLModel, cfg: EngineConfig, device: torch.device | str, num_blocks: int):
+        self.model, self.cfg, self.spec = model, cfg, model.spec
+        self.device = torch.device(device)
+        self.dtype = model_dtype(model)
+        self.block_size = cfg.block_size
+        s = self.spec
+        # one extra block at the end: scratch for CUDA-graph padding rows, never handed out by the BlockManager
+        self.kv_caches = [torch.zeros(num_blocks + 1, 2, cfg.block_size, s.num_kv_heads, s.head_dim,
+                                      dtype=self.dtype, device=self.device) for _ in range(s.num_layers)]
+        self.scratch_block = num_blocks
+        self.vision_cache = VisionCache(cfg.vision_cache_bytes)
+        self.planner = self.graphs = None
+        if self.device.type == "cuda":
+            self._init_cuda()
+
+    def _init_cuda(self) -> None:
+        from vlm_service.engine.attention import FlashInferPlanner
+        from vlm_service.engine.cuda_graphs import DecodeGraphs
+
+        self.planner = FlashInferPlanner(self.device, self.spec, self.dtype, self.block_size)
+        if self.cfg.cuda_graphs:
+            try:
+                self.graphs = DecodeGraphs(self, self.cfg.max_num_seqs)
+            except Exception:  # a model that cannot be captured still serves, eagerly
+                log.exception("CUDA graph capture failed; decoding eagerly")
+                self.graphs = None
+
+    # ---- the step --------------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def run(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
+        """Forward the step's chunks; returns logits [n, vocab] float32 for the chunks that sample, in order."""
+        ids, positions, layout = self._flatten(chunks)
+        sample_idx = self._sample_indices(chunks)
+        if self.graphs is not None and self.graphs.can_run(chunks):
+            hidden = self.graphs.run(ids, positions, layout)
+        else:
+            mm = self._multimodal(chunks)
+            hidden = self.model.forward(ids, positions, self._attention(layout), mm)
+        return self.model.compute_logits(hidden[sample_idx]).float()
+
+    def _attention(self, layout: BatchLayout):
+        if self.planner is None:
+            return TorchPagedAttention(self.kv_caches, layout, self.spec.head_dim ** -0.5)
+        from vlm_service.engine.attention import FlashInferAttention
+
+        return FlashInferAttention(self.kv_caches, layout.slot_mapping, self.planner.plan(layout))
+
+    def _sample_indices(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
+        idx, end = [], 0
+        for c in chunks:
+            end += c.num_tokens
+            if c.samples:
+                idx.append(end - 1)
+        return torch.tensor(idx, dtype=torch.long, device=self.device)
+
+    # ---- flat batch ------------------------------------------------------------------------------------------
+    def _flatten(self, chunks: list[ScheduledChunk]) -> tuple[torch.Tensor, torch.Tensor, BatchLayout]:
+        ids: list[int] = []
+        pos, slots = [], []
+        for c in chunks:
+            ids += c.seq.token_range(c.start, c.end)
+            pos.append(self._positions(c.seq, c.start, c.end))
+            slots.append(self._slots(c.seq.block_table, c.start, c.end))
+        layout = BatchLayout([c.num_tokens for c in chunks], [c.end for c in chunks],
+                             [c.seq.block_table for c in chunks], torch.cat(slots).to(self.device))
+        ids_t = torch.tensor(ids, dtype=torch.long, device=self.device)
+        return ids_t, torch.cat(pos, dim=1).to(self.device), layout
+
+    @staticmethod
+    def _positions(seq: Sequence, start: int, end: int) -> torch.Tensor:
+        """[3, end - start] MRoPE positions: the prompt's from the processor, generated ones index + delta."""
+        n = seq.num_prompt_tokens
+        parts = []
+        if start < n:
+            parts.append(seq.processed.positions[:, start:min(end, n)].to(torch.long))
+        if end > n:
+            delta = seq.processed.mrope_delta
+            gen = torch.arange(max(start, n), end, dtype=torch.long) + delta
+            parts.append(gen[None, :].expand(3, -1))
+        return torch.cat(parts, dim=1)
+
+    def _slots(self, table: list[int], start: int, end: int) -> torch.Tensor:
+        idx = torch.arange(start, end, dtype=torch.long)
+        blocks = torch.tensor(table, dtype=torch.long)[idx // self.block_size]
+        return blocks * self.block_size + idx % self.block_size
+
+    # ---- images ----------------------------------------------------------------------------------------------
+    def _multimodal(self, chunks: list[ScheduledChunk]) -> MultimodalEmbeds | None:
+        embeds = self._vision_embeds(chunks)
+        if not embeds:
+            return None
+        mask, parts, deep_parts = [], [], []
+        for c in chunks:
+            m = torch.zeros(c.num_tokens, dtype=torch.bool)
+            for span in c.seq.images_in(c.start, c.end):
+                a, b = max(c.start, span.offset), min(c.end, span.end)
+                m[a - c.start:b - c.start] = True
+                emb, deep = embeds[span.content_hash]
+                parts.append(emb[a - span.offset:b - span.offset])
+                deep_parts.append([d[a - span.offset:b - span.offset] for d in deep])
+            mask.append(m)
+        if not parts:
+            return None
+        deepstack = [torch.cat(layer) for layer in zip(*deep_parts)] if deep_parts and deep_parts[0] else None
+        return MultimodalEmbeds(torch.cat(parts), torch.cat(mask).to(self.device), deepstack)
+
+    def _vision_embeds(self, chunks: list[ScheduledChunk]) -> dict[str, VisionEmbeds]:
+        """Embeddings of every image this step touches; the not-yet-computed images of this step's prefills
+        that the cache lacks are encoded together in one encode_images call."""
+        found: dict[str, VisionEmbeds] = {}
+        todo: dict[str, object] = {}  # content hash -> ProcessedImage
+        owners: dict[str, list[Sequence]] = {}
+        for c in chunks:
+            for i, span in enumerate(c.seq.images):
+                key = span.content_hash
+                if span.end <= c.start or key in found:
+                    continue
+                if key in todo:
+                    owners[key].append(c.seq)
+                    continue
+                hit = self.vision_cache.get(key)
+                if hit is not None:
+                    found[key] = hit
+                else:
+                    todo[key], owners[key] = c.seq.processed.images[i], [c.seq]
+        if todo:
+            found.update(self._encode(todo, owners))
+        return found
+
+    def _encode(self, todo: dict, owners: dict) -> dict[str, VisionEmbeds]:
+        t0 = time.monotonic()
+        images = list(todo.values())
+        pixels = torch.cat([img.pixel_values for img in images]).to(self.device, self.dtype)
+        grid = torch.tensor([img.grid_thw for img in images], dtype=torch.long, device=self.device)
+        results = self.model.encode_images(pixels, grid)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        ms = (time.monotonic() - t0) * 1000.0
+        out = {}
+        for key, res in zip(todo, results):
+            item = (res[0], list(res[1]))
+            self.vision_cache.put(key, item)
+            out[key] = item
+        for seq in {id(s): s for ss in owners.values() for s in ss}.values():
+            seq.times.vision_ms += ms
+        return out

@@ -1,0 +1,96 @@
+"""One request's state inside the engine: tokens, KV blocks, progress. Pure bookkeeping, no torch ops."""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from dataclasses import dataclass, field
+
+from vlm_service.types import ProcessedInput, SamplingParams
+
+_seq_counter = itertools.count()
+
+
+class SeqStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(frozen=True)
+class ImageSpan:
+    """Where an image's pad tokens sit in the prompt: [offset, offset + num_tokens)."""
+
+    content_hash: str
+    offset: int
+    num_tokens: int
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.num_tokens
+
+
+@dataclass
+class SeqTimes:
+    """time.monotonic() stamps of a request's life (0.0 = not yet)."""
+
+    arrival: float = 0.0
+    first_scheduled: float = 0.0
+    first_token: float = 0.0
+    vision_ms: float = 0.0
+
+
+@dataclass(eq=False)
+class Sequence:
+    """A request being generated. Tokens [0, num_computed_tokens) have their KV in `block_table`'s blocks."""
+
+    request_id: str
+    prompt_ids: list[int]
+    sampling: SamplingParams
+    max_tokens: int  # completion limit, already capped by the context
+    images: tuple[ImageSpan, ...] = ()
+    processed: ProcessedInput | None = None  # kept for pixel values and MRoPE positions (None in pure unit tests)
+    output_ids: list[int] = field(default_factory=list)
+    block_table: list[int] = field(default_factory=list)
+    block_hashes: list[bytes] = field(default_factory=list)  # chain hashes of the first len() full blocks
+    num_computed_tokens: int = 0
+    num_cached_tokens: int = 0  # prefix-cache hit at first admission (reported as Usage.cached_tokens)
+    status: SeqStatus = SeqStatus.WAITING
+    times: SeqTimes = field(default_factory=SeqTimes)
+    seq_no: int = field(default_factory=lambda: next(_seq_counter))  # arrival order: larger = newer
+    ever_scheduled: bool = False
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
+    def num_pending_tokens(self) -> int:
+        """Tokens whose KV is not yet computed (1 in steady decode, many during (re)prefill)."""
+        return self.num_tokens - self.num_computed_tokens
+
+    def token_at(self, i: int) -> int:
+        n = len(self.prompt_ids)
+        return self.prompt_ids[i] if i < n else self.output_ids[i - n]
+
+    def token_range(self, start: int, end: int) -> list[int]:
+        n = len(self.prompt_ids)
+        if end <= n:
+            return self.prompt_ids[start:end]
+        return (self.prompt_ids[start:] if start < n else []) + self.output_ids[max(start - n, 0): end - n]
+
+    def block_content(self, index: int, block_size: int) -> tuple:
+        """What a full block holds, as the prefix cache keys it: its token ids and, for image-pad tokens, the
+        image content hash with the offset inside the image (same text + other image -> other key)."""
+        start, end = index * block_size, (index + 1) * block_size
+        imgs = tuple((s.content_hash, max(start, s.offset) - s.offset, max(start, s.offset) - start)
+                     for s in self.images if s.offset < end and s.end > start)
+        return tuple(self.token_range(start, end)), imgs
+
+    def images_in(self, start: int, end: int) -> list[ImageSpan]:
+        """Images whose pad tokens overlap token range [start, end)."""
+        return [s for s in self.images if s.offset < end and s.end > start]
