@@ -1,0 +1,178 @@
+"""Qwen3-VL (dense): vision tower with deepstack mergers + text decoder with interleaved MRoPE.
+
+Parameter names mirror transformers-5's state_dict (the canonical layout), except q/k/v and gate/up, which are fused
+(MergedLinear) and filled from the separate checkpoint tensors. Built as Qwen3VLForConditionalGeneration(config,
+dtype, device, vit_attention) with config from loader.normalize_config; see registry.py for the contract.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import kernels
+from kernels.reference import rope_cos_sin_cache
+from vlm_service.models.common import AttentionContext, ModelSpec, MultimodalEmbeds
+from vlm_service.models.layers import LayerNorm, MergedLinear, RMSNorm, init_random_, load_into, materialize
+from vlm_service.models.qwen3_vl_vision import Qwen3VLVisionTower
+
+
+class TextAttention(nn.Module):
+    """GQA with per-head q/k RMSNorm and interleaved MRoPE; the cache lives in the AttentionContext."""
+
+    def __init__(self, cfg: dict, layer: int):
+        super().__init__()
+        self.layer = layer
+        self.num_heads, self.num_kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+        self.head_dim = cfg.get("head_dim") or cfg["hidden_size"] // self.num_heads
+        q, kv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        bias = bool(cfg.get("attention_bias", False))
+        self.qkv_proj = MergedLinear(cfg["hidden_size"], {"q_proj": q, "k_proj": kv, "v_proj": kv}, bias)
+        self.o_proj = nn.Linear(q, cfg["hidden_size"], bias=bias)
+        self.q_norm = RMSNorm(self.head_dim, cfg.get("rms_norm_eps", 1e-6))
+        self.k_norm = RMSNorm(self.head_dim, cfg.get("rms_norm_eps", 1e-6))
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, ctx: AttentionContext, rope) -> torch.Tensor:
+        T = x.shape[0]  # x: [T, hidden]
+        q, k, v = self.qkv_proj(x).split(self.qkv_proj.sizes, dim=-1)
+        q = self.q_norm(q.reshape(T, self.num_heads, self.head_dim))  # [T, Hq, D]
+        k = self.k_norm(k.reshape(T, self.num_kv_heads, self.head_dim))  # [T, Hk, D]
+        v = v.reshape(T, self.num_kv_heads, self.head_dim).contiguous()
+        kernels.apply_mrope_(q, k, positions, rope.cache, rope.section, True)
+        return self.o_proj(ctx.attend(self.layer, q, k, v).reshape(T, -1))
+
+
+class TextMLP(nn.Module):
+    def __init__(self, hidden: int, inter: int):
+        super().__init__()
+        self.gate_up_proj = MergedLinear(hidden, {"gate_proj": inter, "up_proj": inter}, bias=False)
+        self.down_proj = nn.Linear(inter, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(kernels.silu_and_mul(self.gate_up_proj(x)))
+
+
+class TextDecoderLayer(nn.Module):
+    """Pre-norm block; carries the residual stream separately so the adds fuse into the norms."""
+
+    def __init__(self, cfg: dict, layer: int):
+        super().__init__()
+        eps = cfg.get("rms_norm_eps", 1e-6)
+        self.input_layernorm = RMSNorm(cfg["hidden_size"], eps)
+        self.self_attn = TextAttention(cfg, layer)
+        self.post_attention_layernorm = RMSNorm(cfg["hidden_size"], eps)
+        self.mlp = TextMLP(cfg["hidden_size"], cfg["intermediate_size"])
+
+    def forward(self, h, residual, positions, ctx, rope):
+        if residual is None:
+            residual, x = h, self.input_layernorm(h)
+        else:
+            x, residual = self.input_layernorm.add(h, residual)
+        x, residual = self.post_attention_layernorm.add(self.self_attn(x, positions, ctx, rope), residual)
+        return self.mlp(x), residual
+
+
+class _Rope:
+    """The text rotary cache [max_pos, D] = [cos | sin] and the interleaved mrope section."""
+
+    def __init__(self, text: dict, head_dim: int, device: torch.device):
+        rp = text["rope_parameters"]
+        self.section = list(rp.get("mrope_section") or [24, 20, 20])
+        max_pos = int(text.get("max_position_embeddings", 32768))
+        self.cache = rope_cos_sin_cache(head_dim, max_pos, float(rp["rope_theta"]), device=device)
+
+
+class Qwen3VLTextModel(nn.Module):
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg["vocab_size"], cfg["hidden_size"])
+        self.layers = nn.ModuleList(TextDecoderLayer(cfg, i) for i in range(cfg["num_hidden_layers"]))
+        self.norm = RMSNorm(cfg["hidden_size"], cfg.get("rms_norm_eps", 1e-6))
+
+    def forward(self, input_ids, positions, ctx, rope, mm: MultimodalEmbeds | None) -> torch.Tensor:
+        h = self.embed_tokens(input_ids)  # [T, hidden]
+        if mm is not None and mm.embeds.numel():
+            h[mm.mask] = mm.embeds.to(h.dtype)
+        residual = None
+        for i, layer in enumerate(self.layers):
+            h, residual = layer(h, residual, positions, ctx, rope)
+            if mm is not None and mm.deepstack and i < len(mm.deepstack):
+                # the residual stream is h + residual; adding to h adds to the stream
+                h[mm.mask] += mm.deepstack[i].to(h.dtype)
+        return self.norm.add(h, residual)[0]
+
+
+class _Inner(nn.Module):
+    """`model.*` of the canonical layout: visual + language_model."""
+
+    def __init__(self, config: dict, vit_attention):
+        super().__init__()
+        self.visual = Qwen3VLVisionTower(config["vision_config"], vit_attention)
+        self.language_model = Qwen3VLTextModel(config["text_config"])
+
+
+class Qwen3VLForConditionalGeneration(nn.Module):
+    """Qwen3-VL dense model implementing the VLModel protocol (models/common.py)."""
+
+    def __init__(self, config: dict, dtype: torch.dtype, device: torch.device, vit_attention):
+        super().__init__()
+        text = config["text_config"]
+        self.config = config
+        self.tied = bool(config.get("tie_word_embeddings", False))
+        with torch.device("meta"):
+            self.model = _Inner(config, vit_attention)
+            if not self.tied:
+                self.lm_head = nn.Linear(text["hidden_size"], text["vocab_size"], bias=False)
+        materialize(self, dtype, device)
+        attn0 = self.model.language_model.layers[0].self_attn
+        self.rope = _Rope(text, attn0.head_dim, device)
+        self.model.visual.build_caches(device)
+        self.spec = _spec(config, attn0)
+
+    # ---- weights ----------------------------------------------------------------------------------------------
+
+    def load_weights(self, named: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy canonical (name, tensor) pairs in; ModelLoadError names a missing/unexpected/mis-shaped tensor."""
+        load_into(self, named, ignore=("lm_head.weight",) if self.tied else ())
+
+    def init_random(self, std: float = 0.02, seed: int = 0) -> None:
+        """Random weights in place (random: presets)."""
+        init_random_(self, std, seed)
+
+    # ---- VLModel ----------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode_images(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor):
+        """pixel_values [sum patches, C*tp*p*p], grid_thw [n, 3] -> per image (embeds [tokens, hidden], deepstack)."""
+        return self.model.visual(pixel_values, grid_thw)
+
+    @torch.no_grad()
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: AttentionContext,
+                mm: MultimodalEmbeds | None = None) -> torch.Tensor:
+        """input_ids [T], positions [3, T] -> hidden [T, hidden] after the final norm."""
+        return self.model.language_model(input_ids, positions, ctx, self.rope, mm)
+
+    @torch.no_grad()
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [B, hidden] -> logits [B, vocab] float32."""
+        weight = self.model.language_model.embed_tokens.weight if self.tied else self.lm_head.weight
+        return F.linear(hidden, weight).float()
+
+
+def _spec(config: dict, attn: TextAttention) -> ModelSpec:
+    text, vision = config["text_config"], config["vision_config"]
+    return ModelSpec(
+        architecture="Qwen3VLForConditionalGeneration",
+        num_layers=text["num_hidden_layers"], num_heads=attn.num_heads, num_kv_heads=attn.num_kv_heads,
+        head_dim=attn.head_dim, hidden_size=text["hidden_size"], vocab_size=text["vocab_size"],
+        max_position_embeddings=int(text.get("max_position_embeddings", 32768)),
+        image_token_id=int(config.get("image_token_id", 151655)),
+        vision_start_token_id=int(config.get("vision_start_token_id", 151652)),
+        eos_token_ids=tuple(config.get("eos_token_ids") or ()),
+        spatial_merge_size=int(vision.get("spatial_merge_size", 2)),
+        patch_size=int(vision.get("patch_size", 16)),
+        temporal_patch_size=int(vision.get("temporal_patch_size", 2)),
+    )
