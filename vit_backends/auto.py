@@ -117,9 +117,14 @@ class AutoAttention(ViTAttention):
                 log.warning("auto: ViT attention candidate %s failed, skipped: %s: %s", name, type(e).__name__, e)
         return timings
 
+    @staticmethod
+    def _should_measure(device: torch.device, candidates: int) -> bool:
+        """Measure on CUDA when there is a choice; on CPU sdpa is the only sensible backend."""
+        return device.type == "cuda" and candidates > 1
+
     def _resolve(self, bucket: ShapeBucket, args: tuple) -> ViTAttention:
         candidates = self._candidates(args[0])
-        if args[0].device.type != "cuda" or len(candidates) == 1:
+        if not self._should_measure(args[0].device, len(candidates)):
             timings, name = {}, "sdpa" if "sdpa" in candidates else next(iter(candidates))
         else:
             timings = self._measure(candidates, args)
