@@ -17,9 +17,19 @@ class FakeServicer(vlm_pb2_grpc.VisionLanguageServiceServicer):
     def __init__(self, token_gap_s: float = 0.002, prefill_s: float = 0.005, slow_s: float = 2.0):
         self.token_gap_s, self.prefill_s, self.slow_s = token_gap_s, prefill_s, slow_s
         self.seen = 0
+        self.in_flight = self.max_in_flight = 0
 
     async def Generate(self, request, context):
         self.seen += 1
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            async for resp in self._generate(request, context):
+                yield resp
+        finally:
+            self.in_flight -= 1
+
+    async def _generate(self, request, context):
         t0 = time.perf_counter()
         images = [p.image for m in request.messages for p in m.content if p.WhichOneof("kind") == "image"]
         text = " ".join(p.text for m in request.messages for p in m.content if p.WhichOneof("kind") == "text")

@@ -88,8 +88,16 @@ class TextMaker:
         words = [_WORDS[i] for i in rng.integers(0, len(_WORDS), size=num_tokens + 8)]
         if self.tokenizer is None:
             return " ".join(words[:num_tokens])
-        ids = self.tokenizer.encode(" ".join(words), add_special_tokens=False).ids[:num_tokens]
-        return self.tokenizer.decode(ids)
+        text = self.tokenizer.decode(self._ids(" ".join(words))[:num_tokens])
+        for _ in range(8):  # a cut can re-merge differently on re-encoding: settle on the exact count
+            ids = self._ids(text)
+            if len(ids) == num_tokens:
+                break
+            text = self.tokenizer.decode(ids[:num_tokens]) if len(ids) > num_tokens else text + " the"
+        return text
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
 
 
 def _load_tokenizer(path: Path):
