@@ -175,3 +175,34 @@ def test_drain_finishes_in_flight_refuses_new(tmp_path):
         assert len(completes) == 1 and completes[0].complete.finish_reason == vlm_pb2.LENGTH
         thread.join(10)
         assert drained == {"ok": True}
+
+
+def test_server_default_deadline_applies_when_client_sets_none(tmp_path):
+    rt = fake_runtime(FakeEngine(delay=0.02))
+    with running_server(_cfg(tmp_path, default_deadline_s=0.2), load_runtime=lambda cfg: rt) as srv:
+        stub = vlm_pb2_grpc.VisionLanguageServiceStub(srv.channel())
+        t0 = time.monotonic()
+        with pytest.raises(grpc.RpcError) as err:
+            _collect(stub.Generate(build_request("a", max_tokens=500)))
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and time.monotonic() - t0 < 2.0
+        assert _wait_free(rt)
+        _, completes = _collect(stub.Generate(build_request("a", max_tokens=2)))  # short ones still pass
+        assert len(completes) == 1
+
+
+def test_health_answers_fast_while_busy(env):
+    srv, rt, stub = env
+    streams = [stub.Generate(build_request("a", max_tokens=100)) for _ in range(4)]
+    for s in streams:
+        next(s)
+    with srv.channel() as ch:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        health = health_pb2_grpc.HealthStub(ch)
+        health.Check(health_pb2.HealthCheckRequest(service=""))  # connect first
+        t0 = time.monotonic()
+        status = health.Check(health_pb2.HealthCheckRequest(service="vlm.v1.VisionLanguageService")).status
+        assert status == health_pb2.HealthCheckResponse.SERVING and time.monotonic() - t0 < 0.1
+    for s in streams:
+        s.cancel()
+    assert _wait_free(rt)
