@@ -99,6 +99,7 @@ def _validate(args) -> None:
         raise ValueError("--peer transformers needs --peer-model")
     if args.burstiness <= 0 or any(r <= 0 for r in args.request_rate):
         raise ValueError("--request-rate and --burstiness must be positive")
+    parse_goodput(args.goodput)
 
 
 async def _measure(args, measured, warm, result_dir: Path) -> list[Run]:
