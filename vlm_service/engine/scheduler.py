@@ -23,18 +23,16 @@ class ScheduledChunk:
     seq: Sequence
     start: int
     num_tokens: int
+    samples: bool  # fixed at scheduling time (the sequence grows afterwards)
+
+    @classmethod
+    def of(cls, seq: Sequence, num_tokens: int) -> "ScheduledChunk":
+        start = seq.num_computed_tokens
+        return cls(seq, start, num_tokens, start + num_tokens == seq.num_tokens)
 
     @property
     def end(self) -> int:
         return self.start + self.num_tokens
-
-    @property
-    def samples(self) -> bool:
-        return self.end == self.seq.num_tokens
-
-    @property
-    def is_prefill(self) -> bool:
-        return self.num_tokens > 1 or self.start < self.seq.num_prompt_tokens
 
 
 @dataclass
@@ -106,7 +104,7 @@ class Scheduler:
             if not self._make_room(seq, n, out):
                 continue
             self.bm.allocate(seq, n)
-            out.chunks.append(ScheduledChunk(seq, seq.num_computed_tokens, n))
+            out.chunks.append(ScheduledChunk.of(seq, n))
             budget -= n
         return budget
 
@@ -144,5 +142,5 @@ class Scheduler:
                 out.admitted.append(seq)
             seq.status = SeqStatus.RUNNING
             self.running.append(seq)
-            out.chunks.append(ScheduledChunk(seq, seq.num_computed_tokens, n))
+            out.chunks.append(ScheduledChunk.of(seq, n))
             budget -= n

@@ -1,0 +1,246 @@
+"""AsyncEngine: LLMEngine on a background thread, with admission control and asyncio streams.
+
+Threads: the asyncio side (server) only touches `_reserved`, `_streams` and the command queue; the engine thread
+owns the LLMEngine, applies queued commands (add/abort) between steps, and hands outputs back with
+loop.call_soon_threadsafe. Commands run in the order they were queued, so an abort followed by a re-add of the same
+id is safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+from vlm_service.config import EngineConfig, LimitsConfig
+from vlm_service.engine.engine import LLMEngine
+from vlm_service.errors import DuplicateRequest, InvalidInput, Overloaded, ShuttingDown
+from vlm_service.types import Finished, ProcessedInput, SamplingParams, TokenDelta
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    running: int = 0
+    waiting: int = 0  # queued in the engine, not yet admitted (reservations not included)
+    reserved: int = 0  # admitted by reserve(), preprocessing not finished
+    kv_blocks_used: int = 0
+    kv_blocks_total: int = 0
+    tracked_requests: int = 0  # ids known anywhere (reservations, streams, engine state)
+    prefix_cache_hit_tokens: int = 0
+    vision_cache_hits: int = 0
+    vision_cache_misses: int = 0
+
+
+@dataclass
+class _Stream:
+    queue: asyncio.Queue
+    loop: asyncio.AbstractEventLoop
+
+
+class AsyncEngine:
+    """The engine API the server codes against (see DESIGN.md, Engine)."""
+
+    def __init__(self, model, tokenizer, engine_cfg: EngineConfig, limits: LimitsConfig, device):
+        self.engine = LLMEngine(model, tokenizer, engine_cfg, device)
+        self.limits = limits
+        self._reserved: set[str] = set()
+        self._streams: dict[str, _Stream] = {}
+        self._commands: deque = deque()
+        self._queued_tokens: dict[str, int] = {}  # adds queued, not yet in the engine
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._shutting_down = False
+        self._exit = False
+        self._snapshot = EngineStats(kv_blocks_total=self.engine.block_manager.num_blocks)
+        self._engine_ids: frozenset[str] = frozenset()
+        self._owner: dict[str, _Stream] = {}  # engine thread only: which stream gets a request's outputs
+        self._waiting_tokens = 0
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.max_model_len
+
+    # ---- lifecycle -------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="vlm-engine", daemon=True)
+            self._thread.start()
+
+    async def stop(self, drain: bool) -> None:
+        """Refuse new work; with drain, wait for in-flight requests to finish, else abort them; stop the thread."""
+        self._shutting_down = True
+        if not drain:
+            for rid in list(self._streams):
+                self.abort(rid)
+        while self._streams or self._reserved:
+            await asyncio.sleep(0.01)
+        self._exit = True
+        self._wake.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+
+    # ---- admission -------------------------------------------------------------------------------------------
+    def reserve(self, request_id: str) -> None:
+        """Admit a request id before any image decode (a reservation counts as waiting)."""
+        if self._shutting_down:
+            raise ShuttingDown("the engine is shutting down")
+        if request_id in self._reserved or request_id in self._streams:
+            raise DuplicateRequest(f"request {request_id!r} is already in flight", field="request_id")
+        waiting = len(self._reserved) + len(self._queued_tokens) + self._snapshot.waiting
+        if waiting >= self.limits.max_waiting_requests:
+            raise Overloaded(f"{waiting} requests are waiting (limit {self.limits.max_waiting_requests})")
+        tokens = self._waiting_tokens + sum(self._queued_tokens.values())
+        if self.limits.max_waiting_tokens and tokens >= self.limits.max_waiting_tokens:
+            raise Overloaded(f"{tokens} prompt tokens are waiting (limit {self.limits.max_waiting_tokens})")
+        self._reserved.add(request_id)
+
+    def release(self, request_id: str) -> None:
+        """Undo a reservation (preprocessing failed)."""
+        self._reserved.discard(request_id)
+
+    def _check(self, processed: ProcessedInput, sampling: SamplingParams) -> None:
+        cap = self.limits.max_prompt_tokens
+        if cap and len(processed.input_ids) > cap:
+            raise InvalidInput(f"prompt has {len(processed.input_ids)} tokens, over the limit of {cap}",
+                               field="messages")
+        self.engine.check(processed, sampling)
+
+    # ---- streams ---------------------------------------------------------------------------------------------
+    async def generate(self, request_id: str, processed: ProcessedInput, sampling: SamplingParams,
+                       arrival_time: float) -> AsyncIterator[TokenDelta | Finished]:
+        """Stream a request's TokenDeltas and its one Finished. Leaving early aborts it at once."""
+        if request_id not in self._reserved:
+            self.reserve(request_id)
+        try:
+            self._check(processed, sampling)
+        except InvalidInput:
+            self.release(request_id)
+            raise
+        stream = _Stream(asyncio.Queue(), asyncio.get_running_loop())
+        self._streams[request_id] = stream
+        self._reserved.discard(request_id)
+        self._submit(("add", request_id, processed, sampling, arrival_time, stream), len(processed.input_ids))
+        finished = False
+        try:
+            while not finished:
+                item = await stream.queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                finished = isinstance(item, Finished)
+                yield item
+        finally:
+            if self._streams.get(request_id) is stream:
+                del self._streams[request_id]
+            if not finished:
+                self._submit(("abort", request_id))
+
+    def abort(self, request_id: str) -> bool:
+        """Abort a reserved or streaming request; its stream (if any) ends with Finished(ABORT)."""
+        if request_id in self._reserved:
+            self._reserved.discard(request_id)
+            return True
+        if request_id in self._streams:
+            self._submit(("abort", request_id))
+            return True
+        return False
+
+    def stats(self) -> EngineStats:
+        s = self._snapshot
+        ids = set(self._reserved) | set(self._streams) | set(self._queued_tokens) | self._engine_ids
+        return EngineStats(s.running, s.waiting, len(self._reserved), s.kv_blocks_used, s.kv_blocks_total, len(ids),
+                           s.prefix_cache_hit_tokens, s.vision_cache_hits, s.vision_cache_misses)
+
+    def _submit(self, command: tuple, tokens: int = 0) -> None:
+        with self._lock:
+            if command[0] == "add":
+                self._queued_tokens[command[1]] = tokens
+            self._commands.append(command)
+        self._wake.set()
+
+    # ---- the engine thread -----------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._exit:
+            self._wake.clear()
+            self._publish(self._apply_commands())
+            if not self.engine.has_work():
+                self._take_snapshot()
+                self._wake.wait(timeout=0.5)
+                continue
+            try:
+                outputs = self.engine.step()
+            except Exception as exc:  # a model failure must not leave streams hanging
+                log.exception("engine step failed; failing every request in flight")
+                self._fail_all(exc)
+                continue
+            self._take_snapshot()
+            self._publish(outputs)
+
+    def _apply_commands(self) -> list:
+        outputs = []
+        while True:
+            with self._lock:
+                if not self._commands:
+                    return outputs
+                command = self._commands.popleft()
+                if command[0] == "add":
+                    self._queued_tokens.pop(command[1], None)
+            outputs += self._apply(command)
+
+    def _apply(self, command: tuple) -> list:
+        if command[0] == "abort":
+            fin = self.engine.abort(command[1])
+            return [fin] if fin is not None else []
+        _, rid, processed, sampling, arrival, stream = command
+        self._owner[rid] = stream
+        try:
+            self.engine.add(rid, processed, sampling, arrival)
+        except Exception as exc:
+            return [_Failure(rid, exc)]
+        return []
+
+    def _fail_all(self, exc: Exception) -> None:
+        failures = [_Failure(rid, exc) for rid in list(self.engine.requests)]
+        for rid in list(self.engine.requests):
+            self.engine.abort(rid)
+        self._take_snapshot()
+        self._publish(failures)
+
+    def _take_snapshot(self) -> None:
+        e = self.engine
+        sched, vc = e.scheduler, e.runner.vision_cache
+        self._waiting_tokens = sched.num_waiting_tokens
+        self._engine_ids = frozenset(e.requests)
+        self._snapshot = EngineStats(len(sched.running), len(sched.waiting), 0, e.block_manager.num_used_blocks,
+                                     e.block_manager.num_blocks, 0, sched.prefix_hit_tokens, vc.hits, vc.misses)
+
+    def _publish(self, outputs: list) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for out in outputs:
+            final = isinstance(out, (Finished, _Failure))
+            stream = self._owner.pop(out.request_id, None) if final else self._owner.get(out.request_id)
+            if stream is not None:
+                by_loop.setdefault(stream.loop, []).append((stream, out))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # the loop closed under us: nobody listens any more
+                pass
+
+
+@dataclass
+class _Failure:
+    request_id: str
+    error: Exception
+
+
+def _deliver(items: list) -> None:
+    """On the asyncio side: put each output on its stream's queue (errors as the exception itself)."""
+    for stream, out in items:
+        stream.queue.put_nowait(out.error if isinstance(out, _Failure) else out)
