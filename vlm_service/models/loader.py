@@ -160,7 +160,10 @@ def load_model(path: str | Path, dtype: torch.dtype, device: torch.device | str,
     path = Path(path)
     config = read_config(path)
     cls = model_class(architecture_of(config, path))
-    model = cls(config, dtype, torch.device(device), vit_attention)
+    try:
+        model = cls(config, dtype, torch.device(device), vit_attention)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelLoadError(f"{path / 'config.json'}: missing or invalid field ({type(e).__name__}: {e})") from None
     files = weight_files(path)
     cursor = _Cursor()
     try:
