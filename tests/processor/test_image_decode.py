@@ -5,7 +5,7 @@ import psutil
 import pytest
 from PIL import Image, ImageFile
 
-from tests.processor.conftest import encode, random_image
+from proc_images import encode, random_image
 from vlm_service.errors import InvalidImage
 from vlm_service.processor.image import MIN_IMAGE_SIDE, decode_image, supported_mime_types
 
