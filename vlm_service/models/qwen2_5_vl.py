@@ -1,0 +1,197 @@
+"""Qwen2.5-VL: the windowed ViT of qwen2_5_vl_vision.py + a Qwen2 text decoder with contiguous 3D MRoPE.
+
+Parameter names mirror transformers-5's state_dict (`model.visual.*`, `model.language_model.*`, `lm_head.weight`),
+except q/k/v and gate/up, which are fused (layers.MergedLinear) and filled from the separate checkpoint tensors.
+Built as Qwen2_5_VLForConditionalGeneration(config, dtype, device, vit_attention); see registry.py for the contract.
+`config` may be loader.normalize_config's output or raw config.json contents (text fields at the top level or in
+text_config, rope in rope_parameters or rope_scaling).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import kernels
+from kernels.reference import rope_cos_sin_cache
+from vit_backends.base import ViTAttention
+from vlm_service.errors import ModelLoadError
+from vlm_service.models.common import AttentionContext, ModelSpec, MultimodalEmbeds
+from vlm_service.models.layers import MergedLinear, RMSNorm, init_random_, load_into, materialize
+from vlm_service.models.qwen2_5_vl_vision import Qwen2_5_VLVisionTower
+
+ARCH = "Qwen2_5_VLForConditionalGeneration"
+
+
+def text_config(config: dict) -> dict:
+    """The text model's fields: text_config over the top level (hub configs keep them at the top)."""
+    flat = {k: v for k, v in config.items() if k not in ("text_config", "vision_config")}
+    return {**flat, **(config.get("text_config") or {})}
+
+
+class TextAttention(nn.Module):
+    """GQA with biased q/k/v (fused) and contiguous MRoPE; the KV cache lives in the AttentionContext."""
+
+    def __init__(self, cfg: dict, layer: int):
+        super().__init__()
+        self.layer = layer
+        self.num_heads = cfg["num_attention_heads"]
+        self.num_kv_heads = cfg.get("num_key_value_heads") or self.num_heads
+        self.head_dim = cfg["hidden_size"] // self.num_heads
+        q, kv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        self.qkv_proj = MergedLinear(cfg["hidden_size"], {"q_proj": q, "k_proj": kv, "v_proj": kv}, bias=True)
+        self.o_proj = nn.Linear(q, cfg["hidden_size"], bias=False)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, ctx: AttentionContext, rope) -> torch.Tensor:
+        T = x.shape[0]  # x: [T, hidden]
+        q, k, v = self.qkv_proj(x).split(self.qkv_proj.sizes, dim=-1)
+        q = q.reshape(T, self.num_heads, self.head_dim).contiguous()  # [T, Hq, D]
+        k = k.reshape(T, self.num_kv_heads, self.head_dim).contiguous()  # [T, Hk, D]
+        v = v.reshape(T, self.num_kv_heads, self.head_dim).contiguous()
+        kernels.apply_mrope_(q, k, positions, rope.cache, rope.section, False)
+        return self.o_proj(ctx.attend(self.layer, q, k, v).reshape(T, -1))
+
+
+class TextMLP(nn.Module):
+    def __init__(self, hidden: int, inter: int):
+        super().__init__()
+        self.gate_up_proj = MergedLinear(hidden, {"gate_proj": inter, "up_proj": inter}, bias=False)
+        self.down_proj = nn.Linear(inter, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(kernels.silu_and_mul(self.gate_up_proj(x)))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm block; the residual stream travels separately so each add fuses into the next norm."""
+
+    def __init__(self, cfg: dict, layer: int):
+        super().__init__()
+        eps = cfg.get("rms_norm_eps", 1e-6)
+        self.input_layernorm = RMSNorm(cfg["hidden_size"], eps)
+        self.self_attn = TextAttention(cfg, layer)
+        self.post_attention_layernorm = RMSNorm(cfg["hidden_size"], eps)
+        self.mlp = TextMLP(cfg["hidden_size"], cfg["intermediate_size"])
+
+    def forward(self, h, residual, positions, ctx, rope):
+        if residual is None:
+            residual, x = h, self.input_layernorm(h)
+        else:
+            x, residual = self.input_layernorm.add(h, residual)
+        x, residual = self.post_attention_layernorm.add(self.self_attn(x, positions, ctx, rope), residual)
+        return self.mlp(x), residual
+
+
+class TextModel(nn.Module):
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg["vocab_size"], cfg["hidden_size"])
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg["num_hidden_layers"]))
+        self.norm = RMSNorm(cfg["hidden_size"], cfg.get("rms_norm_eps", 1e-6))
+
+    def forward(self, input_ids, positions, ctx, rope, mm: MultimodalEmbeds | None) -> torch.Tensor:
+        h = self.embed_tokens(input_ids)  # [T, hidden]
+        if mm is not None and mm.embeds.numel():
+            h[mm.mask] = mm.embeds.to(h.dtype)  # image embeddings into the image-pad positions, in order
+        residual = None
+        for layer in self.layers:
+            h, residual = layer(h, residual, positions, ctx, rope)
+        return self.norm.add(h, residual)[0]
+
+
+class _Rope:
+    """The text rotary cache [max_pos, D] float32 = [cos | sin] and the contiguous mrope section (t, h, w)."""
+
+    def __init__(self, text: dict, head_dim: int, device):
+        rp = text.get("rope_parameters") or text.get("rope_scaling") or {}
+        self.section = list(rp.get("mrope_section") or [16, 24, 24])
+        if 2 * sum(self.section) != head_dim:
+            raise ModelLoadError(f"mrope_section {self.section} does not cover head_dim {head_dim} (sum must be D/2)")
+        theta = float(rp.get("rope_theta", text.get("rope_theta", 1000000.0)))
+        max_pos = int(text.get("max_position_embeddings", 32768))
+        self.cache = rope_cos_sin_cache(head_dim, max_pos, theta, device=device)
+
+
+class _Inner(nn.Module):
+    """`model.*` of the canonical layout: visual + language_model."""
+
+    def __init__(self, config: dict, text: dict, vit_attention: ViTAttention):
+        super().__init__()
+        self.visual = Qwen2_5_VLVisionTower(config["vision_config"], vit_attention)
+        self.language_model = TextModel(text)
+
+
+class Qwen2_5_VLForConditionalGeneration(nn.Module):
+    """Qwen2.5-VL implementing the VLModel protocol (models/common.py)."""
+
+    def __init__(self, config: dict, dtype: torch.dtype, device: torch.device | str, vit_attention: ViTAttention):
+        super().__init__()
+        text = text_config(config)
+        self.tied = bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", False)))
+        with torch.device("meta"):
+            self.model = _Inner(config, text, vit_attention)
+            if not self.tied:
+                self.lm_head = nn.Linear(text["hidden_size"], text["vocab_size"], bias=False)
+        materialize(self, dtype, torch.device(device))
+        attn0 = self.model.language_model.layers[0].self_attn
+        self.rope = _Rope(text, attn0.head_dim, device)
+        self.spec = _spec(config, text, attn0)
+
+    # ---- weights ----------------------------------------------------------------------------------------------
+
+    def load_weights(self, named: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy canonical (name, tensor) pairs in; ModelLoadError names a missing/unexpected/mis-shaped tensor.
+        With tied embeddings lm_head.weight is optional (embed_tokens serves as the head)."""
+        load_into(self, named, ignore=("lm_head.weight",) if self.tied else ())
+
+    def init_random(self, std: float = 0.02, seed: int = 0) -> None:
+        """Random weights in place (random: presets)."""
+        init_random_(self, std, seed)
+
+    # ---- VLModel ----------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode_images(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor):
+        """pixel_values [sum patches, C*tp*p*p], grid_thw [n, 3], all in one packed ViT pass
+        -> per image (embeds [tokens, hidden], [])."""
+        merged = self.model.visual(pixel_values, grid_thw)
+        sizes = (grid_thw.prod(-1) // self.spec.spatial_merge_size ** 2).tolist()
+        return [(e, []) for e in merged.split(sizes)]
+
+    @torch.no_grad()
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: AttentionContext,
+                mm: MultimodalEmbeds | None = None) -> torch.Tensor:
+        """input_ids [T], positions [3, T] -> hidden [T, hidden] after the final norm."""
+        return self.model.language_model(input_ids, positions, ctx, self.rope, mm)
+
+    @torch.no_grad()
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [B, hidden] -> logits [B, vocab] float32."""
+        weight = self.model.language_model.embed_tokens.weight if self.tied else self.lm_head.weight
+        return F.linear(hidden, weight).float()
+
+
+def _eos_ids(config: dict, text: dict) -> tuple[int, ...]:
+    eos = config.get("eos_token_ids")
+    if eos is None:
+        eos = text.get("eos_token_id")
+    return tuple(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos]))
+
+
+def _spec(config: dict, text: dict, attn: TextAttention) -> ModelSpec:
+    vision = config["vision_config"]
+    return ModelSpec(
+        architecture=ARCH,
+        num_layers=text["num_hidden_layers"], num_heads=attn.num_heads, num_kv_heads=attn.num_kv_heads,
+        head_dim=attn.head_dim, hidden_size=text["hidden_size"], vocab_size=text["vocab_size"],
+        max_position_embeddings=int(text.get("max_position_embeddings", 32768)),
+        image_token_id=int(config.get("image_token_id", 151655)),
+        vision_start_token_id=int(config.get("vision_start_token_id", 151652)),
+        eos_token_ids=_eos_ids(config, text),
+        spatial_merge_size=int(vision.get("spatial_merge_size", 2)),
+        patch_size=int(vision.get("patch_size", 14)),
+        temporal_patch_size=int(vision.get("temporal_patch_size", 2)),
+    )

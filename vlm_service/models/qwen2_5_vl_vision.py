@@ -1,0 +1,166 @@
+"""The Qwen2.5-VL vision tower: patch embed, 2D rotary, window attention with a few full-attention blocks, merger.
+
+Window attention works on "merged units" (spatial_merge x spatial_merge patches, the unit the merger later fuses into
+one LLM token). Patches are permuted so that each window's units are contiguous; every block then attends within
+segments of one packed sequence (windows, or whole frames in the full-attention blocks) through the ViTAttention
+backend; the merger output is permuted back to the processor's order.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import kernels
+from vit_backends.base import ViTAttention
+from vlm_service.errors import ModelLoadError
+from vlm_service.models.layers import MergedLinear, RMSNorm
+
+
+def vision_rope_positions(grid_thw: torch.Tensor, merge: int) -> torch.Tensor:
+    """(h, w) coordinates [N, 2] of every patch, in the processor's order: frame, merge-block row, merge-block col,
+    then row and col inside the block."""
+    out = []
+    for t, h, w in grid_thw.tolist():
+        hh = torch.arange(h).view(h // merge, 1, merge, 1).expand(-1, w // merge, -1, merge)
+        ww = torch.arange(w).view(1, w // merge, 1, merge).expand(h // merge, -1, merge, -1)
+        out.append(torch.stack([hh.reshape(-1), ww.reshape(-1)], dim=-1).repeat(t, 1))
+    return torch.cat(out)
+
+
+def window_partition(grid_thw: torch.Tensor, merge: int, units_per_window: int) -> tuple[torch.Tensor, list[int]]:
+    """Order merged units so that each attention window is contiguous.
+
+    Windows are units_per_window x units_per_window merged units per frame, tiled from the top-left and clipped at
+    the right/bottom edge, visited row-major; units inside a window are row-major too. Returns window_index
+    [N / merge^2] (merged-unit ids over all images, in window order) and the window lengths in merged units. Every
+    window is non-empty, so there are no zero-length segments to drop.
+    """
+    index, lengths, base, ws = [], [], 0, units_per_window
+    for t, h, w in grid_thw.tolist():
+        lh, lw = h // merge, w // merge
+        f, r, c = torch.meshgrid(torch.arange(t), torch.arange(lh), torch.arange(lw), indexing="ij")
+        nwh, nww = -(-lh // ws), -(-lw // ws)
+        window = (f * nwh + r // ws) * nww + c // ws  # [t, lh, lw] window id within this image
+        key = window * ws * ws + (r % ws) * ws + (c % ws)  # unique; sorts by window, then row-major inside
+        index.append(torch.argsort(key.reshape(-1)) + base)
+        lengths += torch.bincount(window.reshape(-1)).tolist()
+        base += t * lh * lw
+    return torch.cat(index), lengths
+
+
+def cu_seqlens_of(lengths: list[int], device) -> tuple[torch.Tensor, int]:
+    """int32 [S+1] cumulative lengths and the longest segment."""
+    cu = torch.tensor([0] + lengths, dtype=torch.int64).cumsum(0).to(torch.int32)
+    return cu.to(device), max(lengths)
+
+
+class VisionAttention(nn.Module):
+    def __init__(self, dim: int, heads: int, backend: ViTAttention):
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=True)
+        self.proj = nn.Linear(dim, dim, bias=True)
+        self.backend = backend
+
+    def forward(self, x, cos, sin, cu_seqlens, max_seqlen):
+        n = x.shape[0]
+        # [N, 3*dim] -> q, k, v [N, H, D]
+        q, k, v = (t.contiguous() for t in self.qkv(x).view(n, 3, self.heads, self.head_dim).unbind(1))
+        kernels.apply_rotary_(q, k, cos, sin)
+        return self.proj(self.backend(q, k, v, cu_seqlens, max_seqlen).reshape(n, -1))
+
+
+class VisionMLP(nn.Module):
+    """down(silu(gate(x)) * up(x)), gate|up fused, all with bias."""
+
+    def __init__(self, dim: int, inter: int):
+        super().__init__()
+        self.gate_up_proj = MergedLinear(dim, {"gate_proj": inter, "up_proj": inter}, bias=True)
+        self.down_proj = nn.Linear(inter, dim, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(kernels.silu_and_mul(self.gate_up_proj(x)))
+
+
+class VisionBlock(nn.Module):
+    def __init__(self, vc: dict, backend: ViTAttention):
+        super().__init__()
+        dim = vc["hidden_size"]
+        self.norm1, self.norm2 = RMSNorm(dim, 1e-6), RMSNorm(dim, 1e-6)
+        self.attn = VisionAttention(dim, vc["num_heads"], backend)
+        self.mlp = VisionMLP(dim, vc["intermediate_size"])
+
+    def forward(self, x, cos, sin, cu_seqlens, max_seqlen):
+        x = x + self.attn(self.norm1(x), cos, sin, cu_seqlens, max_seqlen)
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchMerger(nn.Module):
+    """RMSNorm, then merge^2 neighbouring patches -> one token through Linear, GELU (erf), Linear."""
+
+    def __init__(self, dim: int, out_dim: int, merge: int):
+        super().__init__()
+        self.ln_q = RMSNorm(dim, 1e-6)
+        wide = dim * merge * merge
+        self.mlp = nn.Sequential(nn.Linear(wide, wide), nn.GELU(), nn.Linear(wide, out_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # [N, dim] -> [N / merge^2, merge^2 * dim] -> [N / merge^2, out_dim]
+        return self.mlp(self.ln_q(x).view(-1, self.mlp[0].in_features))
+
+
+class PatchEmbed(nn.Module):
+    """Conv3d with stride == kernel, i.e. a matmul over flattened patches [N, C*tp*p*p]."""
+
+    def __init__(self, dim: int, kernel: tuple[int, ...]):
+        super().__init__()
+        self.proj = nn.Module()
+        self.proj.weight = nn.Parameter(torch.empty(dim, *kernel))  # [dim, C, tp, p, p], the checkpoint's shape
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        w = self.proj.weight
+        return F.linear(pixels.to(w.dtype), w.reshape(w.shape[0], -1))
+
+
+class Qwen2_5_VLVisionTower(nn.Module):
+    """pixel_values [N, C*tp*p*p] + grid_thw [n, 3] -> merged embeddings [N / merge^2, out_hidden], input order."""
+
+    def __init__(self, vc: dict, backend: ViTAttention):
+        super().__init__()
+        if vc.get("hidden_act", "silu") != "silu":
+            raise ModelLoadError(f"vision_config.hidden_act {vc['hidden_act']!r} is not supported (only 'silu')")
+        chans, tp, p = vc.get("in_channels", vc.get("in_chans", 3)), vc["temporal_patch_size"], vc["patch_size"]
+        self.merge = vc["spatial_merge_size"]
+        self.units_per_window = max(1, vc["window_size"] // self.merge // p)
+        self.fullatt = set(vc.get("fullatt_block_indexes") or ())
+        self.rope_dim = vc["hidden_size"] // vc["num_heads"] // 2  # h and w each rotate with rope_dim/2 freqs
+        self.rope_theta = float((vc.get("rope_parameters") or {}).get("rope_theta", 10000.0))
+        self.patch_embed = PatchEmbed(vc["hidden_size"], (chans, tp, p, p))
+        self.blocks = nn.ModuleList(VisionBlock(vc, backend) for _ in range(vc["depth"]))
+        self.merger = PatchMerger(vc["hidden_size"], vc["out_hidden_size"], self.merge)
+
+    def _rope(self, grid_thw: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+        half = self.rope_dim
+        inv_freq = 1.0 / self.rope_theta ** (torch.arange(0, half, 2, device=device).float() / half)
+        pos = vision_rope_positions(grid_thw, self.merge).to(device).float()  # [N, 2]
+        freqs = (pos[:, :, None] * inv_freq).flatten(1)  # [N, D/2] = [h freqs | w freqs]
+        return freqs.cos(), freqs.sin()
+
+    def _by_unit(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        # rows of x [N, ...] taken merge^2 at a time, reordered by unit index
+        return x.view(-1, self.merge ** 2, *x.shape[1:])[index].view(x.shape)
+
+    def forward(self, pixels: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+        device, grid = pixels.device, grid_thw.cpu()
+        index, win_units = window_partition(grid, self.merge, self.units_per_window)
+        index = index.to(device)
+        cu_win, max_win = cu_seqlens_of([n * self.merge ** 2 for n in win_units], device)
+        cu_full, max_full = cu_seqlens_of([h * w for t, h, w in grid.tolist() for _ in range(t)], device)
+        x = self._by_unit(self.patch_embed(pixels), index)  # [N, dim] in window order
+        cos, sin = (self._by_unit(c, index) for c in self._rope(grid, device))
+        for i, block in enumerate(self.blocks):
+            cu, longest = (cu_full, max_full) if i in self.fullatt else (cu_win, max_win)
+            x = block(x, cos, sin, cu, longest)
+        return self.merger(x)[torch.argsort(index)]
