@@ -55,3 +55,11 @@ def test_chat_template_from_jinja_file(tmp_path):
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(cfg))
     tok = load_tokenizer(tmp_path)
     assert tok.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=False).endswith("<|im_start|>assistant\n")
+
+
+def test_processor_chat_template_file_wins_over_inline(tmp_path):
+    import json
+
+    build_demo_tokenizer(tmp_path)
+    (tmp_path / "chat_template.json").write_text(json.dumps({"chat_template": "LEGACY{{ messages[0]['role'] }}"}))
+    assert load_tokenizer(tmp_path).apply_chat_template(CHAT, tokenize=False) == "LEGACYsystem"

@@ -136,27 +136,39 @@ def build_demo_tokenizer(out_dir: Path) -> None:
 
 
 def load_tokenizer(model_dir: Path):
-    """Load a checkpoint's fast tokenizer; the chat template may be inline or in chat_template.jinja/.json."""
+    """Load a checkpoint's fast tokenizer with the chat template transformers' processor would use.
+
+    The processor's sources win over the tokenizer's inline template, in transformers' order: processor_config.json's
+    "chat_template", then the legacy chat_template.json, then chat_template.jinja.
+    """
     from transformers import AutoTokenizer
 
     model_dir = Path(model_dir)
     tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-    if not getattr(tok, "chat_template", None):
-        tok.chat_template = _read_chat_template(model_dir)
+    template = _read_processor_chat_template(model_dir)
+    if template:
+        tok.chat_template = template
     return tok
 
 
-def _read_chat_template(model_dir: Path) -> str | None:
-    jinja = model_dir / "chat_template.jinja"
-    if jinja.is_file():
-        return jinja.read_text()
-    for name in ("chat_template.json", "processor_config.json"):
+def _read_processor_chat_template(model_dir: Path) -> str | None:
+    for name in ("processor_config.json", "chat_template.json"):
         path = model_dir / name
         if path.is_file():
             template = json.loads(path.read_text()).get("chat_template")
             if template:
-                return template
-    return None
+                return _default_template(template)
+    jinja = model_dir / "chat_template.jinja"
+    return jinja.read_text() if jinja.is_file() else None
+
+
+def _default_template(template) -> str:
+    """A template may be a string, a {name: template} dict or a [{"name", "template"}] list: take the default."""
+    if isinstance(template, list):
+        template = {t["name"]: t["template"] for t in template}
+    if isinstance(template, dict):
+        return template.get("default") or next(iter(template.values()))
+    return template
 
 
 def special_token_ids(tokenizer) -> dict[str, int]:
