@@ -1,0 +1,115 @@
+"""The built-in `demo` checkpoints: tiny Qwen3-VL / Qwen2.5-VL models with seeded random weights, written once in the
+HF format (config.json, model.safetensors, generation_config.json, tokenizer, preprocessor config) by transformers'
+own classes, so every real code path runs with no download and no GPU. Their output is gibberish by nature.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+ARCHS = ("qwen3_vl", "qwen2_5_vl")
+VERSION = "v1"
+
+
+def _special_ids(tokenizer_dir: Path) -> tuple[dict[str, int], int]:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+    names = {"image": "<|image_pad|>", "video": "<|video_pad|>", "start": "<|vision_start|>",
+             "end": "<|vision_end|>", "im_end": "<|im_end|>", "eot": "<|endoftext|>"}
+    return {k: tok.token_to_id(v) for k, v in names.items()}, tok.get_vocab_size(with_added_tokens=True)
+
+
+def _token_fields(ids: dict[str, int]) -> dict:
+    return {"image_token_id": ids["image"], "video_token_id": ids["video"],
+            "vision_start_token_id": ids["start"], "vision_end_token_id": ids["end"]}
+
+
+def _qwen3_config(ids: dict[str, int], vocab: int):
+    from transformers import Qwen3VLConfig
+
+    text = dict(vocab_size=vocab, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+                num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=32768,
+                rms_norm_eps=1e-6, bos_token_id=ids["eot"], eos_token_id=ids["im_end"],
+                rope_parameters={"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [6, 5, 5],
+                                 "mrope_interleaved": True})
+    vision = dict(depth=4, hidden_size=64, intermediate_size=128, num_heads=4, patch_size=16, spatial_merge_size=2,
+                  temporal_patch_size=2, out_hidden_size=128, num_position_embeddings=256,
+                  deepstack_visual_indexes=[1, 2, 3])
+    return Qwen3VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **_token_fields(ids))
+
+
+def _qwen2_5_config(ids: dict[str, int], vocab: int):
+    from transformers import Qwen2_5_VLConfig
+
+    text = dict(vocab_size=vocab, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32768, rms_norm_eps=1e-6,
+                bos_token_id=ids["eot"], eos_token_id=ids["im_end"],
+                rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [4, 6, 6]})
+    vision = dict(depth=4, hidden_size=64, intermediate_size=128, num_heads=4, patch_size=14, spatial_merge_size=2,
+                  temporal_patch_size=2, out_hidden_size=128, window_size=112, fullatt_block_indexes=[1, 3],
+                  hidden_act="silu")
+    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False,
+                            **_token_fields(ids))
+
+
+@torch.no_grad()
+def _seeded_weights_(model, seed: int) -> None:
+    """Deterministic weights whatever transformers' init order: matrices N(0, 0.05), norms ~1, small biases."""
+    gen = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        noise = torch.randn(p.shape, generator=gen)
+        if name.endswith("bias"):
+            p.copy_(0.02 * noise)
+        elif p.dim() == 1:
+            p.copy_(1.0 + 0.05 * noise)
+        else:
+            p.copy_(0.05 * noise)
+
+
+def make_demo_model(out_dir: str | Path, arch: str = "qwen3_vl", seed: int = 0) -> Path:
+    """Write the tiny `arch` demo checkpoint (HF format, a few MB) into out_dir and return it."""
+    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration
+
+    from vlm_service.processor.tokenizer import build_demo_tokenizer
+    from vlm_service.processor.vision import write_preprocessor_config
+
+    if arch not in ARCHS:
+        raise ValueError(f"unknown demo architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+    out = Path(out_dir)
+    build_demo_tokenizer(out)
+    ids, vocab = _special_ids(out)
+    config = (_qwen3_config if arch == "qwen3_vl" else _qwen2_5_config)(ids, vocab)
+    cls = Qwen3VLForConditionalGeneration if arch == "qwen3_vl" else Qwen2_5_VLForConditionalGeneration
+    model = cls(config).eval()
+    _seeded_weights_(model, seed)
+    model.generation_config.eos_token_id = [ids["im_end"], ids["eot"]]
+    model.generation_config.pad_token_id = ids["eot"]
+    model.generation_config.bos_token_id = ids["eot"]
+    model.save_pretrained(out)
+    write_preprocessor_config(out, arch)
+    return out
+
+
+def ensure_demo_model(state_dir: str | Path, arch: str = "qwen3_vl") -> Path:
+    """state_dir/models/demo-<arch>-v1, built once: in a temp dir beside it, then renamed into place (atomic)."""
+    root = Path(state_dir) / "models"
+    target = root / f"demo-{arch}-{VERSION}"
+    if (target / "config.json").is_file():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".demo-{arch}-", dir=root))
+    try:
+        make_demo_model(tmp, arch)
+        os.rename(tmp, target)
+    except OSError:
+        if not (target / "config.json").is_file():  # not a lost race with another builder: a real failure
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
