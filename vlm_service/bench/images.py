@@ -97,11 +97,17 @@ def encode(img: Image.Image, fmt: str) -> bytes:
 
 
 def load_image_file(path) -> ImageItem:
-    """Read an image file as-is (bytes untouched), taking its size from the header."""
+    """Read an image file as-is (bytes untouched), size from its header. A file PIL cannot read is kept too, with
+    size 0x0 and the mime type of its suffix: sending malformed images on purpose is part of benchmarking."""
     with open(path, "rb") as f:
         data = f.read()
-    with Image.open(io.BytesIO(data)) as img:
-        width, height = img.size
-        fmt = (img.format or "").lower()
-    mime = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp", "gif": "image/gif"}.get(fmt, "")
-    return ImageItem(data, mime, height, width)
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            (width, height), fmt = img.size, (img.format or "").lower()
+    except (OSError, ValueError, Image.DecompressionBombError):
+        width = height = 0
+        fmt = str(path).rsplit(".", 1)[-1].lower().replace("jpg", "jpeg")
+    return ImageItem(data, _MIME_BY_PIL.get(fmt, ""), height, width)
+
+
+_MIME_BY_PIL = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp", "gif": "image/gif"}

@@ -38,8 +38,15 @@ class _Stamps:
         pass
 
 
-def resolve_model_dir(spec: str) -> Path:
-    """A directory as given; anything else is refused with a message saying what is needed."""
+def resolve_model_dir(spec: str, state_dir: Path | None = None) -> Path:
+    """A directory as given; "demo" / "demo:<arch>" from the demo builder (the server's own checkpoint); anything
+    else is refused with a message saying what is needed."""
+    if spec == "demo" or spec.startswith("demo:"):
+        from vlm_service.config import default_state_dir
+        from vlm_service.models.demo import ensure_demo_model
+
+        arch = spec.split(":", 1)[1] if ":" in spec else "qwen3_vl"
+        return Path(ensure_demo_model(Path(state_dir or default_state_dir()) / "models", arch))
     path = Path(spec).expanduser()
     if path.is_dir() and (path / "config.json").is_file():
         return path
@@ -63,22 +70,29 @@ def load_peer(model_dir: Path, device: str, dtype: str):
 
 
 def _load_processor(model_dir: Path):
-    """AutoProcessor, except without torchvision: the PIL image processor and no video processor."""
+    """AutoProcessor, except without torchvision (CPU here, and the GPU host): the PIL image processor, and an
+    unused video processor let past transformers' class check (BaseVideoProcessor is a dummy without torchvision)."""
     import importlib.util
 
-    from transformers import AutoConfig, AutoProcessor, AutoTokenizer
+    from transformers import AutoConfig, AutoProcessor, AutoTokenizer, ProcessorMixin
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     if importlib.util.find_spec("torchvision") is not None:
         return AutoProcessor.from_pretrained(model_dir)
-    arch = AutoConfig.from_pretrained(model_dir).architectures[0]
-    if arch.startswith("Qwen3VL"):
-        from transformers import Qwen3VLProcessor as cls
+    if AutoConfig.from_pretrained(model_dir).architectures[0].startswith("Qwen3VL"):
+        from transformers import Qwen3VLProcessor as proc_cls
+        from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor as video_cls
     else:
-        from transformers import Qwen2_5_VLProcessor as cls
+        from transformers import Qwen2_5_VLProcessor as proc_cls
+        from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor as video_cls
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    return cls(image_processor=Qwen2VLImageProcessorPil.from_pretrained(model_dir), tokenizer=tokenizer,
-               video_processor=None, chat_template=getattr(tokenizer, "chat_template", None))
+    check = ProcessorMixin.check_argument_for_proper_class
+    ProcessorMixin.check_argument_for_proper_class = lambda self, name, arg: type(arg)
+    try:
+        return proc_cls(image_processor=Qwen2VLImageProcessorPil.from_pretrained(model_dir), tokenizer=tokenizer,
+                        video_processor=video_cls(), chat_template=tokenizer.chat_template)
+    finally:
+        ProcessorMixin.check_argument_for_proper_class = check
 
 
 def run_one(model, processor, req: BenchRequest, index: int, t0: float) -> RequestResult:
@@ -121,13 +135,14 @@ def _fill(res: RequestResult, stamps: _Stamps, start: float, end: float, prompt_
 
 
 def run_peer(model_spec: str, requests: Sequence[BenchRequest], warmup: Sequence[BenchRequest] = (),
-             device: str = "auto", dtype: str = "auto") -> tuple[list[RequestResult], float]:
+             device: str = "auto", dtype: str = "auto", state_dir: Path | None = None
+             ) -> tuple[list[RequestResult], float]:
     """Warm up, then run every request one after another; returns (results, wall seconds)."""
     import torch
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, processor = load_peer(resolve_model_dir(model_spec), device, dtype)
+    model, processor = load_peer(resolve_model_dir(model_spec, state_dir), device, dtype)
     for i, req in enumerate(warmup):
         run_one(model, processor, req, -1 - i, time.perf_counter())
     t0 = time.perf_counter()
