@@ -113,3 +113,10 @@ def test_exif_orientation_is_applied():
     top, bottom = img.getpixel((10, 5)), img.getpixel((10, 35))
     assert top[0] > 200 and top[2] < 60  # the red half is now on top
     assert bottom[2] > 200 and bottom[0] < 60
+
+
+def test_multi_picture_jpeg_is_a_jpeg():
+    frames = [Image.new("RGB", (32, 32), (200, 0, 0)), Image.new("RGB", (32, 32), (0, 0, 200))]
+    data = encode(frames[0], "MPO", save_all=True, append_images=frames[1:])
+    r, _, b = decode_image(data, "image/jpeg", LIMIT, FIELD).getpixel((5, 5))
+    assert r > 150 and b < 50

@@ -31,8 +31,10 @@ _MIME_TO_FORMAT = {
     "image/gif": "GIF",
 }
 _FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
+# PIL reports multi-picture JPEGs (phone cameras: MPO) under their own name; they are JPEG files, first frame used.
+_FORMAT_ALIASES = {"MPO": "JPEG"}
 # Errors PIL raises on corrupt or truncated data while parsing or decoding.
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error)
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError, struct.error)
 
 
 def supported_mime_types() -> tuple[str, ...]:
@@ -49,7 +51,7 @@ def decode_image(data: bytes, mime_type: str, max_pixels: int, field: str) -> Im
         raise InvalidImage("image is empty (zero bytes)", field=field)
     expected = _expected_format(mime_type, field)
     img = _open_lazily(data, field)
-    if expected is not None and img.format != expected:
+    if expected is not None and _FORMAT_ALIASES.get(img.format, img.format) != expected:
         raise InvalidImage(f"declared mime type {mime_type!r} but the bytes are {img.format}", field=field)
     _check_size(img.width, img.height, max_pixels, field)
     return _decode_rgb(img, field)
