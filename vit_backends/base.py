@@ -49,3 +49,29 @@ def import_optional(backend: str, module: str):
         return importlib.import_module(module)
     except (ImportError, OSError) as e:
         raise MissingBackendError(backend, module, e) from e
+
+
+class PerTensorCache:
+    """Values derived from a cu_seqlens tensor, reused while the same tensor object comes back.
+
+    A ViT passes one cu_seqlens object to all its layers, so per-layer host syncs and small kernels are paid once.
+    Keyed by object identity (a reference is held, so an id cannot be reused while cached) and, outside inference
+    mode, by the version counter, so in-place edits are seen; inference tensors have no version counter and must not
+    be edited in place once passed to a backend. FIFO with `size` entries.
+    """
+
+    def __init__(self, size: int = 16):
+        self._entries: dict[tuple, tuple[torch.Tensor, object]] = {}
+        self._size = size
+
+    def get(self, tensor: torch.Tensor, extra, build):
+        """The cached value for (tensor, extra), or build() stored under it."""
+        key = (id(tensor), -1 if tensor.is_inference() else tensor._version, extra)
+        hit = self._entries.get(key)
+        if hit is not None and hit[0] is tensor:
+            return hit[1]
+        if len(self._entries) >= self._size:
+            self._entries.pop(next(iter(self._entries)))
+        value = build()
+        self._entries[key] = (tensor, value)
+        return value

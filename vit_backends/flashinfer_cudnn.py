@@ -25,12 +25,11 @@ from typing import NamedTuple
 
 import torch
 
-from vit_backends.base import ViTAttention, import_optional
+from vit_backends.base import PerTensorCache, ViTAttention, import_optional
 
 MODULE = "flashinfer.cudnn"
 WORKSPACE_BYTES = 128 << 20
 _WORKSPACES: dict[torch.device, torch.Tensor] = {}
-_PLAN_CACHE_SIZE = 16
 
 
 def workspace(device: torch.device) -> torch.Tensor:
@@ -76,24 +75,12 @@ class FlashinferCudnnAttention(ViTAttention):
     def __init__(self):
         import_optional(self.name, "cudnn")  # nvidia-cudnn-frontend; without it FlashInfer has no graph path
         self._prefill = import_optional(self.name, MODULE).cudnn_batch_prefill_with_kv_cache
-        self._plans: dict[tuple, tuple[torch.Tensor, RaggedPlan]] = {}
+        self._plans = PerTensorCache()
         self.graph_shapes: set[tuple] = set()  # (batch, max_seqlen, H, D, dtype): one cuDNN graph each
 
     def supports(self, device, dtype, head_dim):
         return device.type == "cuda" and dtype in (torch.bfloat16, torch.float16) and \
             head_dim % 8 == 0 and head_dim <= 128
-
-    def _plan(self, cu_seqlens: torch.Tensor, row_elems: int) -> RaggedPlan:
-        # keyed by object identity; the held reference keeps the id from being reused by another tensor
-        key = (id(cu_seqlens), cu_seqlens._version, row_elems)
-        hit = self._plans.get(key)
-        if hit is not None and hit[0] is cu_seqlens:
-            return hit[1]
-        if len(self._plans) >= _PLAN_CACHE_SIZE:
-            self._plans.pop(next(iter(self._plans)))
-        plan = make_plan(cu_seqlens, row_elems)
-        self._plans[key] = (cu_seqlens, plan)
-        return plan
 
     def forward(self, q, k, v, cu_seqlens, max_seqlen):
         if q.dtype not in (torch.bfloat16, torch.float16) or q.device.type != "cuda":
@@ -103,7 +90,7 @@ class FlashinferCudnnAttention(ViTAttention):
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         tokens, heads, dim = q.shape
         assert tokens * heads * dim < 2**31, "element offsets are int32"
-        plan = self._plan(cu_seqlens, heads * dim)
+        plan = self._plans.get(cu_seqlens, heads * dim, lambda: make_plan(cu_seqlens, heads * dim))
         seqlen = bucket_seqlen(int(max_seqlen))
         self.graph_shapes.add((plan.batch, seqlen, heads, dim, q.dtype))
         out, _ = self._prefill(

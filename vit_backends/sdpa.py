@@ -7,10 +7,12 @@ segments lie back to back is a zero-copy view; otherwise its tokens are gathered
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
-from vit_backends.base import ViTAttention
+from vit_backends.base import PerTensorCache, ViTAttention
 
 
 def length_groups(bounds: list[int]) -> dict[int, list[int]]:
@@ -34,23 +36,44 @@ def _is_run(starts: list[int], length: int) -> bool:
         all(b - a == length for a, b in zip(starts[:-1], starts[1:]))
 
 
+class Group(NamedTuple):
+    """Segments of one length: n of them, either back to back from `start` or gathered by `index` [n*L]."""
+    length: int
+    n: int
+    start: int
+    index: torch.Tensor | None
+
+
+def make_groups(cu_seqlens: torch.Tensor) -> list[Group]:
+    """The batched sdpa calls for cu_seqlens (one host sync)."""
+    groups = []
+    for length, starts in length_groups(cu_seqlens.tolist()).items():
+        if _is_run(starts, length):
+            groups.append(Group(length, len(starts), starts[0], None))
+            continue
+        base = torch.tensor(starts, device=cu_seqlens.device)[:, None]
+        index = (base + torch.arange(length, device=cu_seqlens.device)[None, :]).reshape(-1)  # [n*L]
+        groups.append(Group(length, len(starts), starts[0], index))
+    return groups
+
+
 class SdpaAttention(ViTAttention):
     """Packed varlen attention through torch sdpa, one call per distinct segment length."""
 
     name = "sdpa"
 
+    def __init__(self):
+        self._groups = PerTensorCache()
+
     def forward(self, q, k, v, cu_seqlens, max_seqlen):
         tokens, heads, dim = q.shape  # [T, H, D]
         out = torch.empty_like(q)
-        for length, starts in length_groups(cu_seqlens.tolist()).items():
-            n = len(starts)
-            if _is_run(starts, length):
-                span = slice(starts[0], starts[0] + n * length)
+        for length, n, start, index in self._groups.get(cu_seqlens, None, lambda: make_groups(cu_seqlens)):
+            if index is None:
+                span = slice(start, start + n * length)
                 view = [t[span].reshape(n, length, heads, dim) for t in (q, k, v)]  # [n, L, H, D]
                 out[span] = _attend(*view).reshape(n * length, heads, dim)
-                continue
-            base = torch.tensor(starts, device=q.device)[:, None]
-            idx = (base + torch.arange(length, device=q.device)[None, :]).reshape(-1)  # [n*L]
-            view = [t.index_select(0, idx).view(n, length, heads, dim) for t in (q, k, v)]
-            out.index_copy_(0, idx, _attend(*view).reshape(n * length, heads, dim))
+            else:
+                view = [t.index_select(0, index).view(n, length, heads, dim) for t in (q, k, v)]
+                out.index_copy_(0, index, _attend(*view).reshape(n * length, heads, dim))
         return out

@@ -54,3 +54,29 @@ def test_one_sdpa_call_per_distinct_length(monkeypatch):
 
 def test_length_groups_keeps_order_and_drops_empty():
     assert length_groups([0, 4, 4, 8, 9, 13]) == {4: [0, 4, 9], 1: [8]}
+
+
+def test_groups_are_computed_once_per_cu_seqlens_object(monkeypatch):
+    built = []
+    real = sdpa_mod.make_groups
+    monkeypatch.setattr(sdpa_mod, "make_groups", lambda cu: built.append(1) or real(cu))
+    backend = create("sdpa")
+    q, k, v, cu, max_len = random_qkv(MIXED, 2, 64)
+    for _ in range(3):  # three "layers" with one cu_seqlens
+        backend(q, k, v, cu, max_len)
+    assert len(built) == 1
+    backend(q, k, v, cu.clone(), max_len)  # another object: recomputed
+    cu[1] = cu[2]  # in-place edit (segments 0 and 1 merged): seen
+    out = backend(q, k, v, cu, max_len)
+    assert len(built) == 3
+    torch.testing.assert_close(out.double(), reference_attention(q, k, v, cu), atol=2e-5, rtol=1e-4)
+
+
+def test_inference_mode_tensors_work():
+    backend = create("sdpa")
+    with torch.inference_mode():
+        q, k, v, cu, max_len = random_qkv(MIXED, 2, 64)
+        first = backend(q, k, v, cu, max_len)
+        second = backend(q, k, v, cu, max_len)
+    torch.testing.assert_close(first, second)
+    torch.testing.assert_close(first.double(), reference_attention(q, k, v, cu), atol=2e-5, rtol=1e-4)
