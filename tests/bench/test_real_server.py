@@ -52,3 +52,19 @@ def test_fixed_rate_and_concurrency_against_the_real_server(tmp_path, real_serve
         assert m["request_throughput"] > 0 and m["total_input_tokens"] > 0
     for name in ("ttft_cdf.png", "ttft_vs_pixels.png", "latency_vs_throughput.png"):
         assert (out / name).stat().st_size > 1000
+
+
+def test_compare_launches_a_server_from_a_spec_and_stops_it(tmp_path, fake_server):
+    pytest.importorskip("vlm_service.models.demo")
+    spec = (f"serve:--model demo --device cpu --dtype float32 --vit-attention-backend sdpa --num-blocks 256 "
+            f"--no-cuda-graphs --state-dir {tmp_path / 'state'}")
+    out = tmp_path / "out"
+    rc = main(["--compare", spec, fake_server.address, "--compare-labels", "launched", "fake", "--insecure",
+               "--compare-rounds", "1", "--num-prompts", "2", "--num-warmup", "0", "--images-per-request", "0",
+               "--input-len", "6", "--output-len", "3", "--result-dir", str(out), "--no-plots",
+               "--server-ready-timeout", "300"])
+    assert rc == 0
+    runs = {r["label"]: r for r in json.loads((out / "summary.json").read_text())["runs"]}
+    assert runs["launched"]["metrics"]["completed"] == 2 and runs["launched"]["server"]["model_id"] == "demo"
+    assert runs["launched"]["server_exit_code"] == 0 and runs["fake"]["metrics"]["completed"] == 2
+    assert list(out.glob("server-*.log"))

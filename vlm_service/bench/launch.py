@@ -17,6 +17,7 @@ from pathlib import Path
 import grpc
 
 SERVE_PREFIX = "serve:"
+_READY_SERVICE = "vlm.v1.VisionLanguageService"  # SERVING once the model is loaded ("" = the process)
 
 
 
@@ -79,7 +80,7 @@ def wait_serving(server: Launched, timeout_s: float) -> None:
             if server.proc.poll() is not None:
                 raise RuntimeError(f"server {server.spec!r} exited with {server.proc.returncode}:\n{_tail(server)}")
             try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2.0)
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=_READY_SERVICE), timeout=2.0)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
             except grpc.RpcError:
