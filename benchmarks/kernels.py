@@ -1,0 +1,210 @@
+"""Kernel-layer benchmark (run on the GPU host): `python benchmarks/kernels.py --out results.json`.
+
+Times each op with triton.testing.do_bench (median; warmup and JIT builds excluded) and reports µs and achieved
+GB/s against the H200's ~4.3 TB/s HBM copy rate. Bytes count every tensor read or written once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from kernels import activation, kv_store, norm, reference, rotary, sampling  # noqa: E402
+
+HBM_GBPS = 4300.0
+BF16 = torch.bfloat16
+
+
+def bench_us(fn) -> float:
+    from triton.testing import do_bench
+
+    return 1000.0 * do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def row(name: str, us: float, nbytes: int | None = None, **extra) -> dict:
+    out = {"name": name, "us": round(us, 2), **extra}
+    if nbytes is not None:
+        gbps = nbytes / us / 1e3
+        out.update(gbps=round(gbps, 1), pct_hbm=round(100 * gbps / HBM_GBPS, 1))
+    print(json.dumps(out), flush=True)
+    return out
+
+
+# ---- MRoPE ---------------------------------------------------------------------------------------------------------
+
+LAUNCHES = [rotary.RopeLaunch(bt, bh, nw) for bt, bh, nw in
+            [(16, 4, 4), (8, 4, 4), (4, 8, 4), (32, 4, 8), (16, 8, 8), (2, 32, 4), (1, 32, 4), (64, 1, 4)]]
+
+
+def bench_mrope(t=4096, hq=28, hk=4, d=128) -> list[dict]:
+    rows = []
+    nbytes = 2 * t * (hq + hk) * d * 2  # read + write q and k once, bf16
+    positions = torch.randint(0, 2048, (3, t), device="cuda")
+    cache = reference.rope_cos_sin_cache(d, 2048, 1e6, device="cuda")
+    q = torch.randn(t, hq, d, device="cuda", dtype=BF16)
+    k = torch.randn(t, hk, d, device="cuda", dtype=BF16)
+    for name, interleaved, section in (("contiguous", False, [16, 24, 24]), ("interleaved", True, [24, 20, 20])):
+        q2, k2, q3, k3 = q.clone(), k.clone(), q.clone(), k.clone()
+        rotary.apply_mrope_(q2, k2, positions, cache, section, interleaved)
+        reference.apply_mrope_(q3, k3, positions, cache, section, interleaved)
+        err = max((q2.float() - q3.float()).abs().max().item(), (k2.float() - k3.float()).abs().max().item())
+        ref_us = bench_us(lambda: reference.apply_mrope_(q, k, positions, cache, section, interleaved))
+        rows.append(row(f"mrope_{name}_reference", ref_us, nbytes))
+        rows.append(row(f"mrope_{name}_triton_default", bench_us(
+            lambda: rotary.apply_mrope_(q, k, positions, cache, section, interleaved)), nbytes, max_abs_err=err))
+        for cfg in LAUNCHES:
+            us = bench_us(lambda: rotary.apply_mrope_(q, k, positions, cache, section, interleaved, launch=cfg))
+            rows.append(row(f"mrope_{name}_triton", us, nbytes, block_t=cfg.block_t, block_h=cfg.block_h,
+                            num_warps=cfg.num_warps))
+    return rows
+
+
+def bench_vision_rope(t=4096, h=16, d=80) -> list[dict]:
+    q = torch.randn(t, h, d, device="cuda", dtype=BF16)
+    k = torch.randn(t, h, d, device="cuda", dtype=BF16)
+    ang = torch.randn(t, d // 2, device="cuda")
+    cos, sin = ang.cos(), ang.sin()
+    nbytes = 2 * 2 * t * h * d * 2 + 2 * t * (d // 2) * 4
+    return [row("rotary2d_reference", bench_us(lambda: reference.apply_rotary_(q, k, cos, sin)), nbytes),
+            row("rotary2d_triton", bench_us(lambda: rotary.apply_rotary_(q, k, cos, sin)), nbytes)]
+
+
+# ---- norms ---------------------------------------------------------------------------------------------------------
+
+def _flashinfer_ok() -> bool:
+    try:
+        from kernels import jit
+
+        for hidden in (3584, 4096):
+            jit.warm_up_flashinfer_norm(hidden)  # JIT build (tens of seconds the first time), not timed
+        return True
+    except Exception as exc:  # noqa: BLE001 - report and go on without it
+        print(f"flashinfer norms unavailable: {exc}", file=sys.stderr)
+        return False
+
+
+def bench_norms(tokens=(1, 16, 128, 1024, 4096, 16384), hiddens=(3584, 4096)) -> list[dict]:
+    rows, impls = [], ["reference", "triton"] + (["flashinfer"] if _flashinfer_ok() else [])
+    for n in hiddens:
+        w = torch.randn(n, device="cuda", dtype=BF16)
+        for t in tokens:
+            x = torch.randn(t, n, device="cuda", dtype=BF16)
+            r = torch.randn(t, n, device="cuda", dtype=BF16)
+            for impl in impls:
+                rows.append(row("rmsnorm", bench_us(lambda: norm.rmsnorm(x, w, 1e-6, impl=impl)),
+                                2 * t * n * 2 + n * 2, impl=impl, tokens=t, hidden=n))
+                fn = (lambda: norm.fused_add_rmsnorm(x, r, w, 1e-6, impl=impl)) if impl == "reference" else \
+                    (lambda: norm.fused_add_rmsnorm_(x, r, w, 1e-6, impl=impl))  # in place, as the model uses it
+                rows.append(row("fused_add_rmsnorm", bench_us(fn), 4 * t * n * 2 + n * 2, impl=impl, tokens=t,
+                                hidden=n))
+            xl = torch.randn(t, 1280, device="cuda", dtype=BF16)
+            wl, bl = torch.randn(1280, device="cuda", dtype=BF16), torch.randn(1280, device="cuda", dtype=BF16)
+            if n == hiddens[0]:
+                for impl in ("reference", "triton"):
+                    rows.append(row("layernorm_1280", bench_us(lambda: norm.layernorm(xl, wl, bl, 1e-6, impl=impl)),
+                                    2 * t * 1280 * 2, impl=impl, tokens=t))
+    return rows
+
+
+def norm_choice(rows: list[dict]) -> dict:
+    """Per op and hidden: the faster of triton / flashinfer summed over token counts (feeds AUTO_CUDA_NORM)."""
+    choice = {}
+    for r in rows:
+        if r["name"] in ("rmsnorm", "fused_add_rmsnorm") and r["impl"] != "reference":
+            key = f'{r["name"]}_{r["hidden"]}'
+            choice.setdefault(key, {}).setdefault(r["impl"], 0.0)
+            choice[key][r["impl"]] += r["us"]
+    return {k: min(v, key=v.get) for k, v in choice.items()}
+
+
+# ---- activations, KV store, sampling -------------------------------------------------------------------------------
+
+def bench_activations() -> list[dict]:
+    rows = []
+    for n in (18944, 12288):
+        for t in (1, 128, 4096):
+            x = torch.randn(t, 2 * n, device="cuda", dtype=BF16)
+            for impl in ("reference", "triton"):
+                rows.append(row("silu_and_mul", bench_us(lambda: activation.silu_and_mul(x, impl=impl)),
+                                3 * t * n * 2, impl=impl, tokens=t, intermediate=n))
+    x = torch.randn(4096, 2 * 4304, device="cuda", dtype=BF16)
+    for impl in ("reference", "triton"):
+        rows.append(row("gelu_tanh_and_mul", bench_us(lambda: activation.gelu_tanh_and_mul(x, impl=impl)),
+                        3 * 4096 * 4304 * 2, impl=impl, tokens=4096, intermediate=4304))
+    return rows
+
+
+def bench_store_kv() -> list[dict]:
+    rows = []
+    cache = torch.zeros(4096, 2, 16, 4, 128, device="cuda", dtype=BF16)
+    for t in (64, 4096):
+        k = torch.randn(t, 4, 128, device="cuda", dtype=BF16)
+        v = torch.randn(t, 4, 128, device="cuda", dtype=BF16)
+        slots = torch.randperm(cache.shape[0] * 16, device="cuda")[:t]
+        for impl in ("reference", "triton"):
+            rows.append(row("store_kv", bench_us(lambda: kv_store.store_kv(k, v, cache, slots, impl=impl)),
+                            2 * 2 * t * 4 * 128 * 2, impl=impl, tokens=t))
+    return rows
+
+
+def bench_gumbel() -> list[dict]:
+    rows = []
+    for b in (1, 64):
+        logits = torch.randn(b, 152064, device="cuda")
+        seeds = torch.randint(0, 2**62, (b,), device="cuda")
+        positions = torch.randint(0, 30000, (b,), device="cuda")
+        same = torch.equal(sampling.gumbel_sample(logits, seeds, positions),
+                           reference.gumbel_sample(logits, seeds, positions))
+        for impl in ("reference", "triton"):
+            rows.append(row("gumbel_sample", bench_us(lambda: sampling.gumbel_sample(logits, seeds, positions,
+                                                                                    impl=impl)),
+                            b * 152064 * 4, impl=impl, batch=b, vocab=152064, same_tokens_as_reference=same))
+    return rows
+
+
+def environment() -> dict:
+    import triton
+
+    try:
+        import flashinfer
+        fi = getattr(flashinfer, "__version__", "unknown")
+    except ImportError:
+        fi = None
+    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+            "flashinfer": fi, "python": platform.python_version(), "hbm_peak_gbps": HBM_GBPS}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", required=True, help="path of the JSON results file")
+    ap.add_argument("--only", nargs="*", default=None,
+                    help="subset of: mrope rotary2d norms activations store_kv gumbel")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("needs a CUDA GPU", file=sys.stderr)
+        return 2
+    suites = {"mrope": bench_mrope, "rotary2d": bench_vision_rope, "norms": bench_norms,
+              "activations": bench_activations, "store_kv": bench_store_kv, "gumbel": bench_gumbel}
+    result = {**environment(), "results": {}}
+    for name, fn in suites.items():
+        if args.only is None or name in args.only:
+            result["results"][name] = fn()
+    if "norms" in result["results"]:
+        result["norm_choice"] = norm_choice(result["results"]["norms"])
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
