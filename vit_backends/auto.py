@@ -18,6 +18,7 @@ import torch
 from vit_backends.base import ViTAttention
 
 log = logging.getLogger(__name__)
+_EXACT_MEMO_SIZE = 4096
 
 
 def _pow2(n: int) -> int:
@@ -72,14 +73,26 @@ class AutoAttention(ViTAttention):
         self._built: dict[str, ViTAttention | None] = {}
         self._winner: dict[ShapeBucket, ViTAttention] = {}
         self._timings: dict[ShapeBucket, dict[str, float]] = {}
+        self._exact: dict[tuple, ViTAttention] = {}
         self._reps = reps
 
     def forward(self, q, k, v, cu_seqlens, max_seqlen):
+        # exact-shape memo first: a few dict ops per call, so auto costs ~nothing over its pick on small shapes
+        exact = (q.shape, q.dtype, q.device, cu_seqlens.shape[0], max_seqlen)
+        backend = self._exact.get(exact)
+        if backend is None:
+            backend = self._lookup(q, k, v, cu_seqlens, max_seqlen)
+            if len(self._exact) >= _EXACT_MEMO_SIZE:
+                self._exact.clear()
+            self._exact[exact] = backend
+        return backend.forward(q, k, v, cu_seqlens, max_seqlen)
+
+    def _lookup(self, q, k, v, cu_seqlens, max_seqlen) -> ViTAttention:
         bucket = shape_bucket(q, cu_seqlens, max_seqlen)
         backend = self._winner.get(bucket)
         if backend is None:
             backend = self._resolve(bucket, (q, k, v, cu_seqlens, max_seqlen))
-        return backend.forward(q, k, v, cu_seqlens, max_seqlen)
+        return backend
 
     def choices(self) -> dict[str, str]:
         """Bucket (as text) -> name of the backend chosen for it."""

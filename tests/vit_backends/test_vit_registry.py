@@ -58,3 +58,26 @@ def test_usable_needs_the_packages(monkeypatch):
     assert usable() == ["auto", "fa3", "sdpa"]
     monkeypatch.setattr(vit_backends, "_has", lambda module: module in ("flashinfer", "cudnn"))
     assert usable() == ["auto", "flashinfer_cudnn", "sdpa"]
+
+
+def _fake_fa3(monkeypatch, fp16_disabled):
+    interface, config = types.ModuleType("fa3_fwd_interface"), types.ModuleType("fa3_fwd_config")
+    config.CONFIG = {"build_flags": {"FLASHATTENTION_DISABLE_FP16": fp16_disabled}}
+    monkeypatch.setitem(sys.modules, "fa3_fwd_interface", interface)
+    monkeypatch.setitem(sys.modules, "fa3_fwd_config", config)
+
+
+def test_fa3_refuses_fp16_when_the_build_lacks_it(monkeypatch):
+    _fake_fa3(monkeypatch, fp16_disabled=True)  # as fa3-fwd 0.0.3 is built
+    backend = create("fa3")
+    q = torch.zeros(4, 2, 64, dtype=torch.float16)
+    with pytest.raises(ValueError, match="runs bfloat16 only .* got float16"):
+        backend(q, q, q, torch.tensor([0, 4], dtype=torch.int32), 4)
+    assert not backend.supports(torch.device("cpu"), torch.bfloat16, 64)
+
+
+def test_fa3_needs_cuda(monkeypatch):
+    _fake_fa3(monkeypatch, fp16_disabled=False)
+    q = torch.zeros(4, 2, 64, dtype=torch.float16)
+    with pytest.raises(ValueError, match="needs a CUDA"):
+        create("fa3")(q, q, q, torch.tensor([0, 4], dtype=torch.int32), 4)
