@@ -53,6 +53,8 @@ def credentials(target: str, ca: str | Path | None = None, cert: str | Path | No
 
 
 def _channel(module, target: str, creds: grpc.ChannelCredentials | None, server_name: str | None):
+    if server_name is None and creds is not None and target.startswith("unix:"):
+        server_name = "localhost"  # TLS over a socket: the authority would be the path; certificates name localhost
     options = list(_OPTIONS) + ([("grpc.ssl_target_name_override", server_name)] if server_name else [])
     if creds is None:
         return module.insecure_channel(target, options=options)

@@ -67,38 +67,29 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return _DTYPES[name]
 
 
-def resolve_model_path(cfg: Config) -> tuple[str, Path | None]:
-    """(model id, checkpoint dir or None for random:<preset>) for demo / demo:<arch> / random:<preset> / a directory."""
-    name = cfg.model.model
+def resolve_model_path(cfg: Config) -> tuple[str, str | Path, Path]:
+    """(model id, what load_model takes, tokenizer/processor dir) for demo / demo:<arch> / random:<preset> / a dir."""
+    name, state = cfg.model.model, Path(cfg.server.state_dir)
     if name == "demo" or name.startswith("demo:"):
         from vlm_service.models.demo import ensure_demo_model
 
         arch = name.split(":", 1)[1] if ":" in name else "qwen3_vl"
-        return name, Path(ensure_demo_model(Path(cfg.server.state_dir) / "models", arch))
+        path = Path(ensure_demo_model(state, arch))
+        return name, path, path
     if name.startswith("random:"):
-        return name, None
+        from vlm_service.models import presets
+
+        return name, name, Path(presets.ensure_preset_dir(state, name))
     path = Path(name).expanduser()
     if not path.is_dir():
         raise ValueError(f"--model {name!r}: not a directory, 'demo', 'demo:qwen2_5_vl' or 'random:<preset>'")
-    return str(path), path
+    return str(path), path, path
 
 
-def _load_model(cfg: Config, path: Path | None, device: torch.device, dtype: torch.dtype):
-    if path is None:
-        from vlm_service.models import presets
-
-        return presets.build_random(cfg.model.model.split(":", 1)[1], dtype=dtype, device=device,
-                                    vit_attention=cfg.model.vit_attention_backend, seed=cfg.model.seed)
-    from vlm_service.models.loader import load_model
-
-    return load_model(path, dtype=dtype, device=device, vit_attention=cfg.model.vit_attention_backend)
-
-
-def _model_info(model_id: str, model, cfg: Config, max_context: int, device, dtype) -> ModelInfo:
-    backend = getattr(model, "vit_attention_backend", None) or cfg.model.vit_attention_backend
+def _model_info(model_id: str, model, cfg: Config, max_context: int, device, dtype, backend) -> ModelInfo:
     return ModelInfo(model_id=model_id, architecture=model.spec.architecture, max_context=max_context,
                      max_images=cfg.server.limits.max_images_per_request,
-                     max_pixels=cfg.server.limits.max_image_pixels, vit_attention_backend=str(backend),
+                     max_pixels=cfg.server.limits.max_image_pixels, vit_attention_backend=backend,
                      device=str(device), dtype=str(dtype).removeprefix("torch."))
 
 
@@ -107,19 +98,17 @@ def load_runtime(cfg: Config) -> Runtime:
     from vlm_service.engine import AsyncEngine
     from vlm_service.processor.processor import Processor
 
+    import vit_backends
+    from vlm_service.models.loader import load_model
+
     device = resolve_device(cfg.model.device)
     dtype = resolve_dtype(cfg.model.dtype, device)
-    model_id, path = resolve_model_path(cfg)
+    model_id, weights, processor_dir = resolve_model_path(cfg)
     log.info("loading %s on %s (%s)", model_id, device, dtype)
-    model = _load_model(cfg, path, device, dtype)
-    if path is None:  # random:<preset> has no tokenizer files of its own
-        from vlm_service.models import presets
-
-        path = presets.tokenizer_dir(Path(cfg.server.state_dir))
-    processor = Processor.from_pretrained(path, max_pixels_limit=cfg.server.limits.max_image_pixels,
+    vit = vit_backends.create(cfg.model.vit_attention_backend)
+    model = load_model(weights, dtype=dtype, device=device, vit_attention=vit)
+    processor = Processor.from_pretrained(processor_dir, max_pixels_limit=cfg.server.limits.max_image_pixels,
                                           max_images=cfg.server.limits.max_images_per_request)
-    tokenizer = processor.tokenizer
-    engine = AsyncEngine(model, tokenizer, cfg.engine, cfg.server.limits, device)
-    max_context = cfg.engine.max_model_len or model.spec.max_position_embeddings
-    info = _model_info(model_id, model, cfg, max_context, device, dtype)
-    return Runtime(engine=engine, processor=processor, info=info, tokenizer=tokenizer, model=model)
+    engine = AsyncEngine(model, processor.tokenizer, cfg.engine, cfg.server.limits, device)
+    info = _model_info(model_id, model, cfg, engine.max_model_len, device, dtype, getattr(vit, "name", ""))
+    return Runtime(engine=engine, processor=processor, info=info, tokenizer=processor.tokenizer, model=model)

@@ -46,10 +46,8 @@ def _collect(stream):
 
 def _busy(runtime) -> int:
     """Requests and KV blocks the engine still holds (0 when idle)."""
-    stats = runtime.engine.stats()
-    stats = stats if isinstance(stats, dict) else vars(stats)
-    keys = ("running", "waiting", "requests", "reserved", "used_blocks", "num_requests")
-    return sum(int(v) for k, v in stats.items() if any(s in k for s in keys) and isinstance(v, (int, float)))
+    s = runtime.engine.stats()
+    return s.running + s.waiting + s.reserved + s.tracked_requests
 
 
 def _wait_idle(runtime, timeout=2.0) -> bool:
@@ -151,9 +149,10 @@ def test_rotated_certificate_is_seen_by_a_new_connection(server, pki, tmp_path):
         assert c.info(timeout=3.0).model_id == "demo"
 
 
-def test_uds_listener_serves_plaintext(server):
+def test_uds_listener_serves(server):
+    """With TLS files given, the socket serves (m)TLS too; plaintext UDS is covered in tests/server/test_tls.py."""
     uds = next(t for t in server.server.targets if t.startswith("unix:"))
-    with Client(uds) as client:
+    with Client(uds, channel_credentials=server.credentials) as client:
         text, complete = client.generate_text("hi", max_tokens=3)
     assert complete.usage.completion_tokens >= 1
 

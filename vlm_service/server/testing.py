@@ -76,6 +76,8 @@ class RunningServer:
 
     def channel(self, credentials: grpc.ChannelCredentials | None = None, options=()) -> grpc.Channel:
         creds = credentials if credentials is not None else self.credentials
+        if creds is not None and self.target.startswith("unix:"):
+            options = [*options, ("grpc.ssl_target_name_override", "localhost")]
         if creds is None:
             return grpc.insecure_channel(self.target, options=list(options))
         return grpc.secure_channel(self.target, creds, options=list(options))
