@@ -25,13 +25,9 @@ def _launch(x: torch.Tensor, act: str) -> torch.Tensor:
         x2 = x2.contiguous()
     out = torch.empty((x2.shape[0], n), dtype=x.dtype, device=x.device)
     if out.numel():
-        grid = (x2.shape[0], triton_cdiv(n, BLOCK))
+        grid = (x2.shape[0], -(-n // BLOCK))
         gated_act_kernel[grid](x2, out, x2.stride(0), out.stride(0), n, ACT=act, BLOCK=BLOCK, num_warps=4)
     return out.view(*x.shape[:-1], n)
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def silu_and_mul(x: torch.Tensor, impl: str = "auto") -> torch.Tensor:

@@ -56,6 +56,6 @@ def gumbel_sample(logits: torch.Tensor, seeds: torch.Tensor, positions: torch.Te
     part_idx = torch.empty((b, n_split), dtype=torch.int32, device=logits.device)
     gumbel_partial_kernel[(b, n_split)](logits, seeds.contiguous(), positions.contiguous(), part_val, part_idx, v,
                                         logits.stride(0), n_split, BLOCK_V=BLOCK_V, BLOCKS_PER_SPLIT=per_split,
-                                        num_warps=4)
+                                        LIBDEVICE=logits.is_cuda, num_warps=4)
     gumbel_reduce_kernel[(b,)](part_val, part_idx, out, n_split, BLOCK_S=next_pow2(n_split), num_warps=1)
     return out

@@ -9,10 +9,17 @@ import triton.language as tl
 
 
 @triton.jit
+def _sigmoid(x):
+    # overflow-free: exp of a non-positive argument only
+    z = tl.exp(-tl.abs(x))
+    return tl.where(x >= 0, 1.0 / (1.0 + z), z / (1.0 + z))
+
+
+@triton.jit
 def _gelu_tanh(g):
-    # 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3))), with tanh(y) = 1 - 2 / (exp(2y) + 1)
+    # 0.5 g (1 + tanh(y)), y = sqrt(2/pi) (g + 0.044715 g^3); 1 + tanh(y) = 2 sigmoid(2y)
     y = 0.7978845608028654 * (g + 0.044715 * g * g * g)
-    return 0.5 * g * (2.0 - 2.0 / (tl.exp(2.0 * y) + 1.0))
+    return g * _sigmoid(2.0 * y)
 
 
 @triton.jit
@@ -23,7 +30,7 @@ def gated_act_kernel(x_ptr, out_ptr, stride_x, stride_out, N, ACT: tl.constexpr,
     gate = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
     up = tl.load(x_ptr + row * stride_x + N + cols, mask=mask, other=0.0).to(tl.float32)
     if ACT == "silu":
-        a = gate / (1.0 + tl.exp(-gate))
+        a = gate * _sigmoid(gate)
     else:
         a = _gelu_tanh(gate)
     a = a.to(x_ptr.dtype.element_ty).to(tl.float32)

@@ -17,8 +17,10 @@ def _mrope_axis(freqs, S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr, INT
     # freqs: [BLOCK_F] -> axis 0/1/2 per frequency
     if INTERLEAVED:
         m3 = freqs % 3
-        return tl.where((m3 == 1) & (freqs < 3 * S1), 1, tl.where((m3 == 2) & (freqs < 3 * S2), 2, 0))
-    return (freqs >= S0).to(tl.int32) + (freqs >= S0 + S1).to(tl.int32)
+        axis = tl.where((m3 == 1) & (freqs < 3 * S1), 1, tl.where((m3 == 2) & (freqs < 3 * S2), 2, 0))
+    else:
+        axis = (freqs >= S0).to(tl.int32) + (freqs >= S0 + S1).to(tl.int32)
+    return axis
 
 
 @triton.jit

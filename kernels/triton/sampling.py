@@ -9,6 +9,7 @@ as torch.argmax does).
 
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 
 @triton.jit
@@ -34,8 +35,19 @@ def _fmix32(h):
 
 
 @triton.jit
+def _gumbel_noise(h, LIBDEVICE: tl.constexpr):
+    # h: uint32 hash -> float32 Gumbel noise, computed in float64 like the reference
+    u = (h.to(tl.float64) + 0.5) / 4294967296.0
+    if LIBDEVICE:  # CUDA: __nv_log, the log(double) torch's CUDA reference uses
+        g = -libdevice.log(-libdevice.log(u))
+    else:  # the CPU interpreter has no libdevice; numpy's log there
+        g = -tl.log(-tl.log(u))
+    return g.to(tl.float32)
+
+
+@triton.jit
 def gumbel_partial_kernel(logits_ptr, seed_ptr, pos_ptr, part_val_ptr, part_idx_ptr, V, stride_l, n_split,
-                          BLOCK_V: tl.constexpr, BLOCKS_PER_SPLIT: tl.constexpr):
+                          BLOCK_V: tl.constexpr, BLOCKS_PER_SPLIT: tl.constexpr, LIBDEVICE: tl.constexpr):
     # constexpr trip count: few variants (powers of two), and the CPU interpreter cannot loop to a runtime bound
     row = tl.program_id(0)
     split = tl.program_id(1)
@@ -50,8 +62,7 @@ def gumbel_partial_kernel(logits_ptr, seed_ptr, pos_ptr, part_val_ptr, part_idx_
         mask = cols < V
         logit = tl.load(row_ptr + cols, mask=mask, other=float("-inf")).to(tl.float32)
         h = _fmix32(_mix32(h_pos, cols.to(tl.uint32)) ^ 8)  # 8 = length in bytes of the two words
-        u = (h.to(tl.float64) + 0.5) / 4294967296.0
-        val = tl.where(mask, logit + (-tl.log(-tl.log(u))).to(tl.float32), float("-inf"))
+        val = tl.where(mask, logit + _gumbel_noise(h, LIBDEVICE), float("-inf"))
         block_max = tl.max(val, axis=0)
         take = block_max > best_val
         best_idx = tl.where(take, start + tl.argmax(val, axis=0), best_idx)
