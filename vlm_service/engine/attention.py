@@ -99,8 +99,10 @@ class FlashInferPlanner:
         self.prefill = flashinfer.BatchPrefillWithPagedKVCacheWrapper(self.workspace, "NHD")
         self.decode = flashinfer.BatchDecodeWithPagedKVCacheWrapper(self.workspace, "NHD")
 
-    def _int32(self, xs: list[int]) -> torch.Tensor:
-        return torch.tensor(xs, dtype=torch.int32, device=self.device)
+    @staticmethod
+    def _int32(xs: list[int]) -> torch.Tensor:
+        # host tensors: plan() reads them on the CPU and copies them into the wrapper's device buffers
+        return torch.tensor(xs, dtype=torch.int32)
 
     def plan(self, layout: BatchLayout, wrapper=None):
         """Plan the decode wrapper when every sequence has one new token, else the prefill wrapper."""
