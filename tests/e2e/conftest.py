@@ -51,5 +51,5 @@ def server(state_dir, pki, tmp_path_factory):
     tls = TLSConfig(cert=live / "server.crt", key=live / "server.key", client_ca=pki.ca.cert)
     uds = tmp_path_factory.mktemp("sock") / "vlm.sock"
     creds = channel_credentials(pki.ca.cert, pki.client.cert, pki.client.key)
-    with running_server(e2e_config(state_dir, tls, uds), credentials=creds) as srv:
+    with running_server(e2e_config(state_dir, tls, uds, max_prompt_tokens=400), credentials=creds) as srv:
         yield srv

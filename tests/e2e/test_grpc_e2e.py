@@ -161,3 +161,32 @@ def test_message_over_cap_is_resource_exhausted(stub):
     with pytest.raises(grpc.RpcError) as err:
         _collect(stub.Generate(build_request("x", [os.urandom(9 << 20)])))
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_prompt_over_the_limit_is_invalid_argument(server, stub):
+    with pytest.raises(grpc.RpcError) as err:
+        _collect(stub.Generate(build_request("word " * 1000, max_tokens=2)))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert convert.field_violations(rpc_status.from_call(err.value)) == ["messages"]
+    assert _wait_idle(server.server.runtime)
+
+
+def test_admission_refuses_the_excess(tmp_path_factory, state_dir):
+    """A separate server with max_waiting_requests=1 and one running slot: extra requests get RESOURCE_EXHAUSTED."""
+    from tests.e2e.conftest import e2e_config
+    from vlm_service.config import TLSConfig
+    from vlm_service.server.testing import running_server
+
+    cfg = e2e_config(state_dir, TLSConfig(insecure=True), max_waiting_requests=1)
+    with running_server(cfg, warmup=False) as srv, srv.channel() as ch:
+        stub = vlm_pb2_grpc.VisionLanguageServiceStub(ch)
+        streams = [stub.Generate(build_request(f"r{i}", max_tokens=300, min_tokens=300)) for i in range(6)]
+        codes = []
+        for s in streams:
+            try:
+                _collect(s)
+                codes.append("ok")
+            except grpc.RpcError as e:
+                codes.append(e.code())
+        assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 1
+        assert set(codes) <= {"ok", grpc.StatusCode.RESOURCE_EXHAUSTED}

@@ -133,6 +133,8 @@ class VisionLanguageServicer(vlm_pb2_grpc.VisionLanguageServiceServicer):
                 yield out
         except asyncio.TimeoutError:
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the request deadline passed")
+        except errors.ServiceError as exc:  # e.g. the prompt is over the context, found by the engine
+            await self._fail(context, exc)
         except StopAsyncIteration:
             await context.abort(grpc.StatusCode.INTERNAL, "the engine ended the stream without a Complete")
         finally:
