@@ -61,6 +61,7 @@ class Server:
         self.cert_fetcher = None
         self._server = grpc.aio.server(options=_grpc_options(cfg))
         self._stopped = asyncio.Event()
+        self._drain_started = False
 
     async def start(self) -> list[str]:
         """Register the services, bind the listeners and start answering; returns the client targets."""
@@ -118,8 +119,10 @@ class Server:
 
     async def drain(self) -> bool:
         """Stop taking work and let in-flight streams finish; True when they all finished in time."""
-        if self._stopped.is_set():
+        if self._drain_started:  # a second signal: the first drain is already under way
+            await self._stopped.wait()
             return True
+        self._drain_started = True
         log.info("draining: %d in flight, up to %.1fs", self.servicer.inflight, self.cfg.server.drain_timeout_s)
         await self.health.set(SERVICE_NAME, NOT_SERVING)
         await self.health.set("", NOT_SERVING)
