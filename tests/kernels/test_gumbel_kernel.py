@@ -29,6 +29,7 @@ def test_murmur3_matches_a_plain_python_implementation():
         assert int(got) == murmur(seed, [pos, tok])
 
 
+@pytest.mark.usefixtures("interpreter")
 def test_triton_picks_the_reference_tokens():
     logits = _logits(6, 5000)
     logits[2] = float("-inf")  # fully masked row -> token 0, as torch.argmax
@@ -41,6 +42,7 @@ def test_triton_picks_the_reference_tokens():
     assert int(got[2]) == 0 and int(got[3]) < 100
 
 
+@pytest.mark.usefixtures("interpreter")
 def test_row_result_independent_of_batch():
     logits = _logits(5, 3000, seed=3)
     seeds, positions = torch.arange(5) * 1000 + 11, torch.arange(5) + 40

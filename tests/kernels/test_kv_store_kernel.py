@@ -15,6 +15,7 @@ def _case(t=9, hk=2, d=16, blocks=4, block_size=4, dtype=torch.float32, device="
     return k, v, cache, slots
 
 
+@pytest.mark.usefixtures("interpreter")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("hk,d", [(2, 16), (3, 80), (1, 128)])
 def test_triton_matches_reference(dtype, hk, d):
@@ -28,6 +29,7 @@ def test_triton_matches_reference(dtype, hk, d):
     assert torch.equal(cache[block, 0, off], k[0]) and torch.equal(cache[block, 1, off], v[0])
 
 
+@pytest.mark.usefixtures("interpreter")
 @pytest.mark.parametrize("impl", ["triton", "reference"])
 def test_negative_slot_writes_nothing(impl):
     k, v, cache, _ = _case(t=3)
@@ -35,6 +37,7 @@ def test_negative_slot_writes_nothing(impl):
     assert cache.abs().sum() == 0
 
 
+@pytest.mark.usefixtures("interpreter")
 def test_casts_to_cache_dtype_and_checks_shapes():
     k, v, cache, slots = _case()
     cache16 = cache.to(torch.bfloat16)

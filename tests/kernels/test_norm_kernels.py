@@ -18,6 +18,7 @@ def _inputs(shape, dtype, device="cpu", seed=0):
     return x, r, w, b
 
 
+@pytest.mark.usefixtures("interpreter")
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(7, 96), (2, 3, 130)])
 def test_rmsnorm_triton_matches_reference(dtype, shape):
@@ -27,6 +28,7 @@ def test_rmsnorm_triton_matches_reference(dtype, shape):
     torch.testing.assert_close(out, reference.rmsnorm(x, w, 1e-6), **TOL[dtype])
 
 
+@pytest.mark.usefixtures("interpreter")
 def test_rmsnorm_promotes_like_reference():
     x, _, w, _ = _inputs((3, 64), torch.bfloat16)
     out = norm.rmsnorm(x, w.float(), 1e-6, impl="triton")
@@ -34,6 +36,7 @@ def test_rmsnorm_promotes_like_reference():
     torch.testing.assert_close(out, reference.rmsnorm(x, w.float(), 1e-6), **TOL[torch.bfloat16])
 
 
+@pytest.mark.usefixtures("interpreter")
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_fused_add_rmsnorm_out_of_place_and_in_place(dtype):
     x, r, w, _ = _inputs((5, 200), dtype)
@@ -55,6 +58,7 @@ def test_fused_add_rmsnorm_in_place_reference_path():
     torch.testing.assert_close(r, want_sum)
 
 
+@pytest.mark.usefixtures("interpreter")
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_layernorm_triton_matches_reference(dtype, with_bias):
@@ -64,6 +68,7 @@ def test_layernorm_triton_matches_reference(dtype, with_bias):
     torch.testing.assert_close(out, reference.layernorm(x + 3, w, bias, 1e-6), **TOL[dtype])
 
 
+@pytest.mark.usefixtures("interpreter")
 def test_strided_rows_are_handled():
     x, _, w, _ = _inputs((6, 128), torch.float32)
     view = x[:, :64]  # row stride 128, last dim contiguous

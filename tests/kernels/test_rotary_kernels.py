@@ -34,6 +34,7 @@ def _check_mrope(q, k, positions, cache, section, interleaved, impl="triton"):
     torch.testing.assert_close(k, k_ref, **TOL[k.dtype])
 
 
+@pytest.mark.usefixtures("interpreter")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("head_dim", [64, 80, 128])
 @pytest.mark.parametrize("interleaved", [False, True])
@@ -46,6 +47,7 @@ def test_mrope_matches_reference(dtype, head_dim, interleaved, heads):
     _check_mrope(q, k, positions, cache, section, interleaved)
 
 
+@pytest.mark.usefixtures("interpreter")
 def test_mrope_image_tokens_differ_from_text_rope():
     # With mixed positions the image tokens must not get the 1D rope of their t position; text tokens must.
     positions = mixed_positions(3, (1, 2, 3), 2)
@@ -60,6 +62,7 @@ def test_mrope_image_tokens_differ_from_text_rope():
     assert (q_m[3:9] - q_1d[3:9]).abs().max() > 1e-3
 
 
+@pytest.mark.usefixtures("interpreter")
 def test_mrope_bf16_cache_and_strided_q_view():
     # q and k as views into a fused qkv buffer: token stride != H * D.
     t, hq, hk, d = 20, 4, 2, 128
@@ -73,6 +76,7 @@ def test_mrope_bf16_cache_and_strided_q_view():
     assert torch.equal(qkv[:, (hq + hk) * d:], v_before)  # v untouched
 
 
+@pytest.mark.usefixtures("interpreter")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("head_dim", [64, 72, 80])
 def test_vision_rotary_matches_reference(dtype, head_dim):
@@ -86,6 +90,7 @@ def test_vision_rotary_matches_reference(dtype, head_dim):
     torch.testing.assert_close(k, k_ref, **TOL[dtype])
 
 
+@pytest.mark.usefixtures("interpreter")
 def test_launch_tile_does_not_change_results():
     positions = mixed_positions(2, (2, 2, 2), 3)
     cache = reference.rope_cos_sin_cache(64, 16, 10000.0)
