@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from engine_helpers import ToyTokenizer, build_input, image, run_to_completion, text
+from engine_helpers import ToyTokenizer, run_to_completion
 from test_demo_model import _prompt
 
 from vlm_service.config import EngineConfig
