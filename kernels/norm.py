@@ -22,7 +22,7 @@ def _check_norm_inputs(x: torch.Tensor, weight: torch.Tensor, *others: tuple[str
     check(weight.shape == (x.shape[-1],), f"weight must have shape ({x.shape[-1]},), got {tuple(weight.shape)}")
     for name, t in others:
         check(t.shape == x.shape, f"{name} must have the shape of x {tuple(x.shape)}, got {tuple(t.shape)}")
-        check(t.dtype == x.dtype, f"{name} must have the dtype of x ({x.dtype}), got {t.dtype}")
+        check_float(name, t)
     check_same_device(("x", x), ("weight", weight), *others)
 
 
@@ -92,7 +92,7 @@ def fused_add_rmsnorm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Ten
         return normed, summed
     x2, r2 = _rows(x), _rows(residual)
     out = torch.empty(x2.shape, dtype=torch.promote_types(x.dtype, weight.dtype), device=x.device)
-    summed = torch.empty_like(x2)
+    summed = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
     _fused_add_launch(x2, r2, weight, out, summed, eps)
     return out.view(x.shape), summed.view(x.shape)
 
@@ -105,6 +105,7 @@ def fused_add_rmsnorm_(x: torch.Tensor, residual: torch.Tensor, weight: torch.Te
     """
     _check_norm_inputs(x, weight, ("residual", residual))
     check(x.is_contiguous() and residual.is_contiguous(), "x and residual must be contiguous for the in-place op")
+    check(x.dtype == residual.dtype, f"x and residual must share a dtype in place, got {x.dtype} and {residual.dtype}")
     path = _resolve(impl, x)
     if path == "reference":
         normed, summed = reference.fused_add_rmsnorm(x, residual, weight, eps)

@@ -18,11 +18,12 @@ TARGET_PROGRAMS = 1024  # enough programs to fill an H200 (132 SMs) even for a b
 
 def _check(logits: torch.Tensor, seeds: torch.Tensor, positions: torch.Tensor) -> None:
     check(logits.dim() == 2 and logits.shape[1] > 0, f"logits must be [B, V], got {tuple(logits.shape)}")
-    check(logits.dtype == torch.float32, f"logits must be float32, got {logits.dtype}")
+    check(logits.is_floating_point(), f"logits must be floating point (float32 preferred), got {logits.dtype}")
     check_same_device(("logits", logits), ("seeds", seeds), ("positions", positions))
     for name, t in (("seeds", seeds), ("positions", positions)):
         check(t.shape == (logits.shape[0],), f"{name} must be [B={logits.shape[0]}], got {tuple(t.shape)}")
-        check(t.dtype == torch.int64, f"{name} must be int64, got {t.dtype}")
+        check(not t.is_floating_point() and not t.is_complex() and t.dtype != torch.bool,
+              f"{name} must be int64, got {t.dtype}")
 
 
 def _split(batch: int, vocab: int) -> tuple[int, int]:
@@ -44,6 +45,9 @@ def gumbel_sample(logits: torch.Tensor, seeds: torch.Tensor, positions: torch.Te
     if not use_triton(impl, logits):
         return reference.gumbel_sample(logits, seeds, positions)
     from kernels.triton.sampling import gumbel_partial_kernel, gumbel_reduce_kernel
+
+    # like the reference: noise is added in float32; seeds/positions are read as int64
+    logits, seeds, positions = logits.float(), seeds.to(torch.int64), positions.to(torch.int64)
 
     b, v = logits.shape
     out = torch.empty(b, dtype=torch.int64, device=logits.device)

@@ -75,8 +75,10 @@ def test_frequencies_follow_softmax():
 
 def test_bad_inputs_raise_value_error():
     logits = _logits(2, 10)
-    with pytest.raises(ValueError, match="logits must be float32"):
-        sampling.gumbel_sample(logits.half(), torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="logits must be floating point"):
+        sampling.gumbel_sample(logits.long(), torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="positions must be int64"):
+        sampling.gumbel_sample(logits, torch.zeros(2, dtype=torch.long), torch.zeros(2))
     with pytest.raises(ValueError, match="seeds must be"):
         sampling.gumbel_sample(logits, torch.zeros(3, dtype=torch.long), torch.zeros(2, dtype=torch.long))
 
@@ -90,3 +92,11 @@ def test_gpu_identical_tokens_to_reference(batch):
     want = reference.gumbel_sample(logits, seeds, positions)
     assert torch.equal(sampling.gumbel_sample(logits, seeds, positions), want)
     assert torch.equal(sampling.gumbel_sample(logits.cpu(), seeds.cpu(), positions.cpu()), want.cpu())
+
+
+@pytest.mark.usefixtures("interpreter")
+def test_bf16_logits_and_int32_ids_are_accepted_like_the_reference():
+    logits = _logits(3, 2000, seed=9).to(torch.bfloat16)
+    seeds, positions = torch.tensor([1, 2, 3], dtype=torch.int32), torch.tensor([4, 5, 6], dtype=torch.int32)
+    want = reference.gumbel_sample(logits, seeds, positions)
+    assert torch.equal(sampling.gumbel_sample(logits, seeds, positions, impl="triton"), want)

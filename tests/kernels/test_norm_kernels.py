@@ -112,3 +112,12 @@ def test_gpu_flashinfer_norms_match_reference():
     norm.fused_add_rmsnorm_(x, r, w, 1e-6, impl="flashinfer")
     torch.testing.assert_close(x, want_norm, **tol)
     torch.testing.assert_close(r, want_sum, **tol)
+
+
+@pytest.mark.usefixtures("interpreter")
+def test_fused_add_with_fp32_residual_matches_reference():
+    x, r, w, _ = _inputs((4, 64), torch.bfloat16)
+    got = norm.fused_add_rmsnorm(x, r.float(), w, 1e-6, impl="triton")
+    want = reference.fused_add_rmsnorm(x, r.float(), w, 1e-6)
+    assert got[1].dtype == want[1].dtype == torch.bfloat16
+    torch.testing.assert_close(got, want, **TOL[torch.bfloat16])
