@@ -26,7 +26,7 @@ def _check_norm_inputs(x: torch.Tensor, weight: torch.Tensor, *others: tuple[str
     check_same_device(("x", x), ("weight", weight), *others)
 
 
-def _resolve(impl: str, x: torch.Tensor) -> str:
+def _resolve(impl: str, x: torch.Tensor, weight: torch.Tensor) -> str:
     """Map impl to "triton" | "reference" | "flashinfer" for these inputs."""
     if impl == "flashinfer":
         check(x.is_cuda, "impl='flashinfer' needs CUDA tensors")
@@ -54,7 +54,7 @@ def _launch_config(n: int) -> dict:
 def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, impl: str = "auto") -> torch.Tensor:
     """x: [..., N], weight: [N] -> [..., N] in the promoted dtype of x and weight."""
     _check_norm_inputs(x, weight)
-    path = _resolve(impl, x)
+    path = _resolve(impl, x, weight)
     if path == "reference":
         return reference.rmsnorm(x, weight, eps)
     if path == "flashinfer":
@@ -83,7 +83,7 @@ def fused_add_rmsnorm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Ten
                       impl: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Out of place: returns (rmsnorm(x + residual), x + residual); x, residual: [..., N], weight: [N]."""
     _check_norm_inputs(x, weight, ("residual", residual))
-    path = _resolve(impl, x)
+    path = _resolve(impl, x, weight)
     if path == "reference":
         return reference.fused_add_rmsnorm(x, residual, weight, eps)
     if path == "flashinfer":
@@ -106,7 +106,7 @@ def fused_add_rmsnorm_(x: torch.Tensor, residual: torch.Tensor, weight: torch.Te
     _check_norm_inputs(x, weight, ("residual", residual))
     check(x.is_contiguous() and residual.is_contiguous(), "x and residual must be contiguous for the in-place op")
     check(x.dtype == residual.dtype, f"x and residual must share a dtype in place, got {x.dtype} and {residual.dtype}")
-    path = _resolve(impl, x)
+    path = _resolve(impl, x, weight)
     if path == "reference":
         normed, summed = reference.fused_add_rmsnorm(x, residual, weight, eps)
         residual.copy_(summed)
@@ -125,7 +125,7 @@ def layernorm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
     _check_norm_inputs(x, weight)
     if bias is not None:
         check(bias.shape == weight.shape, f"bias must have shape {tuple(weight.shape)}, got {tuple(bias.shape)}")
-    path = _resolve("auto" if impl == "flashinfer" else impl, x)
+    path = _resolve("auto" if impl == "flashinfer" else impl, x, weight)
     if path == "reference":
         return reference.layernorm(x, weight, bias, eps)
     from kernels.triton.norm import layernorm_kernel
