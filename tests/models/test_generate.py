@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_prompt
+from qwen3_tiny_helpers import make_prompt
 
 from vlm_service.models.common import MultimodalEmbeds
 from vlm_service.models.generate import DenseKVContext, generate, multimodal_embeds

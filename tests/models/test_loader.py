@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_tiny_qwen3, hf_positions, make_prompt
+from qwen3_tiny_helpers import build_tiny_qwen3, hf_positions, make_prompt
 from safetensors.torch import load_file, save_file
 
 import vit_backends

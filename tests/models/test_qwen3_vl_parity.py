@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import hf_positions, make_prompt
+from qwen3_tiny_helpers import hf_positions, make_prompt
 
 from vlm_service.models.generate import DenseKVContext, generate, multimodal_embeds
 
