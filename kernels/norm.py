@@ -12,7 +12,7 @@ from kernels import reference
 from kernels._dispatch import check, check_float, check_same_device, next_pow2, use_triton
 
 MAX_TRITON_N = 32768  # a row lives in registers; wider rows go to the reference
-# The "auto" choice on CUDA, set from benchmarks/kernels.py measurements on the H200 (Triton vs FlashInfer JIT).
+# The "auto" choice on CUDA, set from benchmarks/bench_kernels.py measurements on the H200 (Triton vs FlashInfer JIT).
 AUTO_CUDA_NORM = "triton"
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import vit_backends
-from vlm_service.models.demo import ensure_demo_model, make_demo_model
+from vlm_service.models.demo import VERSION, ensure_demo_model, make_demo_model
 from vlm_service.models.generate import DenseKVContext, generate, multimodal_embeds
 from vlm_service.models.loader import load_model
 
@@ -35,7 +35,7 @@ def test_demo_loads_in_transformers_and_ours(arch, demo_root):
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
 
     path = ensure_demo_model(demo_root, arch)
-    assert path.name == f"demo-{arch}-v1"
+    assert path.name == f"demo-{arch}-{VERSION}"
     assert sum(f.stat().st_size for f in path.iterdir()) < 16e6
     config = json.loads((path / "config.json").read_text())
     tok = AutoTokenizer.from_pretrained(path)

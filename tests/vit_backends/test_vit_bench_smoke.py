@@ -8,7 +8,7 @@ import pytest
 
 from vit_backends import create
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "vit_backends.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_vit_backends.py"
 
 
 @pytest.fixture

@@ -43,6 +43,10 @@ def pool_num_blocks(cfg: EngineConfig, spec, dtype: torch.dtype, device: torch.d
     return max(cfg.kv_cpu_bytes // per_block, 1)
 
 
+# head dims FlashInfer 0.6's paged prefill/decode kernels are built for (others fail at run time)
+FLASHINFER_HEAD_DIMS = (64, 128, 256)
+
+
 class ModelRunner:
     """Owns the KV pool, the vision cache and (on CUDA) the FlashInfer planner and decode CUDA graphs."""
 
@@ -58,8 +62,11 @@ class ModelRunner:
         self.scratch_block = num_blocks
         self.vision_cache = VisionCache(cfg.vision_cache_bytes)
         self.planner = self.graphs = None
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and s.head_dim in FLASHINFER_HEAD_DIMS:
             self._init_cuda()
+        elif self.device.type == "cuda":
+            log.warning("head_dim %d has no FlashInfer paged-attention kernel; using torch attention, no CUDA graphs",
+                        s.head_dim)
 
     def _init_cuda(self) -> None:
         from vlm_service.engine.attention import FlashInferPlanner

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 ARCHS = ("qwen3_vl", "qwen2_5_vl")
-VERSION = "v1"
+VERSION = "v2"  # v2: text head_dim 64, a size FlashInfer's paged attention kernels support
 
 
 def _special_ids(tokenizer_dir: Path) -> tuple[dict[str, int], int]:
@@ -34,9 +34,9 @@ def _qwen3_config(ids: dict[str, int], vocab: int):
     from transformers import Qwen3VLConfig
 
     text = dict(vocab_size=vocab, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
-                num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=32768,
+                num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=32768,
                 rms_norm_eps=1e-6, bos_token_id=ids["eot"], eos_token_id=ids["im_end"],
-                rope_parameters={"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [6, 5, 5],
+                rope_parameters={"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [12, 10, 10],
                                  "mrope_interleaved": True})
     vision = dict(depth=4, hidden_size=64, intermediate_size=128, num_heads=4, patch_size=16, spatial_merge_size=2,
                   temporal_patch_size=2, out_hidden_size=128, num_position_embeddings=256,
@@ -48,9 +48,9 @@ def _qwen2_5_config(ids: dict[str, int], vocab: int):
     from transformers import Qwen2_5_VLConfig
 
     text = dict(vocab_size=vocab, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32768, rms_norm_eps=1e-6,
+                num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32768, rms_norm_eps=1e-6,
                 bos_token_id=ids["eot"], eos_token_id=ids["im_end"],
-                rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [4, 6, 6]})
+                rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [8, 12, 12]})
     vision = dict(depth=4, hidden_size=64, intermediate_size=128, num_heads=4, patch_size=14, spatial_merge_size=2,
                   temporal_patch_size=2, out_hidden_size=128, window_size=112, fullatt_block_indexes=[1, 3],
                   hidden_act="silu")
@@ -97,7 +97,7 @@ def make_demo_model(out_dir: str | Path, arch: str = "qwen3_vl", seed: int = 0) 
 
 
 def ensure_demo_model(state_dir: str | Path, arch: str = "qwen3_vl") -> Path:
-    """state_dir/models/demo-<arch>-v1, built once: in a temp dir beside it, then renamed into place (atomic)."""
+    """state_dir/models/demo-<arch>-<VERSION>, built once: in a temp dir beside it, then renamed into place (atomic)."""
     root = Path(state_dir) / "models"
     target = root / f"demo-{arch}-{VERSION}"
     if (target / "config.json").is_file():

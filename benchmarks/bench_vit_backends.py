@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """ViT attention backends on real Qwen-VL shapes: µs per call per backend, and how close `auto` gets to the best.
 
-    python benchmarks/vit_backends.py --out results/vit_backends.json      (H200, after benchmarks/gpu_env.sh)
+    python benchmarks/bench_vit_backends.py --out results/vit_backends.json      (H200, after benchmarks/gpu_env.sh)
 
 Per shape and backend: one untimed call (cuDNN graph build / kernel load; its wall time is reported as
 first_call_ms), then --reps calls each timed with CUDA events; the median is reported. bf16, 16 heads.

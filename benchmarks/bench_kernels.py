@@ -1,4 +1,4 @@
-"""Kernel-layer benchmark (run on the GPU host): `python benchmarks/kernels.py --out results.json`.
+"""Kernel-layer benchmark (run on the GPU host): `python benchmarks/bench_kernels.py --out results.json`.
 
 Times each op with triton.testing.do_bench (median; warmup and JIT builds excluded) and reports µs and achieved
 GB/s against the H200's ~4.3 TB/s HBM copy rate. Bytes count every tensor read or written once.

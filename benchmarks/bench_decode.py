@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Engine benchmark on one device: decode ms/token at batch 1, tokens/s at batch 8 and 64, TTFT with one image.
 
-    python benchmarks/decode.py --model random:qwen2_5_vl_7b --out benchmarks/results/decode_qwen2_5_vl_7b.json
+    python benchmarks/bench_decode.py --model random:qwen2_5_vl_7b --out benchmarks/results/decode_qwen2_5_vl_7b.json
 
 Runs the LLMEngine directly (no gRPC): random full-size weights in bf16, FlashInfer paged attention and decode CUDA
 graphs on CUDA. Warm-up steps (JIT builds, graph capture) are never timed.
