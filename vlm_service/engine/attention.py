@@ -87,6 +87,12 @@ class FlashInferAttention:
         return self.wrapper.run(q, cache)
 
 
+def decode_uses_tensor_cores(spec) -> bool:
+    """FlashInfer's CUDA-core decode kernels exist for GQA group sizes 1, 2, 4 and 8 only (Qwen2.5-VL-7B has 7);
+    its tensor-core (prefill-kernel) decode takes any group size and is the faster one for large groups."""
+    return spec.num_heads // spec.num_kv_heads > 4
+
+
 class FlashInferPlanner:
     """Owns the workspace and the prefill/decode wrappers; plans them from a BatchLayout (CUDA only)."""
 
@@ -97,7 +103,8 @@ class FlashInferPlanner:
         self.device, self.spec, self.dtype, self.block_size = device, spec, dtype, block_size
         self.workspace = torch.zeros(128 << 20, dtype=torch.uint8, device=device)
         self.prefill = flashinfer.BatchPrefillWithPagedKVCacheWrapper(self.workspace, "NHD")
-        self.decode = flashinfer.BatchDecodeWithPagedKVCacheWrapper(self.workspace, "NHD")
+        self.decode = flashinfer.BatchDecodeWithPagedKVCacheWrapper(
+            self.workspace, "NHD", use_tensor_cores=decode_uses_tensor_cores(spec))
 
     @staticmethod
     def _int32(xs: list[int]) -> torch.Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from vlm_service.engine.attention import BatchLayout, FlashInferAttention
+from vlm_service.engine.attention import BatchLayout, FlashInferAttention, decode_uses_tensor_cores
 
 
 def graph_batch_sizes(max_bs: int) -> list[int]:
@@ -33,6 +33,7 @@ class DecodeGraphs:
         for bs in reversed(self.sizes):  # largest first, so smaller graphs reuse its memory pool
             self.wrappers[bs] = flashinfer.BatchDecodeWithPagedKVCacheWrapper(
                 runner.planner.workspace, "NHD", use_cuda_graph=True,
+                use_tensor_cores=decode_uses_tensor_cores(runner.spec),
                 paged_kv_indptr_buffer=torch.zeros(bs + 1, dtype=torch.int32, device=dev),
                 paged_kv_indices_buffer=torch.zeros(max_pages, dtype=torch.int32, device=dev),
                 paged_kv_last_page_len_buffer=torch.zeros(bs, dtype=torch.int32, device=dev))

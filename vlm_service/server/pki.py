@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -13,19 +12,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from vlm_service.server.tls import KeyPair  # noqa: F401  (re-exported for callers of this module)
+
 LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
-
-
-@dataclass(frozen=True)
-class KeyPair:
-    """A PEM certificate and its private key on disk."""
-
-    cert: Path
-    key: Path
-
-    def read(self) -> tuple[bytes, bytes]:
-        """(key PEM, cert PEM) in the order grpc wants them."""
-        return self.key.read_bytes(), self.cert.read_bytes()
 
 
 def _name(common_name: str) -> x509.Name:

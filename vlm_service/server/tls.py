@@ -12,14 +12,26 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
 from vlm_service.config import ServerConfig
-from vlm_service.server.pki import KeyPair, ensure_dev_pki
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    """A PEM certificate and its private key on disk."""
+
+    cert: Path
+    key: Path
+
+    def read(self) -> tuple[bytes, bytes]:
+        """(key PEM, cert PEM) in the order grpc wants them."""
+        return self.key.read_bytes(), self.cert.read_bytes()
 
 
 def _stamp(paths: list[Path]) -> tuple:
@@ -77,6 +89,8 @@ def server_keypair(cfg: ServerConfig) -> tuple[KeyPair, Path | None]:
     tls = cfg.tls
     if tls.cert is not None:
         return KeyPair(Path(tls.cert), Path(tls.key)), None
+    from vlm_service.server.pki import ensure_dev_pki  # lazy: `cryptography` is needed only to make certificates
+
     ca, server = ensure_dev_pki(Path(cfg.state_dir) / "tls")
     return server, ca.cert
 
