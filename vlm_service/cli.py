@@ -15,9 +15,12 @@ log = logging.getLogger("vlm_service")
 
 
 class _JsonFormatter(logging.Formatter):
+    """One JSON object per line; a record's `fields` extra (the per-request line) becomes top-level keys."""
+
     def format(self, record: logging.LogRecord) -> str:
         entry = {"ts": round(record.created, 3), "level": record.levelname, "logger": record.name,
                  "msg": record.getMessage()}
+        entry.update(getattr(record, "fields", None) or {})
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry)

@@ -34,8 +34,11 @@ class RequestRecord:
 
 
 class Metrics:
+    """Every vlm:* metric of one server, labelled with its model name; `serve()` exposes them over HTTP."""
+
     def __init__(self, model_name: str, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
+        self._http = None  # (server, thread) while serving
         self.model_name = model_name
         label = ["model_name"]
 
@@ -95,4 +98,12 @@ class Metrics:
 
     def serve(self, port: int, host: str = "0.0.0.0"):
         """Start the /metrics HTTP endpoint in a daemon thread; returns (server, thread)."""
-        return start_http_server(port, addr=host, registry=self.registry)
+        self._http = start_http_server(port, addr=host, registry=self.registry)
+        return self._http
+
+    def close(self) -> None:
+        """Stop the /metrics endpoint (when serving) and free its port."""
+        if self._http is not None:
+            self._http[0].shutdown()
+            self._http[0].server_close()
+            self._http = None

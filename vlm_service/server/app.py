@@ -23,7 +23,7 @@ from vlm_service import types
 from vlm_service._proto.vlm.v1 import vlm_pb2, vlm_pb2_grpc
 from vlm_service.config import Config
 from vlm_service.server import tls
-from vlm_service.server.metrics import start_metrics
+from vlm_service.server.metrics import poll_engine, start_metrics
 from vlm_service.server.servicer import VisionLanguageServicer
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,7 @@ class Server:
         self._server = grpc.aio.server(options=_grpc_options(cfg))
         self._stopped = asyncio.Event()
         self._drain_started = False
+        self._poller: asyncio.Task | None = None
 
     async def start(self) -> list[str]:
         """Register the services, bind the listeners and start answering; returns the client targets."""
@@ -70,6 +71,7 @@ class Server:
         reflection.enable_server_reflection((SERVICE_NAME, "grpc.health.v1.Health", reflection.SERVICE_NAME),
                                             self._server)
         self.targets = self._bind()
+        self.servicer.metrics = start_metrics(self.cfg.server, self.cfg.model.model)
         await self._server.start()
         if self.cfg.server.uds is not None:  # the socket file exists once the server started
             os.chmod(Path(self.cfg.server.uds).resolve(), 0o600)
@@ -114,6 +116,8 @@ class Server:
             await _warmup(runtime)
         self.runtime = runtime
         self.servicer.attach(runtime)
+        if self.servicer.metrics is not None:
+            self._poller = asyncio.ensure_future(poll_engine(self.servicer.metrics, runtime.engine))
         await self.health.set(SERVICE_NAME, SERVING)
         log.info("model %s ready on %s", runtime.info.model_id, runtime.info.device)
 
@@ -131,10 +135,17 @@ class Server:
         if self.runtime is not None:
             await self.runtime.stop(drain=False)
         await self._server.stop(grace=1.0)
+        self._stop_metrics()
         self.servicer.close()
         self._stopped.set()
         log.info("drained %s", "cleanly" if clean else "with streams cut at the timeout")
         return clean
+
+    def _stop_metrics(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+        if self.servicer.metrics is not None:
+            self.servicer.metrics.close()
 
     async def wait(self) -> None:
         await self._stopped.wait()
@@ -164,7 +175,6 @@ async def serve(cfg: Config, load_runtime: Callable[[Config], object] | None = N
     server = Server(cfg, load_runtime)
     await server.start()
     _install_signals(server)
-    server.servicer.metrics = start_metrics(cfg.server, cfg.model.model)
     loader = asyncio.ensure_future(server.load())
     await asyncio.wait([loader, asyncio.ensure_future(server.wait())], return_when=asyncio.FIRST_COMPLETED)
     if loader.done() and loader.exception() is not None:

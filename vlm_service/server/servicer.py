@@ -19,7 +19,7 @@ from vlm_service import errors, types
 from vlm_service._proto.vlm.v1 import vlm_pb2, vlm_pb2_grpc
 from vlm_service.config import LimitsConfig
 from vlm_service.server import convert
-from vlm_service.server.metrics import record_of
+from vlm_service.server.metrics import RequestObserver, status_name
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +43,17 @@ class VisionLanguageServicer(vlm_pb2_grpc.VisionLanguageServiceServicer):
         request_id = request.request_id or uuid.uuid4().hex
         arrival = time.monotonic()
         deadline = self._deadline(context)
-        req = await self._admit(request, request_id, arrival, context)
-        self._enter()
+        obs = RequestObserver(request_id, context.peer(), convert.count_images(request), self.metrics)
+        error = None
         try:
-            processed = await self._preprocess(req, context)
-            async for out in self._outputs(req, processed, deadline, context):
+            req = await self._admit(request, request_id, arrival, context)
+            async for out in self._stream(req, deadline, context, obs):
                 yield convert.output_to_proto(out)
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
-            self._leave()
+            obs.done(status_name(error, context))
 
     async def GetModelInfo(self, request, context):
         if self._rt is None:
@@ -91,6 +94,18 @@ class VisionLanguageServicer(vlm_pb2_grpc.VisionLanguageServiceServicer):
 
     # --- steps of Generate ----------------------------------------------------------------------------------------
 
+    async def _stream(self, req: types.Request, deadline: float | None, context, obs: RequestObserver):
+        """An admitted request, counted in flight: preprocess, then the engine outputs."""
+        self._enter()
+        try:
+            processed = await self._preprocess(req, context)
+            obs.processed(processed)
+            async for out in self._outputs(req, processed, deadline, context):
+                obs.output(out)
+                yield out
+        finally:
+            self._leave()
+
     async def _admit(self, request, request_id: str, arrival: float, context) -> types.Request:
         """Checks that need no image decode; ends with the engine reservation (released on any later failure)."""
         try:
@@ -128,8 +143,6 @@ class VisionLanguageServicer(vlm_pb2_grpc.VisionLanguageServiceServicer):
             while not finished:
                 out = await self._next(gen, deadline)
                 finished = isinstance(out, types.Finished)
-                if finished and self.metrics is not None:
-                    self.metrics.observe_finished(record_of(out))
                 yield out
         except asyncio.TimeoutError:
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the request deadline passed")
@@ -160,9 +173,7 @@ class VisionLanguageServicer(vlm_pb2_grpc.VisionLanguageServiceServicer):
 
     async def _fail(self, context, exc: errors.ServiceError):
         status = convert.error_status(exc)
-        log.info("request refused: %s (%s)", exc, convert.status_code(exc).name)
-        if self.metrics is not None:
-            self.metrics.observe_rejected(convert.status_code(exc).name)
+        log.debug("request refused: %s (%s)", exc, convert.status_code(exc).name)  # the request line says it too
         await context.abort(convert.status_code(exc), str(exc), trailing_metadata=convert.status_metadata(status))
 
     def _enter(self) -> None:
