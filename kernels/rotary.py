@@ -15,16 +15,30 @@ from kernels._dispatch import check, check_float, check_last_contiguous, check_s
 
 @dataclass(frozen=True)
 class RopeLaunch:
-    """Tile of one program: BLOCK_T tokens x BLOCK_H heads x D/2 frequencies (benchmarks sweep these)."""
+    """Tile choice of the fused rope kernel (benchmarks/bench_kernels.py sweeps these).
+
+    block_t: tokens per program (cos/sin [block_t, D/2] are built once per program); block_h: heads rotated per
+    loop step; num_warps: warps per program; head_split: programs per token block along the heads (1 = one program
+    walks every q and k head of its tokens).
+    """
 
     block_t: int
     block_h: int
     num_warps: int = 4
+    head_split: int = 1
+
+    def __post_init__(self):
+        for name in ("block_t", "block_h", "num_warps", "head_split"):
+            v = getattr(self, name)
+            check(isinstance(v, int) and v >= 1, f"RopeLaunch.{name} must be a positive int, got {v!r}")
+        for name in ("block_t", "block_h", "num_warps"):
+            v = getattr(self, name)
+            check(v & (v - 1) == 0, f"RopeLaunch.{name} must be a power of two, got {v}")
 
 
 def default_launch(head_dim: int) -> RopeLaunch:
-    # ~4k elements per half-tile: enough bytes in flight per program without spilling registers
-    return RopeLaunch(block_t=max(1, 4096 // (4 * next_pow2(head_dim // 2))), block_h=4, num_warps=4)
+    """~4k elements per half-tile and step (16 tokens x 4 heads x 64 at D=128): bytes in flight without spills."""
+    return RopeLaunch(block_t=16, block_h=max(1, 256 // next_pow2(head_dim // 2)), num_warps=4)
 
 
 def _check_qk(q: torch.Tensor, k: torch.Tensor) -> None:
@@ -46,16 +60,19 @@ def _launch(q, k, cos, sin, positions, section, interleaved: bool, launch: RopeL
     if t == 0:
         return
     cfg = launch or default_launch(d)
-    grid = (-(-t // cfg.block_t), -(-hq // cfg.block_h) + -(-hk // cfg.block_h))
+    split = max(1, min(cfg.head_split, max(hq, hk)))
+    hq_per, hk_per = -(-hq // split), -(-hk // split)  # heads per program along grid axis 1
+    grid = (-(-t // cfg.block_t), split)
     use_pos = positions is not None
     pos = positions if use_pos else q  # unused pointer when not use_pos
     s0, s1, s2 = section if use_pos else (0, 0, 0)
     rope_kernel[grid](
-        q, k, cos, sin, pos, t, hq, hk, d // 2,
+        q, k, cos, sin, pos, t, hq, hk, hq_per, hk_per,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos.stride(0), sin.stride(0),
         pos.stride(0) if use_pos else 0, pos.stride(1) if use_pos else 0,
-        USE_POS=use_pos, INTERLEAVED=bool(interleaved), S0=s0, S1=s1, S2=s2,
-        BLOCK_T=cfg.block_t, BLOCK_H=cfg.block_h, BLOCK_F=next_pow2(d // 2), num_warps=cfg.num_warps)
+        HALF=d // 2, USE_POS=use_pos, INTERLEAVED=bool(interleaved), S0=s0, S1=s1, S2=s2,
+        BLOCK_T=cfg.block_t, BLOCK_H=cfg.block_h, BLOCK_F=next_pow2(d // 2),
+        Q_STEPS=-(-hq_per // cfg.block_h), K_STEPS=-(-hk_per // cfg.block_h), num_warps=cfg.num_warps)
 
 
 def apply_rotary_(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, impl: str = "auto",

@@ -1,11 +1,17 @@
 """Triton body of the fused rotary kernel: neox rotate-half, in place on q [T, Hq, D] and k [T, Hk, D] in one launch.
 
-Grid: (cdiv(T, BLOCK_T), cdiv(Hq, BLOCK_H) + cdiv(Hk, BLOCK_H)). A program takes a block of tokens and a block of
-heads (q blocks first, then k blocks), builds cos/sin [BLOCK_T, D/2] once, rotates the [BLOCK_T, BLOCK_H, D/2]
-halves in registers (fp32) and writes them back in the input dtype.
+Grid: (cdiv(T, BLOCK_T), HEAD_SPLIT). A program takes a block of BLOCK_T tokens, loads their 3 positions once, builds
+cos/sin [BLOCK_T, D/2] once (fp32, in registers), then walks its share of the q heads and then of the k heads,
+BLOCK_H heads per step: load the halves x1/x2 [BLOCK_T, BLOCK_H, D/2] (contiguous along D/2, so 16-byte vector
+loads), rotate in fp32, store in the input dtype. The walk is software-pipelined by hand: the next step's halves
+are loaded before the current step's are stored, so a load never waits behind a store. With HEAD_SPLIT=1 one
+program covers every head of its tokens; HEAD_SPLIT>1 gives each program a contiguous slice of the heads (more
+programs for short sequences, at the price of rebuilding cos/sin once per slice).
+
 cos/sin come either straight from [T, D/2] tensors (2D vision rope) or, for MRoPE, from positions [3, T] and a
-cos_sin_cache [max_pos, D] = [cos | sin]: frequency i uses the position of axis(i) (t, h or w), where axis() is the
-contiguous (Qwen2.5-VL) or interleaved (Qwen3-VL) section map of kernels.reference.mrope_axis_map.
+cos_sin_cache [max_pos, D] = [cos | sin]: frequency i uses the position of axis(i) (t, h or w), computed
+arithmetically: contiguous (Qwen2.5-VL) from the section boundaries, interleaved (Qwen3-VL) from i % 3 and
+i < 3 * section (kernels.reference.mrope_axis_map is the spec).
 """
 
 import triton
@@ -24,9 +30,10 @@ def _mrope_axis(freqs, S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr, INT
 
 
 @triton.jit
-def _mrope_cos_sin(pos_ptr, stride_pa, stride_pt, cache_ptr, stride_cache, toks, tmask, freqs, fmask, half,
-                   S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr, INTERLEAVED: tl.constexpr):
-    # the three position rows [BLOCK_T], then the per-frequency pick -> pos [BLOCK_T, BLOCK_F]
+def _mrope_cos_sin(pos_ptr, stride_pa, stride_pt, cache_ptr, stride_cache, toks, tmask, freqs, fmask,
+                   HALF: tl.constexpr, S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr,
+                   INTERLEAVED: tl.constexpr):
+    # the three position rows [BLOCK_T], then the per-frequency pick -> pos [BLOCK_T, BLOCK_F] -> cos, sin (fp32)
     p_t = tl.load(pos_ptr + toks * stride_pt, mask=tmask, other=0)
     p_h = tl.load(pos_ptr + stride_pa + toks * stride_pt, mask=tmask, other=0)
     p_w = tl.load(pos_ptr + 2 * stride_pa + toks * stride_pt, mask=tmask, other=0)
@@ -35,49 +42,78 @@ def _mrope_cos_sin(pos_ptr, stride_pa, stride_pt, cache_ptr, stride_cache, toks,
     m = tmask[:, None] & fmask[None, :]
     row = cache_ptr + pos * stride_cache + freqs[None, :]
     cos = tl.load(row, mask=m, other=1.0).to(tl.float32)
-    sin = tl.load(row + half, mask=m, other=0.0).to(tl.float32)
+    sin = tl.load(row + HALF, mask=m, other=0.0).to(tl.float32)
     return cos, sin
 
 
 @triton.jit
-def _rotate_heads(x_ptr, stride_t, stride_h, n_heads, h0, toks, tmask, freqs, fmask, cos, sin, half,
-                  BLOCK_H: tl.constexpr):
-    # x halves [BLOCK_T, BLOCK_H, BLOCK_F]; cos/sin [BLOCK_T, BLOCK_F] broadcast over heads
+def _load_halves(x_ptr, stride_t, stride_h, h0, h_end, n_heads, toks, tmask, freqs, fmask,
+                 HALF: tl.constexpr, BLOCK_H: tl.constexpr):
+    # heads [h0, h0 + BLOCK_H) clipped to h_end and n_heads -> pointers, mask [BLOCK_T, BLOCK_H, BLOCK_F], x1, x2
     heads = h0 + tl.arange(0, BLOCK_H)
-    m = tmask[:, None, None] & (heads < n_heads)[None, :, None] & fmask[None, None, :]
+    hmask = (heads < h_end) & (heads < n_heads)
+    m = tmask[:, None, None] & hmask[None, :, None] & fmask[None, None, :]
     p = x_ptr + toks[:, None, None] * stride_t + heads[None, :, None] * stride_h + freqs[None, None, :]
-    x1 = tl.load(p, mask=m, other=0.0).to(tl.float32)
-    x2 = tl.load(p + half, mask=m, other=0.0).to(tl.float32)
-    c = cos[:, None, :]
-    s = sin[:, None, :]
-    tl.store(p, (x1 * c - x2 * s).to(x_ptr.dtype.element_ty), mask=m)
-    tl.store(p + half, (x2 * c + x1 * s).to(x_ptr.dtype.element_ty), mask=m)
+    x1 = tl.load(p, mask=m, other=0.0)
+    x2 = tl.load(p + HALF, mask=m, other=0.0)
+    return p, m, x1, x2
 
 
 @triton.jit
-def rope_kernel(q_ptr, k_ptr, cos_ptr, sin_ptr, pos_ptr, T, Hq, Hk, half,
+def _store_rotated(p, m, x1, x2, c, s, HALF: tl.constexpr):
+    # x1, x2 [BLOCK_T, BLOCK_H, BLOCK_F] input dtype; c, s [BLOCK_T, 1, BLOCK_F] fp32
+    a = x1.to(tl.float32)
+    b = x2.to(tl.float32)
+    tl.store(p, (a * c - b * s).to(p.dtype.element_ty), mask=m)
+    tl.store(p + HALF, (b * c + a * s).to(p.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _rotate_heads(x_ptr, stride_t, stride_h, h_begin, h_count, n_heads, toks, tmask, freqs, fmask, cos, sin,
+                  HALF: tl.constexpr, BLOCK_H: tl.constexpr, STEPS: tl.constexpr):
+    # rotate heads [h_begin, min(h_begin + h_count, n_heads)) of x in STEPS steps of BLOCK_H heads; the next step's
+    # load is issued before this step's store
+    h_end = h_begin + h_count
+    c = cos[:, None, :]
+    s = sin[:, None, :]
+    p, m, x1, x2 = _load_halves(x_ptr, stride_t, stride_h, h_begin, h_end, n_heads, toks, tmask, freqs,
+                                fmask, HALF, BLOCK_H)
+    for i in range(1, STEPS):  # constexpr trip count (the interpreter cannot loop over runtime scalars)
+        p_n, m_n, x1_n, x2_n = _load_halves(x_ptr, stride_t, stride_h, h_begin + i * BLOCK_H, h_end, n_heads, toks,
+                                            tmask, freqs, fmask, HALF, BLOCK_H)
+        _store_rotated(p, m, x1, x2, c, s, HALF)
+        p, m, x1, x2 = p_n, m_n, x1_n, x2_n
+    _store_rotated(p, m, x1, x2, c, s, HALF)
+
+
+@triton.jit
+def rope_kernel(q_ptr, k_ptr, cos_ptr, sin_ptr, pos_ptr, T, Hq, Hk, hq_per, hk_per,
                 stride_qt, stride_qh, stride_kt, stride_kh, stride_cos, stride_sin, stride_pa, stride_pt,
-                USE_POS: tl.constexpr, INTERLEAVED: tl.constexpr,
+                HALF: tl.constexpr, USE_POS: tl.constexpr, INTERLEAVED: tl.constexpr,
                 S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr,
-                BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_F: tl.constexpr):
-    # USE_POS: cos_ptr is the cos_sin_cache (row stride stride_cos) and pos_ptr the [3, T] positions
+                BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_F: tl.constexpr,
+                Q_STEPS: tl.constexpr, K_STEPS: tl.constexpr):
+    # USE_POS: cos_ptr is the cos_sin_cache (row stride stride_cos) and pos_ptr the [3, T] positions.
+    # Program (i, j) rotates tokens [i*BLOCK_T, +BLOCK_T) of q heads [j*hq_per, +hq_per) and k heads [j*hk_per, ...);
+    # Q_STEPS = cdiv(hq_per, BLOCK_H), K_STEPS likewise.
     toks = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     tmask = toks < T
     toks = toks.to(tl.int64)
     freqs = tl.arange(0, BLOCK_F)
-    fmask = freqs < half
+    fmask = freqs < HALF
     if USE_POS:
         cos, sin = _mrope_cos_sin(pos_ptr, stride_pa, stride_pt, cos_ptr, stride_cos, toks, tmask, freqs, fmask,
-                                  half, S0, S1, S2, INTERLEAVED)
+                                  HALF, S0, S1, S2, INTERLEAVED)
     else:
         m = tmask[:, None] & fmask[None, :]
         cos = tl.load(cos_ptr + toks[:, None] * stride_cos + freqs[None, :], mask=m, other=1.0).to(tl.float32)
         sin = tl.load(sin_ptr + toks[:, None] * stride_sin + freqs[None, :], mask=m, other=0.0).to(tl.float32)
-    hb = tl.program_id(1)
-    n_qb = tl.cdiv(Hq, BLOCK_H)
-    if hb < n_qb:
-        _rotate_heads(q_ptr, stride_qt, stride_qh, Hq, hb * BLOCK_H, toks, tmask, freqs, fmask, cos, sin, half,
-                      BLOCK_H)
-    else:
-        _rotate_heads(k_ptr, stride_kt, stride_kh, Hk, (hb - n_qb) * BLOCK_H, toks, tmask, freqs, fmask, cos, sin,
-                      half, BLOCK_H)
+    j = tl.program_id(1)
+    q0 = j * hq_per
+    if q0 < Hq:
+        _rotate_heads(q_ptr, stride_qt, stride_qh, q0, hq_per, Hq, toks, tmask, freqs, fmask,
+                      cos, sin, HALF, BLOCK_H, Q_STEPS)
+    k0 = j * hk_per
+    if k0 < Hk:
+        _rotate_heads(k_ptr, stride_kt, stride_kh, k0, hk_per, Hk, toks, tmask, freqs, fmask,
+                      cos, sin, HALF, BLOCK_H, K_STEPS)
