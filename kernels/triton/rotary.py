@@ -47,43 +47,39 @@ def _mrope_cos_sin(pos_ptr, stride_pa, stride_pt, cache_ptr, stride_cache, toks,
 
 
 @triton.jit
-def _load_halves(x_ptr, stride_t, stride_h, h0, h_end, n_heads, toks, tmask, freqs, fmask,
-                 HALF: tl.constexpr, BLOCK_H: tl.constexpr):
-    # heads [h0, h0 + BLOCK_H) clipped to h_end and n_heads -> pointers, mask [BLOCK_T, BLOCK_H, BLOCK_F], x1, x2
+def _halves_ptr(x_ptr, stride_t, stride_h, h0, h_end, n_heads, toks, tmask, freqs, fmask, BLOCK_H: tl.constexpr):
+    # heads [h0, h0 + BLOCK_H) clipped to h_end and n_heads -> x1 pointers and mask [BLOCK_T, BLOCK_H, BLOCK_F]
     heads = h0 + tl.arange(0, BLOCK_H)
     hmask = (heads < h_end) & (heads < n_heads)
     m = tmask[:, None, None] & hmask[None, :, None] & fmask[None, None, :]
     p = x_ptr + toks[:, None, None] * stride_t + heads[None, :, None] * stride_h + freqs[None, None, :]
-    x1 = tl.load(p, mask=m, other=0.0)
-    x2 = tl.load(p + HALF, mask=m, other=0.0)
-    return p, m, x1, x2
-
-
-@triton.jit
-def _store_rotated(p, m, x1, x2, c, s, HALF: tl.constexpr):
-    # x1, x2 [BLOCK_T, BLOCK_H, BLOCK_F] input dtype; c, s [BLOCK_T, 1, BLOCK_F] fp32
-    a = x1.to(tl.float32)
-    b = x2.to(tl.float32)
-    tl.store(p, (a * c - b * s).to(p.dtype.element_ty), mask=m)
-    tl.store(p + HALF, (b * c + a * s).to(p.dtype.element_ty), mask=m)
+    return p, m
 
 
 @triton.jit
 def _rotate_heads(x_ptr, stride_t, stride_h, h_begin, h_count, n_heads, toks, tmask, freqs, fmask, cos, sin,
                   HALF: tl.constexpr, BLOCK_H: tl.constexpr, STEPS: tl.constexpr):
-    # rotate heads [h_begin, min(h_begin + h_count, n_heads)) of x in STEPS steps of BLOCK_H heads; the next step's
-    # load is issued before this step's store
+    # rotate heads [h_begin, min(h_begin + h_count, n_heads)) of x in STEPS steps of BLOCK_H heads. Software
+    # pipelined: step i+1's halves are loaded before step i's are stored; only the halves cross iterations
+    # (pointers and masks are recomputed, which is cheaper in registers than carrying them).
     h_end = h_begin + h_count
-    c = cos[:, None, :]
+    c = cos[:, None, :]  # [BLOCK_T, 1, BLOCK_F] fp32
     s = sin[:, None, :]
-    p, m, x1, x2 = _load_halves(x_ptr, stride_t, stride_h, h_begin, h_end, n_heads, toks, tmask, freqs,
-                                fmask, HALF, BLOCK_H)
-    for i in range(1, STEPS):  # constexpr trip count (the interpreter cannot loop over runtime scalars)
-        p_n, m_n, x1_n, x2_n = _load_halves(x_ptr, stride_t, stride_h, h_begin + i * BLOCK_H, h_end, n_heads, toks,
-                                            tmask, freqs, fmask, HALF, BLOCK_H)
-        _store_rotated(p, m, x1, x2, c, s, HALF)
-        p, m, x1, x2 = p_n, m_n, x1_n, x2_n
-    _store_rotated(p, m, x1, x2, c, s, HALF)
+    p, m = _halves_ptr(x_ptr, stride_t, stride_h, h_begin, h_end, n_heads, toks, tmask, freqs, fmask, BLOCK_H)
+    x1 = tl.load(p, mask=m, other=0.0)
+    x2 = tl.load(p + HALF, mask=m, other=0.0)
+    for i in range(0, STEPS):  # constexpr trip count (the interpreter cannot loop over runtime scalars)
+        p_n, m_n = _halves_ptr(x_ptr, stride_t, stride_h, h_begin + (i + 1) * BLOCK_H, h_end, n_heads, toks, tmask,
+                               freqs, fmask, BLOCK_H)
+        x1_n = tl.load(p_n, mask=m_n, other=0.0)  # all masked off on the last step: no memory traffic
+        x2_n = tl.load(p_n + HALF, mask=m_n, other=0.0)
+        p, m = _halves_ptr(x_ptr, stride_t, stride_h, h_begin + i * BLOCK_H, h_end, n_heads, toks, tmask, freqs,
+                           fmask, BLOCK_H)
+        a = x1.to(tl.float32)
+        b = x2.to(tl.float32)
+        tl.store(p, (a * c - b * s).to(x_ptr.dtype.element_ty), mask=m)
+        tl.store(p + HALF, (b * c + a * s).to(x_ptr.dtype.element_ty), mask=m)
+        x1, x2 = x1_n, x2_n
 
 
 @triton.jit

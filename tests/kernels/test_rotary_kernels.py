@@ -91,16 +91,39 @@ def test_vision_rotary_matches_reference(dtype, head_dim):
 
 
 @pytest.mark.usefixtures("interpreter")
-def test_launch_tile_does_not_change_results():
-    positions = mixed_positions(2, (2, 2, 2), 3)
+@pytest.mark.parametrize("interleaved", [False, True])
+@pytest.mark.parametrize("launch", [rotary.RopeLaunch(1, 1), rotary.RopeLaunch(8, 8, 2), rotary.RopeLaunch(4, 2),
+                                    rotary.RopeLaunch(16, 4, 4, head_split=2), rotary.RopeLaunch(2, 1, 1, 3),
+                                    rotary.RopeLaunch(4, 2, 4, head_split=16)])
+def test_launch_tile_does_not_change_results(interleaved, launch):
+    # 19 tokens (not a multiple of block_t), 5 q / 3 k heads (not multiples of block_h or head_split), D/2 = 40
+    positions = mixed_positions(2, (2, 2, 3), 5)
+    cache = reference.rope_cos_sin_cache(80, 16, 10000.0)
+    q, k = _qk(positions.shape[1], 5, 3, 80, torch.float32)
+    q_ref, k_ref = q.clone(), k.clone()
+    reference.apply_mrope_(q_ref, k_ref, positions, cache, SECTIONS[80], interleaved)
+    rotary.apply_mrope_(q, k, positions, cache, SECTIONS[80], interleaved, impl="triton", launch=launch)
+    torch.testing.assert_close((q, k), (q_ref, k_ref))
+
+
+@pytest.mark.usefixtures("interpreter")
+def test_tokens_outside_the_view_are_untouched():
+    # q, k are the first 7 tokens of larger buffers: the masked tail of a token block must not be written
+    positions = mixed_positions(1, (1, 2, 2), 2)
     cache = reference.rope_cos_sin_cache(64, 16, 10000.0)
-    q, k = _qk(positions.shape[1], 5, 3, 64, torch.float32)
-    for launch in (rotary.RopeLaunch(1, 1), rotary.RopeLaunch(8, 8, 2)):
-        q_ref, k_ref = q.clone(), k.clone()
-        reference.apply_mrope_(q_ref, k_ref, positions, cache, SECTIONS[64], True)
-        q2, k2 = q.clone(), k.clone()
-        rotary.apply_mrope_(q2, k2, positions, cache, SECTIONS[64], True, impl="triton", launch=launch)
-        torch.testing.assert_close((q2, k2), (q_ref, k_ref))
+    qb, kb = _qk(12, 3, 2, 64, torch.float32)
+    q_tail, k_tail = qb[7:].clone(), kb[7:].clone()
+    _check_mrope(qb[:7], kb[:7], positions, cache, SECTIONS[64], True)
+    assert torch.equal(qb[7:], q_tail) and torch.equal(kb[7:], k_tail)
+
+
+def test_default_launch_and_bad_launch():
+    assert rotary.default_launch(128) == rotary.RopeLaunch(16, 4, 4)
+    assert rotary.default_launch(80).block_h * 64 * rotary.default_launch(80).block_t == 4096
+    with pytest.raises(ValueError, match="power of two"):
+        rotary.RopeLaunch(12, 4)
+    with pytest.raises(ValueError, match="positive"):
+        rotary.RopeLaunch(16, 4, head_split=0)
 
 
 def test_bad_inputs_raise_value_error():
