@@ -173,8 +173,11 @@ class VisionLanguageServicer(vlm_pb2_grpc.VisionLanguageServiceServicer):
 
     async def _fail(self, context, exc: errors.ServiceError):
         status = convert.error_status(exc)
+        if exc.field and not str(exc).startswith(exc.field):  # the plain message names the field too (grpcurl users)
+            status.message = f"{exc.field}: {exc}"
         log.debug("request refused: %s (%s)", exc, convert.status_code(exc).name)  # the request line says it too
-        await context.abort(convert.status_code(exc), str(exc), trailing_metadata=convert.status_metadata(status))
+        await context.abort(convert.status_code(exc), status.message,
+                            trailing_metadata=convert.status_metadata(status))
 
     def _enter(self) -> None:
         self._inflight += 1
