@@ -3,8 +3,10 @@
 
     python benchmarks/bench_vit_backends.py --out results/vit_backends.json      (H200, after benchmarks/gpu_env.sh)
 
-Per shape and backend: one untimed call (cuDNN graph build / kernel load; its wall time is reported as
-first_call_ms), then --reps calls each timed with CUDA events; the median is reported. bf16, 16 heads.
+Per shape and backend (and auto): one untimed call (cuDNN graph build / kernel load; its wall time is reported as
+first_call_ms), then LOOPS loops of --reps back-to-back calls timed with CUDA events (vit_backends.auto's
+loop_times_us, the loops auto itself decides by); `us` is the best loop per call, `us_median_loop` the median loop
+(their gap shows the launch jitter). bf16, 16 heads.
 Shapes: Qwen2.5-VL (patch 14, head_dim 80) window layers (64-patch windows) and full layers at image sides
 448/1024/2048 and batches of 1/8/32 images of 560x560; Qwen3-VL (patch 16, head_dim 72) full layers at the same
 sizes; the GPU.md shapes 4x1024 d80, 1x4096 d72, 2x2304 d64. One `auto` instance serves every shape, as in the
@@ -35,6 +37,7 @@ from vit_backends.shapes import qwen3_layers, qwen25_layers  # noqa: E402
 HEADS = 16
 DEVICE = "cuda"
 BACKENDS = ("sdpa", "fa3", "flashinfer_cudnn")
+LOOPS = 5  # timing loops per shape and backend; --reps calls per loop
 
 
 def workloads() -> list[dict]:
@@ -57,20 +60,17 @@ def make_inputs(lengths: list[int], head_dim: int) -> tuple:
     return q, k, v, cu, max(lengths)
 
 
-def time_backend(backend, args: tuple, reps: int) -> tuple[float, float]:
-    """(first call wall ms, median µs per later call by CUDA events)."""
+def time_backend(backend, args: tuple, reps: int) -> tuple[float, float, float]:
+    """(first call wall ms, best-loop µs per call, median-loop µs per call) over LOOPS loops of `reps` calls."""
+    from vit_backends.auto import loop_times_us
+
     torch.cuda.synchronize()
     start = time.perf_counter()
     backend(*args)
     torch.cuda.synchronize()
     first_ms = (time.perf_counter() - start) * 1e3
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
-    for begin, end in events:
-        begin.record()
-        backend(*args)
-        end.record()
-    torch.cuda.synchronize()
-    return first_ms, statistics.median(b.elapsed_time(e) * 1e3 for b, e in events)
+    samples = loop_times_us(backend, args, reps=LOOPS, inner=reps)
+    return first_ms, min(samples), statistics.median(samples)
 
 
 def check_close(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -81,19 +81,20 @@ def check_close(out: torch.Tensor, ref: torch.Tensor) -> float:
 def bench_shape(shape: dict, backends: dict, auto, reps: int) -> dict:
     args = make_inputs(shape["lengths"], shape["head_dim"])
     row = {"name": shape["name"], "heads": HEADS, "head_dim": shape["head_dim"], "tokens": args[0].shape[0],
-           "segments": len(shape["lengths"]), "max_seqlen": args[4], "us": {}, "first_call_ms": {},
-           "max_abs_diff_vs_sdpa": {}, "errors": {}}
+           "segments": len(shape["lengths"]), "max_seqlen": args[4], "us": {}, "us_median_loop": {},
+           "first_call_ms": {}, "max_abs_diff_vs_sdpa": {}, "errors": {}}
     ref = backends["sdpa"](*args) if "sdpa" in backends else None
     for name, backend in backends.items():
         try:
-            row["first_call_ms"][name], row["us"][name] = time_backend(backend, args, reps)
+            timed = time_backend(backend, args, reps)
+            row["first_call_ms"][name], row["us"][name], row["us_median_loop"][name] = timed
             if ref is not None:
                 row["max_abs_diff_vs_sdpa"][name] = check_close(backend(*args), ref)
         except Exception as e:  # a backend that cannot run a shape is reported, not fatal
             row["errors"][name] = f"{type(e).__name__}: {e}"
     if row["us"]:
         row["best"] = min(row["us"], key=row["us"].get)
-        row["first_call_ms"]["auto"], row["auto_us"] = time_backend(auto, args, reps)
+        row["first_call_ms"]["auto"], row["auto_us"], row["us_median_loop"]["auto"] = time_backend(auto, args, reps)
         row["auto_choice"] = auto.choices().get(_bucket_text(args), "?")
         row["auto_ratio"] = row["auto_us"] / row["us"][row["best"]]
     return row
@@ -129,7 +130,7 @@ def print_row(row: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="JSON result path")
-    parser.add_argument("--reps", type=int, default=30, help="timed calls per shape and backend")
+    parser.add_argument("--reps", type=int, default=20, help=f"back-to-back calls per timing loop ({LOOPS} loops)")
     parser.add_argument("--backends", nargs="*", default=list(BACKENDS))
     opts = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         print_row(rows[-1])
     ratios = [r["auto_ratio"] for r in rows if "auto_ratio" in r]
     result = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "gpu": torch.cuda.get_device_name(0),
-              "versions": versions(), "dtype": "bfloat16", "reps": opts.reps, "backends": names,
+              "versions": versions(), "dtype": "bfloat16", "reps": opts.reps, "loops": LOOPS, "backends": names,
               "skipped_backends": sorted(set(opts.backends) - set(names)), "auto_choices": auto.choices(),
               "auto_timings_us": auto.timings(), "auto_worst_ratio": max(ratios, default=None),
               "auto_within_5pct": all(r <= 1.05 for r in ratios), "shapes": rows}

@@ -2,8 +2,9 @@
 
 A bucket is (device, dtype, heads, head_dim, tokens, max_seqlen, segments), the last three rounded up to powers of
 two. The first call in a bucket runs every candidate that supports the inputs on those very inputs: one untimed
-call (cuDNN graph build, kernel load), then a few calls timed with CUDA events; the median decides. The winner is
-cached for the bucket and logged once; `choices()` exposes it. On CPU the choice is sdpa, without measuring.
+call (cuDNN graph build, kernel load), then the best of 5 loops of 4-20 back-to-back calls timed with CUDA events
+decides (time_us). The winner is cached for the bucket and logged once; `choices()` exposes it. On CPU the choice
+is sdpa, without measuring.
 Measure outside CUDA-graph capture: the first call per bucket synchronizes the device.
 """
 
@@ -46,14 +47,30 @@ def shape_bucket(q: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> 
                        _pow2(int(max_seqlen)), _pow2(cu_seqlens.shape[0] - 1))
 
 
-def time_us(backend: ViTAttention, args: tuple, reps: int = 5, inner: int = 4) -> float:
-    """µs per call of backend(*args) on CUDA: the best of `reps` runs of `inner` back-to-back calls, by CUDA events.
+LOOP_TARGET_US = 400.0  # an adaptive timing loop lasts about this long, so host launch jitter averages out
+MIN_INNER, MAX_INNER = 4, 20
 
-    One untimed call first (graph builds). Small ViT shapes are bound by host launch time, which jitters; the best
-    of several short loops compares backends more steadily than the median of single calls did on the H200.
+
+def _inner_calls(backend: ViTAttention, args: tuple) -> int:
+    """Calls per timing loop: enough for ~LOOP_TARGET_US, clamped to [MIN_INNER, MAX_INNER], from one timed call."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    backend.forward(*args)
+    end.record()
+    end.synchronize()
+    one_us = max(start.elapsed_time(end) * 1e3, 1e-3)
+    return max(MIN_INNER, min(MAX_INNER, int(LOOP_TARGET_US / one_us) + 1))
+
+
+def loop_times_us(backend: ViTAttention, args: tuple, reps: int = 5, inner: int | None = None) -> list[float]:
+    """µs per call of backend(*args) on CUDA for each of `reps` loops of `inner` back-to-back calls (CUDA events).
+
+    One untimed call first (graph builds, kernel loads). inner=None picks it from the call's cost (MIN_INNER for
+    slow shapes, up to MAX_INNER for launch-bound ones), which keeps auto's first call per bucket cheap.
     """
     backend.forward(*args)
     torch.cuda.synchronize()
+    inner = _inner_calls(backend, args) if inner is None else inner
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     samples = []
     for _ in range(reps):
@@ -63,7 +80,16 @@ def time_us(backend: ViTAttention, args: tuple, reps: int = 5, inner: int = 4) -
         end.record()
         end.synchronize()
         samples.append(start.elapsed_time(end) * 1e3 / inner)
-    return min(samples)
+    return samples
+
+
+def time_us(backend: ViTAttention, args: tuple, reps: int = 5, inner: int | None = None) -> float:
+    """µs per call: the best of `reps` loops of back-to-back calls (see loop_times_us).
+
+    Small ViT shapes are bound by host launch time, which jitters by +-50 % per call; the best of several loops
+    compares backends steadily. benchmarks/bench_vit_backends.py times with the same loops.
+    """
+    return min(loop_times_us(backend, args, reps, inner))
 
 
 class AutoAttention(ViTAttention):

@@ -95,3 +95,63 @@ def test_no_supporting_candidate_is_a_clear_error():
     q, k, v, cu, max_len = random_qkv([8], 2, 64)
     with pytest.raises(RuntimeError, match="no ViT attention backend supports"):
         auto(q, k, v, cu, max_len)
+
+
+class _Clock:
+    """A virtual device clock standing in for CUDA events: each fake call advances it by its cost."""
+
+    def __init__(self):
+        self.now_us = 0.0
+        clock = self
+
+        class Event:
+            def __init__(self, enable_timing=False):
+                self.t = None
+
+            def record(self):
+                self.t = clock.now_us
+
+            def synchronize(self):
+                pass
+
+            def elapsed_time(self, other):
+                return (other.t - self.t) / 1e3  # ms, like torch.cuda.Event
+
+        self.Event = Event
+
+
+class Timed(Fake):
+    """A candidate whose calls cost `costs_us[i]` on the virtual clock (the last cost repeats)."""
+
+    def __init__(self, name, clock, costs_us):
+        super().__init__(name, 0.0)
+        self.clock, self.costs = clock, list(costs_us)
+
+    def forward(self, q, k, v, cu_seqlens, max_seqlen):
+        self.clock.now_us += self.costs[min(self.calls, len(self.costs) - 1)]
+        return super().forward(q, k, v, cu_seqlens, max_seqlen)
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    c = _Clock()
+    monkeypatch.setattr(torch.cuda, "Event", c.Event)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    return c
+
+
+@pytest.mark.parametrize("cost_us, inner", [(10.0, auto_mod.MAX_INNER), (1000.0, auto_mod.MIN_INNER), (50.0, 9)])
+def test_time_us_loops_adapt_to_the_call_cost(clock, cost_us, inner):
+    backend = Timed("b", clock, [5000.0, cost_us])  # a slow first call (graph build) is never timed
+    args = random_qkv([8], 1, 64)
+    assert auto_mod.time_us(backend, args, reps=3) == pytest.approx(cost_us)
+    assert backend.calls == 1 + 1 + 3 * inner  # untimed, sizing call, 3 loops
+
+
+def test_time_us_takes_the_best_loop(clock):
+    # a jittery loop (one call 3x slower) must not decide: the best loop's per-call time is reported
+    backend = Timed("b", clock, [100.0, 10.0] + [30.0] + [10.0] * 100)
+    args = random_qkv([8], 1, 64)
+    samples = auto_mod.loop_times_us(backend, args, reps=3, inner=5)
+    assert samples[0] == pytest.approx(14.0) and min(samples) == pytest.approx(10.0)
+    assert auto_mod.time_us(Timed("c", clock, [100.0, 10.0, 30.0] + [10.0] * 100), args, 3, 5) == pytest.approx(10.0)
