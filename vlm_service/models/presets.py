@@ -117,15 +117,15 @@ def write_preset_dir(out_dir: str | Path, name: str) -> Path:
     (out / "generation_config.json").write_text(json.dumps(_QWEN_EOS, indent=2))
     build_demo_tokenizer(out)
     _remap_tokenizer(out)
-    write_preprocessor_config(out, _DEMO_ARCH[key])
+    write_preprocessor_config(out, _DEMO_ARCH[key], hub_limits=True)  # full-size images, as the real models
     return out
 
 
 def ensure_preset_dir(state_dir: str | Path, name: str) -> Path:
-    """state_dir/models/random-<preset>-v1, written once (temp dir, then an atomic rename)."""
+    """state_dir/models/random-<preset>-v2, written once (temp dir, then an atomic rename)."""
     key = preset_name(name)
     root = Path(state_dir) / "models"
-    target = root / f"random-{key}-v1"
+    target = root / f"random-{key}-v2"  # v2: the public checkpoints' pixel limits
     if (target / "config.json").is_file():
         return target
     root.mkdir(parents=True, exist_ok=True)

@@ -135,8 +135,13 @@ def _patchify(values: np.ndarray, cfg: ImageConfig) -> tuple[np.ndarray, int, in
     return flat, grid_h, grid_w
 
 
-def demo_image_config(arch: str) -> dict:
-    """The preprocessor_config.json of the demo checkpoints: real Qwen settings with a small max_pixels."""
+# min/max pixels of the public checkpoints' preprocessor configs (Qwen2.5-VL-7B-Instruct, Qwen3-VL-8B-Instruct)
+HUB_PIXEL_LIMITS = {"qwen2_5_vl": (3136, 12845056), "qwen3_vl": (65536, 16777216)}
+
+
+def demo_image_config(arch: str, hub_limits: bool = False) -> dict:
+    """The preprocessor_config.json of the demo checkpoints: real Qwen settings with a small max_pixels
+    (at most 64 merged tokens per image), or the public checkpoints' pixel limits with hub_limits=True."""
     if arch == "qwen2_5_vl":
         patch, mean, std, processor = 14, CLIP_MEAN, CLIP_STD, "Qwen2_5_VLProcessor"
     elif arch == "qwen3_vl":
@@ -144,6 +149,8 @@ def demo_image_config(arch: str) -> dict:
     else:
         raise ValueError(f"unknown architecture {arch!r} (qwen2_5_vl or qwen3_vl)")
     factor = patch * 2
+    # Demo images become at most 64 merged tokens (8x8 blocks of factor x factor pixels).
+    min_pixels, max_pixels = HUB_PIXEL_LIMITS[arch] if hub_limits else (factor * factor, 64 * factor * factor)
     return {
         "image_processor_type": "Qwen2VLImageProcessor",
         "processor_class": processor,
@@ -158,15 +165,14 @@ def demo_image_config(arch: str) -> dict:
         "patch_size": patch,
         "temporal_patch_size": 2,
         "merge_size": 2,
-        # Demo images become at most 64 merged tokens (8x8 blocks of factor x factor pixels).
-        "size": {"shortest_edge": factor * factor, "longest_edge": 64 * factor * factor},
-        "min_pixels": factor * factor,
-        "max_pixels": 64 * factor * factor,
+        "size": {"shortest_edge": min_pixels, "longest_edge": max_pixels},
+        "min_pixels": min_pixels,
+        "max_pixels": max_pixels,
     }
 
 
-def write_preprocessor_config(out_dir: Path, arch: str) -> None:
-    """Write the demo checkpoint's preprocessor_config.json for `arch` (qwen2_5_vl or qwen3_vl)."""
+def write_preprocessor_config(out_dir: Path, arch: str, hub_limits: bool = False) -> None:
+    """Write preprocessor_config.json for `arch` (qwen2_5_vl or qwen3_vl); see demo_image_config."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "preprocessor_config.json").write_text(json.dumps(demo_image_config(arch), indent=2))
+    (out_dir / "preprocessor_config.json").write_text(json.dumps(demo_image_config(arch, hub_limits), indent=2))

@@ -1,0 +1,132 @@
+"""Fuzz: >= 10,000 hypothesis-generated requests against the real server, zero crashes.
+
+Requests carry random bytes as images, random sampling values (NaN, inf, negative, huge), random unicode, huge and
+empty fields. They are sent in concurrent batches over one grpc.aio channel. Every answer must be a success (a stream
+ending with exactly one Complete) or one of the documented status codes:
+
+- INVALID_ARGUMENT    bad content: images, roles, sampling values, empty messages, prompt over the context;
+- RESOURCE_EXHAUSTED  message over the receive cap, or the admission queue is full;
+- ALREADY_EXISTS      two requests of a batch drew the same request_id.
+
+Anything else (INTERNAL, UNKNOWN, UNAVAILABLE, a hang, a stream without its Complete) fails the test; afterwards the
+server must still be SERVING with an idle engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+
+import grpc
+from grpc_health.v1 import health_pb2
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from reliability_helpers import CONTEXT, RECEIVE_CAP, collect, png, wait_idle
+from vlm_service._proto.vlm.v1 import vlm_pb2, vlm_pb2_grpc
+from vlm_service.client import build_request
+
+ALLOWED = {"OK", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "ALREADY_EXISTS"}
+BATCH = 25
+EXAMPLES = 400  # x BATCH = 10,000 requests
+GOOD_IMAGES = [png(w, h, seed=w * h) for w, h in ((4, 4), (8, 30), (24, 24), (33, 17))]
+GOOD_IMAGES.append(png(20, 20, seed=9, fmt="JPEG"))
+
+_floats = st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=32), st.floats(0, 2, width=32))
+_huge_text = st.sampled_from([1 << 16, 1 << 18]).map(lambda n: "\u00e9\U0001F600 z" * (n // 4))
+_text = st.one_of(st.text(max_size=40), st.text(max_size=40), st.just(""), _huge_text,
+                  st.just("word " * (CONTEXT + 5)))
+_mime = st.sampled_from(["", "image/png", "image/jpeg", "image/webp", "image/gif", "text/plain", "image/x-\u2603"])
+_image_bytes = st.one_of(st.binary(max_size=64), st.sampled_from(GOOD_IMAGES), st.sampled_from(GOOD_IMAGES),
+                         st.sampled_from(GOOD_IMAGES).map(lambda b: b[: len(b) // 3]),
+                         st.just(b"\0" * (RECEIVE_CAP + 1)))
+_image = st.builds(vlm_pb2.Image, data=_image_bytes, mime_type=_mime)
+_part = st.one_of(st.builds(vlm_pb2.ContentPart, text=_text), st.builds(vlm_pb2.ContentPart, image=_image),
+                  st.just(vlm_pb2.ContentPart()))
+_role = st.one_of(st.sampled_from(["user", "user", "system", "assistant"]), st.text(max_size=8))
+_message = st.builds(vlm_pb2.Message, role=_role, content=st.lists(_part, max_size=3))
+
+
+@st.composite
+def _sampling(draw) -> vlm_pb2.SamplingParams:
+    """Cheap generations only: max_tokens is 1-3 when valid (or invalid), never unset."""
+    sp = vlm_pb2.SamplingParams(max_tokens=draw(st.one_of(st.integers(1, 3), st.integers(-(2 ** 31), 0))))
+    for name in ("temperature", "top_p", "min_p", "repetition_penalty"):
+        if draw(st.booleans()):
+            setattr(sp, name, draw(_floats))
+    if draw(st.booleans()):
+        sp.top_k = draw(st.integers(-(2 ** 31), 2 ** 31 - 1))
+    if draw(st.booleans()):
+        sp.seed = draw(st.integers(0, 2 ** 64 - 1))
+    sp.min_tokens = draw(st.one_of(st.just(0), st.integers(-5, 5)))
+    sp.stop.extend(draw(st.lists(st.text(max_size=6), max_size=2)))
+    sp.stop_token_ids.extend(draw(st.lists(st.integers(-(2 ** 31), 2 ** 31 - 1), max_size=2)))
+    sp.ignore_eos, sp.logprobs = draw(st.booleans()), draw(st.booleans())
+    sp.top_logprobs = draw(st.one_of(st.just(0), st.integers(-3, 25)))
+    return sp
+
+
+_request = st.builds(vlm_pb2.GenerateRequest, request_id=st.one_of(st.just(""), st.text(max_size=3), _huge_text),
+                     messages=st.lists(_message, max_size=3), sampling=_sampling())
+
+
+async def _outcome(stub, request: vlm_pb2.GenerateRequest) -> str:
+    try:
+        responses = [r async for r in stub.Generate(request, timeout=60)]
+    except grpc.aio.AioRpcError as exc:
+        return exc.code().name
+    collect(iter(responses))  # exactly one Complete, last
+    return "OK"
+
+
+class _Client:
+    """A grpc.aio channel on its own event-loop thread; `send(batch)` runs a batch concurrently."""
+
+    def __init__(self, target: str):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.channel = self._run(self._open(target))
+
+    async def _open(self, target):
+        opts = [("grpc.max_send_message_length", 2 * RECEIVE_CAP), ("grpc.max_receive_message_length", 64 << 20)]
+        return grpc.aio.insecure_channel(target, options=opts)
+
+    def _run(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(300)
+
+    def send(self, batch) -> list[str]:
+        async def go():
+            stub = vlm_pb2_grpc.VisionLanguageServiceStub(self.channel)
+            return await asyncio.gather(*(_outcome(stub, r) for r in batch))
+        return self._run(go())
+
+    def close(self):
+        self._run(self.channel.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def test_fuzz_ten_thousand_requests(server):
+    client, seen = _Client(server.target), collections.Counter()
+
+    @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(st.lists(_request, min_size=BATCH, max_size=BATCH))
+    def run(batch):
+        outcomes = client.send(batch)
+        seen.update(outcomes)
+        assert set(outcomes) <= ALLOWED, collections.Counter(outcomes)
+
+    try:
+        run()
+    finally:
+        client.close()
+    print("fuzz outcomes:", dict(seen))
+    assert sum(seen.values()) >= EXAMPLES * BATCH >= 10_000
+    assert seen["OK"] > 0 and seen["INVALID_ARGUMENT"] > 0
+    assert server.health() == health_pb2.HealthCheckResponse.SERVING
+    assert wait_idle(server.server.runtime, 5.0) is not None, server.server.runtime.engine.stats()
+    with server.channel() as ch:
+        assert collect(vlm_pb2_grpc.VisionLanguageServiceStub(ch).Generate(build_request("ok?", max_tokens=2)))[0]
