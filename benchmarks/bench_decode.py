@@ -76,8 +76,9 @@ def decode_rate(engine, processor, device, batch: int, steps: int, salt: int) ->
 
 def ttft(engine, processor, device, size: int, seed: int) -> dict:
     """Wall time from add() (preprocessed input in hand) to the first token, one image of size x size."""
+    image = png(seed, size)
     t_pre = time.perf_counter()
-    inp = prompt(processor, 77, png(seed, size))
+    inp = prompt(processor, 77, image)
     pre_ms = (time.perf_counter() - t_pre) * 1e3
     sync(device)
     t0 = time.perf_counter()

@@ -110,34 +110,35 @@ class ModelRunner:
 
     # ---- flat batch ------------------------------------------------------------------------------------------
     def _flatten(self, chunks: list[ScheduledChunk]) -> tuple[torch.Tensor, torch.Tensor, BatchLayout]:
+        """The step's flat inputs: ids [T], positions [3, T], slot mapping [T], built from Python ints where it
+        can (decode rows), so a step of 64 decodes costs a handful of tensor builds, not hundreds."""
         ids: list[int] = []
-        pos, slots = [], []
+        slots: list[int] = []
+        pos_parts: list[torch.Tensor] = []
+        gen_pos: list[int] = []  # positions of generated tokens (equal on all three axes), not yet flushed
         for c in chunks:
             ids += c.seq.token_range(c.start, c.end)
-            pos.append(self._positions(c.seq, c.start, c.end))
-            slots.append(self._slots(c.seq.block_table, c.start, c.end))
+            slots += self._slots(c.seq.block_table, c.start, c.end)
+            n = c.seq.num_prompt_tokens
+            if c.start < n:  # prompt tokens: the processor's MRoPE positions
+                if gen_pos:
+                    pos_parts.append(torch.tensor(gen_pos, dtype=torch.long).expand(3, -1))
+                    gen_pos = []
+                pos_parts.append(c.seq.processed.positions[:, c.start:min(c.end, n)].to(torch.long))
+            delta = c.seq.processed.mrope_delta
+            gen_pos += range(max(c.start, n) + delta, c.end + delta)
+        if gen_pos:
+            pos_parts.append(torch.tensor(gen_pos, dtype=torch.long).expand(3, -1))
+        positions = pos_parts[0] if len(pos_parts) == 1 else torch.cat(pos_parts, dim=1)
         layout = BatchLayout([c.num_tokens for c in chunks], [c.end for c in chunks],
-                             [c.seq.block_table for c in chunks], torch.cat(slots).to(self.device))
-        ids_t = torch.tensor(ids, dtype=torch.long, device=self.device)
-        return ids_t, torch.cat(pos, dim=1).to(self.device), layout
+                             [c.seq.block_table for c in chunks],
+                             torch.tensor(slots, dtype=torch.long).to(self.device, non_blocking=True))
+        ids_t = torch.tensor(ids, dtype=torch.long).to(self.device, non_blocking=True)
+        return ids_t, positions.to(self.device, non_blocking=True), layout
 
-    @staticmethod
-    def _positions(seq: Sequence, start: int, end: int) -> torch.Tensor:
-        """[3, end - start] MRoPE positions: the prompt's from the processor, generated ones index + delta."""
-        n = seq.num_prompt_tokens
-        parts = []
-        if start < n:
-            parts.append(seq.processed.positions[:, start:min(end, n)].to(torch.long))
-        if end > n:
-            delta = seq.processed.mrope_delta
-            gen = torch.arange(max(start, n), end, dtype=torch.long) + delta
-            parts.append(gen[None, :].expand(3, -1))
-        return torch.cat(parts, dim=1)
-
-    def _slots(self, table: list[int], start: int, end: int) -> torch.Tensor:
-        idx = torch.arange(start, end, dtype=torch.long)
-        blocks = torch.tensor(table, dtype=torch.long)[idx // self.block_size]
-        return blocks * self.block_size + idx % self.block_size
+    def _slots(self, table: list[int], start: int, end: int) -> list[int]:
+        bs = self.block_size
+        return [table[i // bs] * bs + i % bs for i in range(start, end)]
 
     # ---- images ----------------------------------------------------------------------------------------------
     def _multimodal(self, chunks: list[ScheduledChunk]) -> MultimodalEmbeds | None:
