@@ -65,7 +65,8 @@ def load_peer(model_dir: Path, device: str, dtype: str):
         model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch_dtype)
     else:
         torch.manual_seed(0)
-        model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(model_dir), dtype=torch_dtype)
+        with torch.device(device):  # initialise full-size random weights where they will run, not on the CPU
+            model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(model_dir), dtype=torch_dtype)
     return model.to(device).eval(), _load_processor(model_dir)
 
 
