@@ -67,7 +67,7 @@ def bench_mrope(t=4096, hq=28, hk=4, d=128) -> list[dict]:
         args = (positions, cache, section, interleaved)
         ref_us = bench_us(lambda: reference.apply_mrope_(q, k, *args))
         rows.append(row(f"mrope_{name}_reference", ref_us, nbytes))
-        default = rotary.default_launch(d)
+        default = rotary.default_launch(d, interleaved)
         rows.append(row(f"mrope_{name}_triton_default", bench_us(lambda: rotary.apply_mrope_(q, k, *args)), nbytes,
                         max_abs_err=_mrope_err(q, k, *args, None), **vars(default)))
         sweep = []

@@ -37,7 +37,7 @@ def noise_png(size: int) -> bytes:
 
 def set_backend(model: torch.nn.Module, backend: ViTAttention) -> int:
     swapped = 0
-    for module in model.visual.modules():
+    for module in model.modules():  # only vision blocks hold a ViTAttention backend
         if isinstance(getattr(module, "backend", None), ViTAttention):
             module.backend = backend
             swapped += 1

@@ -36,9 +36,12 @@ class RopeLaunch:
             check(v & (v - 1) == 0, f"RopeLaunch.{name} must be a power of two, got {v}")
 
 
-def default_launch(head_dim: int) -> RopeLaunch:
-    """~4k elements per half-tile and step (16 tokens x 4 heads x 64 at D=128): bytes in flight without spills."""
-    return RopeLaunch(block_t=16, block_h=max(1, 256 // next_pow2(head_dim // 2)), num_warps=4)
+def default_launch(head_dim: int, interleaved: bool = False) -> RopeLaunch:
+    """The tile measured fastest on the H200 at D=128, T=4096, 28/4 heads (benchmarks/results/2026-11-29_h200/
+    mrope.json): 32 tokens x 2 heads for the contiguous layout, 8 x 4 for the interleaved one (4 warps). Smaller
+    head dims take proportionally more heads per step, so a step moves the same bytes."""
+    block_t, block_h = (8, 4) if interleaved else (32, 2)
+    return RopeLaunch(block_t=block_t, block_h=block_h * max(1, 64 // next_pow2(head_dim // 2)), num_warps=4)
 
 
 def _check_qk(q: torch.Tensor, k: torch.Tensor) -> None:
@@ -59,7 +62,7 @@ def _launch(q, k, cos, sin, positions, section, interleaved: bool, launch: RopeL
     hk = k.shape[1]
     if t == 0:
         return
-    cfg = launch or default_launch(d)
+    cfg = launch or default_launch(d, interleaved)
     split = max(1, min(cfg.head_split, max(hq, hk)))
     hq_per, hk_per = -(-hq // split), -(-hk // split)  # heads per program along grid axis 1
     grid = (-(-t // cfg.block_t), split)

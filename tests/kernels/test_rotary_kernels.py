@@ -118,8 +118,11 @@ def test_tokens_outside_the_view_are_untouched():
 
 
 def test_default_launch_and_bad_launch():
-    assert rotary.default_launch(128) == rotary.RopeLaunch(16, 4, 4)
-    assert rotary.default_launch(80).block_h * 64 * rotary.default_launch(80).block_t == 4096
+    assert rotary.default_launch(128) == rotary.RopeLaunch(32, 2, 4)
+    assert rotary.default_launch(128, interleaved=True) == rotary.RopeLaunch(8, 4, 4)
+    for interleaved in (False, True):  # a smaller head dim moves the same elements per step
+        small, big = rotary.default_launch(64, interleaved), rotary.default_launch(128, interleaved)
+        assert small.block_h * small.block_t * 32 == big.block_h * big.block_t * 64
     with pytest.raises(ValueError, match="power of two"):
         rotary.RopeLaunch(12, 4)
     with pytest.raises(ValueError, match="positive"):
