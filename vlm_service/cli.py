@@ -62,6 +62,8 @@ def _client(args: argparse.Namespace):
 def _sampling(args: argparse.Namespace) -> dict:
     names = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "min_tokens", "repetition_penalty")
     out = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    if out.get("max_tokens") == 0:
+        del out["max_tokens"]  # unset: up to the context
     if args.stop:
         out["stop"] = args.stop
     return out
@@ -153,7 +155,9 @@ def _add_generate_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--request-id", default="")
     p.add_argument("--timeout", type=float, help="deadline in seconds")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    for name, kind in (("max_tokens", int), ("temperature", float), ("top_p", float), ("top_k", int),
+    p.add_argument("--max-tokens", dest="max_tokens", type=int, default=128,
+                   help="tokens to generate at most (default 128; 0 = up to the context)")
+    for name, kind in (("temperature", float), ("top_p", float), ("top_k", int),
                        ("min_p", float), ("seed", int), ("min_tokens", int), ("repetition_penalty", float)):
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind)
 

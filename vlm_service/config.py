@@ -11,6 +11,9 @@ from pathlib import Path
 
 
 def default_state_dir() -> Path:
+    """VLM_STATE_DIR, else the user's cache dir: server and bundled client agree on where the dev CA lives."""
+    if os.environ.get("VLM_STATE_DIR"):
+        return Path(os.environ["VLM_STATE_DIR"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "vlm-service"
 
