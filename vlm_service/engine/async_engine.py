@@ -183,15 +183,23 @@ class AsyncEngine:
             self._publish(outputs)
 
     def _apply_commands(self) -> list:
-        outputs = []
+        outputs, added = [], []
         while True:
             with self._lock:
                 if not self._commands:
-                    return outputs
+                    break
                 command = self._commands.popleft()
-                if command[0] == "add":
-                    self._queued_tokens.pop(command[1], None)
+            if command[0] == "add":
+                added.append(command[1])
             outputs += self._apply(command)
+        if added:
+            # Counted as queued until the snapshot shows them waiting: admission (reserve) never sees a gap in
+            # which an added request is in neither count (it may count one twice for a moment: the safe side).
+            self._take_snapshot()
+            with self._lock:
+                for rid in added:
+                    self._queued_tokens.pop(rid, None)
+        return outputs
 
     def _apply(self, command: tuple) -> list:
         if command[0] == "abort":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -23,11 +24,15 @@ from vlm_service.server.metrics import RequestObserver, status_name
 
 log = logging.getLogger(__name__)
 
+# image decode and resize release the GIL (PIL, numpy): one thread per core, up to 8, so concurrent image requests
+# are preprocessed side by side on a many-core GPU host rather than two at a time
+PREPROCESS_THREADS = min(8, os.cpu_count() or 2)
+
 
 class VisionLanguageServicer(vlm_pb2_grpc.VisionLanguageServiceServicer):
     """Serves a runtime (engine + processor + model info); see the module docstring for the Generate pipeline."""
 
-    def __init__(self, limits: LimitsConfig, runtime=None, preprocess_threads: int = 2, metrics=None):
+    def __init__(self, limits: LimitsConfig, runtime=None, preprocess_threads: int = PREPROCESS_THREADS, metrics=None):
         self._rt = runtime  # None while the model loads: calls get UNAVAILABLE
         self.metrics = metrics  # vlm_service.metrics.Metrics or None
         self._limits = limits
