@@ -1,4 +1,4 @@
-"""`vlm-service`: serve | generate | info | make-demo-model."""
+"""`vlm-service`: serve | generate | info | health | bench | make-demo-model."""
 
 from __future__ import annotations
 
@@ -184,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--service", default="", help='"" = the process; vlm.v1.VisionLanguageService = ready')
     health.add_argument("--timeout", type=float, default=3.0)
     health.set_defaults(func=cmd_health)
+    bench = sub.add_parser("bench", add_help=False, help="TTFT/throughput load generator (vlm-service bench --help)")
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=cmd_bench)
     demo = sub.add_parser("make-demo-model", help="write the tiny demo checkpoint (HF format)")
     demo.add_argument("--arch", choices=("qwen3_vl", "qwen2_5_vl"), default="qwen3_vl")
     demo.add_argument("--out", type=Path, required=True)
@@ -191,7 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from vlm_service.bench import main as bench_main
+
+    return bench_main(args.bench_args)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # its own parser, flags and --help included
+        return cmd_bench(argparse.Namespace(bench_args=argv[1:]))
     args = build_parser().parse_args(argv)
     return args.func(args)
 

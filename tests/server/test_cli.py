@@ -43,3 +43,12 @@ def test_client_commands_parse():
     args = build_parser().parse_args(["generate", "--image", "a.png", "--max-tokens", "4", "describe"])
     assert args.image == [Path("a.png")] and args.max_tokens == 4 and args.prompt == "describe"
     assert build_parser().parse_args(["health", "--service", "vlm.v1.VisionLanguageService"]).service
+
+
+def test_bench_subcommand_reaches_the_harness(capsys):
+    from vlm_service import cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["bench", "--help"])
+    assert exit_info.value.code == 0
+    assert "--max-concurrency" in capsys.readouterr().out
