@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from vlm_service.cli import build_parser
 from vlm_service.server.options import config_from_args, redacted
 
