@@ -9,6 +9,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -96,16 +97,15 @@ def make_demo_model(out_dir: str | Path, arch: str = "qwen3_vl", seed: int = 0) 
     return out
 
 
-def ensure_demo_model(state_dir: str | Path, arch: str = "qwen3_vl") -> Path:
-    """state_dir/models/demo-<arch>-<VERSION>, built once: in a temp dir beside it, then renamed into place (atomic)."""
-    root = Path(state_dir) / "models"
-    target = root / f"demo-{arch}-{VERSION}"
+def build_once(target: Path, build: Callable[[Path], object]) -> Path:
+    """target, built once by build(dir): in a temp dir beside it, then renamed into place (atomic). A concurrent
+    builder that wins the rename is fine; the loser's copy is dropped."""
     if (target / "config.json").is_file():
         return target
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".demo-{arch}-", dir=root))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        make_demo_model(tmp, arch)
+        build(tmp)
         os.rename(tmp, target)
     except OSError:
         if not (target / "config.json").is_file():  # not a lost race with another builder: a real failure
@@ -113,3 +113,8 @@ def ensure_demo_model(state_dir: str | Path, arch: str = "qwen3_vl") -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def ensure_demo_model(state_dir: str | Path, arch: str = "qwen3_vl") -> Path:
+    """state_dir/models/demo-<arch>-<VERSION>, built once (see build_once)."""
+    return build_once(Path(state_dir) / "models" / f"demo-{arch}-{VERSION}", lambda d: make_demo_model(d, arch))

@@ -11,8 +11,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -122,20 +120,8 @@ def write_preset_dir(out_dir: str | Path, name: str) -> Path:
 
 
 def ensure_preset_dir(state_dir: str | Path, name: str) -> Path:
-    """state_dir/models/random-<preset>-v2, written once (temp dir, then an atomic rename)."""
+    """state_dir/models/random-<preset>-v2, written once (demo.build_once); v2: the public checkpoints' pixel limits."""
+    from vlm_service.models.demo import build_once
+
     key = preset_name(name)
-    root = Path(state_dir) / "models"
-    target = root / f"random-{key}-v2"  # v2: the public checkpoints' pixel limits
-    if (target / "config.json").is_file():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".random-{key}-", dir=root))
-    try:
-        write_preset_dir(tmp, key)
-        os.rename(tmp, target)
-    except OSError:
-        if not (target / "config.json").is_file():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return build_once(Path(state_dir) / "models" / f"random-{key}-v2", lambda d: write_preset_dir(d, key))
