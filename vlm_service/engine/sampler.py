@@ -60,9 +60,11 @@ def _apply_penalties(logits: torch.Tensor, rows: list[SampleRow]) -> None:
 
 
 def _apply_banned(logits: torch.Tensor, rows: list[SampleRow]) -> None:
-    for i, r in enumerate(rows):
-        if r.banned_ids:
-            logits[i, list(r.banned_ids)] = float("-inf")
+    # one indexed write for the whole batch (a benchmark run sets min_tokens on every row: 64 writes a step before)
+    row_idx = [i for i, r in enumerate(rows) for _ in r.banned_ids]
+    if row_idx:
+        col_idx = [t for r in rows for t in r.banned_ids]
+        logits[torch.tensor(row_idx, device=logits.device), torch.tensor(col_idx, device=logits.device)] = float("-inf")
 
 
 def _apply_filters(logits: torch.Tensor, rows: list[SampleRow], greedy: list[bool]) -> torch.Tensor:
