@@ -65,6 +65,14 @@ def test_repetition_penalty_and_banned_ids():
     assert sample(x, [SampleRow(SamplingParams(), 0, banned_ids=(3, 4))]).token_ids not in ([3], [4])
 
 
+def test_banned_ids_apply_to_their_own_row_only():
+    x = torch.zeros(3, 10)
+    x[:, 3], x[:, 4], x[:, 5] = 3.0, 2.0, 1.0  # every row prefers 3, then 4, then 5
+    rows = [SampleRow(SamplingParams(), 0, banned_ids=(3,)), SampleRow(SamplingParams(), 0),
+            SampleRow(SamplingParams(), 0, banned_ids=(3, 4))]
+    assert sample(x, rows).token_ids == [4, 3, 5]
+
+
 def test_logprobs_are_of_the_final_distribution():
     x = logits(1, 20)
     p = SamplingParams(temperature=0.5, top_k=2, seed=1, logprobs=True, top_logprobs=3)
