@@ -1,5 +1,7 @@
 # Source this at the start of a command on the H200 host (the device tool): installs the carried GPU extras
-# (.whl/, from ../shared/gpu/fetch_wheels.sh all) into /tmp/site and points Python at them and at this checkout.
+# (.whl/, from ../shared/gpu/fetch_wheels.sh all, plus googleapis-common-protos 1.72.0, which grpcio-status needs and
+# the GPU image lacks: pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl
+# googleapis-common-protos==1.72.0) into /tmp/site and points Python at them and at this checkout.
 # The gRPC stubs must be carried too (vlm_service/_proto, generated here with grpcio-tools 1.84).
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   || { echo "wheel install failed" >&2; return 1; }
