@@ -61,7 +61,8 @@ def test_fixed_concurrency_caps_requests_in_flight():
 def test_duration_bounds_the_run_and_cycles_the_pool():
     results, duration, _ = _bench(LoadPlan(max_concurrency=3, duration_s=0.3))
     assert len(results) > len(REQS)  # the pool was cycled
-    assert all(r.send_s < 0.3 for r in results) and duration < 3.0
+    # a request is admitted before 0.3 s; its task may start a little later on a loaded machine
+    assert all(r.send_s < 0.3 + 0.25 for r in results) and duration < 3.0
     _consistent(results, REQS)
     with pytest.raises(ValueError):
         _bench(LoadPlan(duration_s=0.1))  # unbounded: no rate, no cap, no count

@@ -200,9 +200,13 @@ def test_health_answers_fast_while_busy(env):
 
         health = health_pb2_grpc.HealthStub(ch)
         health.Check(health_pb2.HealthCheckRequest(service=""))  # connect first
-        t0 = time.monotonic()
-        status = health.Check(health_pb2.HealthCheckRequest(service="vlm.v1.VisionLanguageService")).status
-        assert status == health_pb2.HealthCheckResponse.SERVING and time.monotonic() - t0 < 0.1
+        times = []
+        for _ in range(5):  # the median, so one slow scheduling slice on a loaded CI machine doesn't decide it
+            t0 = time.monotonic()
+            status = health.Check(health_pb2.HealthCheckRequest(service="vlm.v1.VisionLanguageService")).status
+            times.append(time.monotonic() - t0)
+            assert status == health_pb2.HealthCheckResponse.SERVING
+        assert sorted(times)[2] < 0.1, times
     for s in streams:
         s.cancel()
     assert _wait_free(rt)
