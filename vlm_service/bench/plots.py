@@ -19,10 +19,13 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, ax, path: Path) -> Path:
+    """Grid and legend on `ax`, then write the figure to `path` and free it."""
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    fig.clf()
+    _pyplot().close(fig)
     return path
 
 
@@ -35,11 +38,7 @@ def ttft_cdf(runs: Sequence[tuple[str, list[RequestResult]]], path: Path) -> Pat
         if x.size:
             ax.step(x, np.arange(1, x.size + 1) / x.size, where="post", label=label)
     ax.set(xlabel="TTFT (ms)", ylabel="fraction of requests", title="TTFT CDF")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    path = _save(fig, path)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path)
 
 
 def ttft_vs_pixels(runs: Sequence[tuple[str, list[RequestResult]]], path: Path) -> Path:
@@ -50,11 +49,7 @@ def ttft_vs_pixels(runs: Sequence[tuple[str, list[RequestResult]]], path: Path) 
         ok = [r for r in results if r.ok]
         ax.scatter([r.pixels / 1e6 for r in ok], [r.ttft_ms for r in ok], s=10, alpha=0.6, label=label)
     ax.set(xlabel="image pixels per request (MP)", ylabel="TTFT (ms)", title="TTFT vs image size")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    path = _save(fig, path)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path)
 
 
 def latency_vs_throughput(points: Sequence[tuple[str, dict]], path: Path) -> Path:
@@ -67,11 +62,7 @@ def latency_vs_throughput(points: Sequence[tuple[str, dict]], path: Path) -> Pat
     for (label, m), x in zip(points, xs):
         ax.annotate(label, (x, m["ttft_ms"]["median"] or 0), fontsize=6)
     ax.set(xlabel="request throughput (req/s)", ylabel="latency (ms)", title="latency vs throughput")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    path = _save(fig, path)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path)
 
 
 def write_all(result_dir: Path, runs: Sequence[tuple[str, list[RequestResult], dict]]) -> list[Path]:
