@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
-if sys.path and Path(sys.path[0] or ".").resolve() == _HERE:  # run as a script: don't shadow the vit_backends package
+if sys.path and Path(sys.path[0] or ".").resolve() == _HERE:  # run as a script: import from this checkout
     sys.path[0] = str(_HERE.parent)
 
 import argparse  # noqa: E402
