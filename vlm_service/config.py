@@ -43,6 +43,7 @@ class EngineConfig:
     enable_prefix_cache: bool = True
     vision_cache_bytes: int = 256 << 20
     cuda_graphs: bool = True
+    overlap_scheduling: bool = True  # read back step N's tokens while step N+1 runs on the device
 
     def __post_init__(self):
         if self.block_size <= 0 or self.max_num_seqs <= 0 or self.max_batched_tokens <= 0:

@@ -76,5 +76,6 @@ class DecodeGraphs:
         self.slots[:n].copy_(layout.slot_mapping)
         self.slots[n:bs].fill_(self.runner.scratch_block * self.runner.block_size)
         self.runner.planner.plan(self._pad_layout(layout, bs), wrapper=self.wrappers[bs])
+        self.runner.mark_planned()
         self.graphs[bs].replay()
         return self.outputs[bs][:n]

@@ -15,17 +15,28 @@ from vlm_service.types import FinishReason, SamplingParams
 _REPLACEMENT = "\ufffd"
 
 
+def fast_decoder(tokenizer):
+    """ids -> text, skipping special tokens. A transformers fast tokenizer that does no clean-up of spaces decodes
+    exactly like its Rust `tokenizers` backend, so that is called directly: the Python wrapper costs more than the
+    decode itself, and the engine decodes twice per token per running request."""
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if callable(getattr(backend, "decode", None)) and getattr(tokenizer, "clean_up_tokenization_spaces", True) is False:
+        return lambda ids: backend.decode(ids, skip_special_tokens=True)
+    return lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
+
+
 class IncrementalDetokenizer:
     """Decodes a growing list of token ids into text deltas (tokenizer: anything with decode(ids, skip_special_tokens))."""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
+        self._decode_fn = fast_decoder(tokenizer)
         self.ids: list[int] = []
         self.prefix_offset = 0  # start of the window decoded for context
         self.read_offset = 0  # ids before this are already turned into emitted text
 
     def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True) if ids else ""
+        return self._decode_fn(ids) if ids else ""
 
     def push(self, token_id: int) -> str:
         """Add one token; return the newly complete text (may be empty)."""
@@ -68,9 +79,11 @@ class OutputState:
         self.emitted = 0  # len of self.text already streamed
         self.num_output = 0
 
-    def banned_ids(self) -> tuple[int, ...]:
-        """Ids the sampler must not pick for the next token (min_tokens not reached yet)."""
-        return tuple(self.stop_ids) if self.num_output < self.sampling.min_tokens else ()
+    def banned_ids(self, generated: int | None = None) -> tuple[int, ...]:
+        """Ids the sampler must not pick for the next token, while min_tokens is not reached. `generated`: tokens
+        the sequence already has, counting ones sampled but not yet appended here (overlapped steps)."""
+        n = self.num_output if generated is None else generated
+        return tuple(self.stop_ids) if n < self.sampling.min_tokens else ()
 
     def append(self, token_id: int) -> StepText:
         self.num_output += 1

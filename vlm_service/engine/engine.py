@@ -10,10 +10,10 @@ import torch
 from vlm_service.config import EngineConfig
 from vlm_service.engine.detokenizer import OutputState
 from vlm_service.engine.kv_cache import BlockManager
-from vlm_service.engine.model_runner import ModelRunner, model_dtype, pool_num_blocks
-from vlm_service.engine.sampler import SampleRow, sample
+from vlm_service.engine.model_runner import ModelRunner, PrevTokens, model_dtype, pool_num_blocks
+from vlm_service.engine.sampler import PendingSample, SampleRow, sample_async
 from vlm_service.engine.scheduler import Scheduler, SchedulerOutput
-from vlm_service.engine.sequence import ImageSpan, Sequence
+from vlm_service.engine.sequence import PENDING, ImageSpan, Sequence, SeqStatus
 from vlm_service.errors import DuplicateRequest, InvalidInput
 from vlm_service.models.common import VLModel
 from vlm_service.types import (EngineOutput, Finished, FinishReason, ProcessedInput, SamplingParams, Timings,
@@ -25,6 +25,14 @@ class _Tracked:
     seq: Sequence
     out: OutputState
     generator: torch.Generator | None
+
+
+@dataclass
+class _Launch:
+    """A launched step: the tracked request of each sampled row (None once dropped) and its pending tokens."""
+
+    rows: list[_Tracked | None]
+    sample: PendingSample | None
 
 
 def validate_sampling(p: SamplingParams) -> None:
@@ -60,6 +68,7 @@ class LLMEngine:
         self.runner = ModelRunner(model, cfg, self.device, num_blocks)
         self.eos_ids = tuple(spec.eos_token_ids)
         self.requests: dict[str, _Tracked] = {}
+        self._pending: _Launch | None = None  # the launched step whose tokens are not read back yet
 
     # ---- requests --------------------------------------------------------------------------------------------
     def check(self, processed: ProcessedInput, sampling: SamplingParams) -> int:
@@ -98,42 +107,81 @@ class LLMEngine:
         return self._finished(tracked, FinishReason.ABORT, "")
 
     def has_work(self) -> bool:
-        return self.scheduler.has_work()
+        return self.scheduler.has_work() or self._pending is not None
 
     # ---- the step --------------------------------------------------------------------------------------------
     def step(self) -> list[EngineOutput]:
-        """Run one batch: schedule -> model forward -> sample -> stream deltas and finishes."""
+        """Run one batch: schedule -> launch forward + sampling -> stream the deltas and finishes of the tokens
+        read back. With overlap_scheduling the tokens of step N are read back (detokenized, stop rules) while step
+        N+1 runs on the device, so the outputs of a call are the previous launch's."""
+        outputs: list[EngineOutput] = []
+        if not self.cfg.overlap_scheduling:
+            outputs += self._resolve()  # (a no-op: the previous call resolved its own launch)
         sched = self.scheduler.schedule()
         if sched.is_empty:
-            return []
+            return outputs + self._resolve()
         self._stamp_scheduled(sched)
-        logits = self.runner.run(sched.chunks)
+        launched = self._launch(sched)
+        outputs += self._resolve()
         self.scheduler.on_step_done(sched)
-        return self._postprocess(sched, logits)
+        self._pending = self._place(launched)
+        if not self.cfg.overlap_scheduling:
+            outputs += self._resolve()
+        return outputs
 
     def _stamp_scheduled(self, sched: SchedulerOutput) -> None:
         now = time.monotonic()
         for seq in sched.admitted:
             seq.times.first_scheduled = now
 
-    def _postprocess(self, sched: SchedulerOutput, logits: torch.Tensor) -> list[EngineOutput]:
+    def _launch(self, sched: SchedulerOutput) -> _Launch:
+        """Forward the step and sample its rows on the device; nothing waits for the GPU here."""
+        prev = None
+        if self._pending is not None:
+            p = self._pending
+            prev = PrevTokens(p.sample.device_tokens, {id(t.seq): i for i, t in enumerate(p.rows) if t is not None})
+        logits = self.runner.run(sched.chunks, prev)
         tracked = [self.requests[c.seq.request_id] for c in sched.chunks if c.samples]
-        rows = [self._sample_row(t) for t in tracked]
-        result = sample(logits, rows) if rows else None
+        rows = [self._sample_row(t, prev) for t in tracked]
+        return _Launch(tracked, sample_async(logits, rows) if rows else None)
+
+    def _place(self, launch: _Launch) -> _Launch | None:
+        """Give each sampled row's sequence its PENDING token (rows of requests that ended meanwhile are dropped)."""
+        if launch.sample is None:
+            return None
+        for i, t in enumerate(launch.rows):
+            if t.seq.status == SeqStatus.FINISHED or self.requests.get(t.seq.request_id) is not t:
+                launch.rows[i] = None
+            else:
+                t.seq.output_ids.append(PENDING)
+        return launch
+
+    def _resolve(self) -> list[EngineOutput]:
+        """Read back the pending step's tokens and emit them (the only place that waits for the device)."""
+        launch, self._pending = self._pending, None
+        if launch is None:
+            return []
+        result = launch.sample.result()
         outputs: list[EngineOutput] = []
         now = time.monotonic()
-        for i, t in enumerate(tracked):
-            outputs += self._emit(t, result.token_ids[i], result.logprobs[i], now)
+        for i, t in enumerate(launch.rows):
+            if t is not None and self.requests.get(t.seq.request_id) is t:  # not aborted meanwhile
+                outputs += self._emit(t, result.token_ids[i], result.logprobs[i], now)
         return outputs
 
-    def _sample_row(self, t: _Tracked) -> SampleRow:
+    def _sample_row(self, t: _Tracked, prev: PrevTokens | None) -> SampleRow:
         seq, p = t.seq, t.seq.sampling
-        seen = seq.prompt_ids + seq.output_ids if p.repetition_penalty != 1.0 else None
-        return SampleRow(p, seq.num_tokens, seen, t.out.banned_ids(), t.generator)
+        seen = on_device = None
+        if p.repetition_penalty != 1.0:
+            seen = seq.prompt_ids + seq.output_ids[:t.out.num_output]
+            if len(seq.output_ids) > t.out.num_output:  # its newest token is still on the device
+                row = prev.rows[id(seq)]
+                on_device = prev.tokens[row:row + 1]
+        return SampleRow(p, seq.num_tokens, seen, t.out.banned_ids(len(seq.output_ids)), t.generator, on_device)
 
     def _emit(self, t: _Tracked, token: int, logprob, now: float) -> list[EngineOutput]:
         seq = t.seq
-        seq.output_ids.append(token)
+        seq.output_ids[t.out.num_output] = token  # the oldest PENDING one
         if not seq.times.first_token:
             seq.times.first_token = now
         step = t.out.append(token)
@@ -146,6 +194,7 @@ class LLMEngine:
 
     def _finished(self, t: _Tracked, reason: FinishReason, matched_stop: str) -> Finished:
         seq, tm = t.seq, t.seq.times
+        del seq.output_ids[t.out.num_output:]  # a token sampled after the end (or before an abort) never counts
         now = time.monotonic()
 
         def ms(a: float, b: float) -> float:

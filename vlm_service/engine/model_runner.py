@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import torch
 
 from vlm_service.config import EngineConfig
 from vlm_service.engine.attention import BatchLayout, TorchPagedAttention
 from vlm_service.engine.scheduler import ScheduledChunk
-from vlm_service.engine.sequence import Sequence
+from vlm_service.engine.sequence import PENDING, Sequence
 from vlm_service.engine.vision_cache import VisionCache, VisionEmbeds
 from vlm_service.models.common import MultimodalEmbeds, VLModel
 
@@ -43,6 +44,14 @@ def pool_num_blocks(cfg: EngineConfig, spec, dtype: torch.dtype, device: torch.d
     return max(cfg.kv_cpu_bytes // per_block, 1)
 
 
+@dataclass
+class PrevTokens:
+    """The previous step's sampled tokens, still on the device: tokens [n] and each sequence's row (by id())."""
+
+    tokens: torch.Tensor
+    rows: dict[int, int]
+
+
 # head dims FlashInfer 0.6's paged prefill/decode kernels are built for (others fail at run time)
 FLASHINFER_HEAD_DIMS = (64, 128, 256)
 
@@ -62,6 +71,7 @@ class ModelRunner:
         self.scratch_block = num_blocks
         self.vision_cache = VisionCache(cfg.vision_cache_bytes)
         self.planner = self.graphs = None
+        self._planned: torch.cuda.Event | None = None
         if self.device.type == "cuda" and s.head_dim in FLASHINFER_HEAD_DIMS:
             self._init_cuda()
         elif self.device.type == "cuda":
@@ -82,9 +92,17 @@ class ModelRunner:
 
     # ---- the step --------------------------------------------------------------------------------------------
     @torch.inference_mode()
-    def run(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
-        """Forward the step's chunks; returns logits [n, vocab] float32 for the chunks that sample, in order."""
-        ids, positions, layout = self._flatten(chunks)
+    def run(self, chunks: list[ScheduledChunk], prev: PrevTokens | None = None) -> torch.Tensor:
+        """Forward the step's chunks; returns logits [n, vocab] float32 for the chunks that sample, in order.
+
+        A sequence whose last token was sampled by the previous step but not yet read back (sequence.PENDING in its
+        output_ids) takes that token straight from the device: `prev` holds the previous step's token tensor and
+        each such sequence's row in it."""
+        if self._planned is not None:
+            # FlashInfer's plan() stages its tables in one page-locked host buffer and copies them asynchronously;
+            # the previous step's copy must have left that buffer before this step's plan() rewrites it
+            self._planned.synchronize()
+        ids, positions, layout = self._flatten(chunks, prev)
         sample_idx = self._sample_indices(chunks)
         if self.graphs is not None and self.graphs.can_run(chunks):
             hidden = self.graphs.run(ids, positions, layout)
@@ -98,7 +116,14 @@ class ModelRunner:
             return TorchPagedAttention(self.kv_caches, layout, self.spec.head_dim ** -0.5)
         from vlm_service.engine.attention import FlashInferAttention
 
-        return FlashInferAttention(self.kv_caches, layout.slot_mapping, self.planner.plan(layout))
+        wrapper = self.planner.plan(layout)
+        self.mark_planned()
+        return FlashInferAttention(self.kv_caches, layout.slot_mapping, wrapper)
+
+    def mark_planned(self) -> None:
+        """Called right after a FlashInfer plan() of this step (see run())."""
+        self._planned = torch.cuda.Event()
+        self._planned.record()
 
     def _sample_indices(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
         idx, end = [], 0
@@ -109,15 +134,21 @@ class ModelRunner:
         return torch.tensor(idx, dtype=torch.long, device=self.device)
 
     # ---- flat batch ------------------------------------------------------------------------------------------
-    def _flatten(self, chunks: list[ScheduledChunk]) -> tuple[torch.Tensor, torch.Tensor, BatchLayout]:
+    def _flatten(self, chunks: list[ScheduledChunk], prev: PrevTokens | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, BatchLayout]:
         """The step's flat inputs: ids [T], positions [3, T], slot mapping [T], built from Python ints where it
         can (decode rows), so a step of 64 decodes costs a handful of tensor builds, not hundreds."""
         ids: list[int] = []
+        patch_at: list[int] = []  # flat index of each PENDING token ...
+        patch_from: list[int] = []  # ... and its row in prev.tokens
         slots: list[int] = []
         pos_parts: list[torch.Tensor] = []
         gen_pos: list[int] = []  # positions of generated tokens (equal on all three axes), not yet flushed
         for c in chunks:
             ids += c.seq.token_range(c.start, c.end)
+            if ids[-1] == PENDING:  # only the newest token can still be on the device
+                patch_at.append(len(ids) - 1)
+                patch_from.append(prev.rows[id(c.seq)])
             slots += self._slots(c.seq.block_table, c.start, c.end)
             n = c.seq.num_prompt_tokens
             if c.start < n:  # prompt tokens: the processor's MRoPE positions
@@ -134,6 +165,9 @@ class ModelRunner:
                              [c.seq.block_table for c in chunks],
                              torch.tensor(slots, dtype=torch.long).to(self.device, non_blocking=True))
         ids_t = torch.tensor(ids, dtype=torch.long).to(self.device, non_blocking=True)
+        if patch_at:
+            src = torch.tensor(patch_from, dtype=torch.long).to(self.device, non_blocking=True)
+            ids_t[torch.tensor(patch_at, dtype=torch.long).to(self.device, non_blocking=True)] = prev.tokens[src]
         return ids_t, positions.to(self.device, non_blocking=True), layout
 
     def _slots(self, table: list[int], start: int, end: int) -> list[int]:

@@ -28,6 +28,7 @@ class SampleRow:
     seen_ids: list[int] | None = None  # prompt + output ids, only when repetition_penalty != 1
     banned_ids: tuple[int, ...] = ()  # EOS / stop ids suppressed until min_tokens is reached
     generator: torch.Generator | None = None  # unseeded random rows
+    seen_on_device: torch.Tensor | None = None  # [1] a seen token still on the device (sampled, not read back)
 
 
 @dataclass
@@ -38,6 +39,12 @@ class SampleResult:
 
 def sample(logits: torch.Tensor, rows: list[SampleRow]) -> SampleResult:
     """logits [B, V] float32 (one row per entry of `rows`) -> one token per row."""
+    return sample_async(logits, rows).result()
+
+
+def sample_async(logits: torch.Tensor, rows: list[SampleRow]) -> "PendingSample":
+    """Like sample(), but every result stays on the device until PendingSample.result(): nothing here waits for the
+    GPU, so the engine can launch the next step before it reads these tokens."""
     logits = logits.float().clone()
     _apply_penalties(logits, rows)
     _apply_banned(logits, rows)
@@ -45,18 +52,56 @@ def sample(logits: torch.Tensor, rows: list[SampleRow]) -> SampleResult:
     if not all(greedy):
         logits = _apply_filters(logits, rows, greedy)
     tokens = _draw(logits, rows, greedy)
-    return SampleResult(tokens.tolist(), _logprobs(logits, tokens, rows))
+    return PendingSample(tokens, *_logprobs(logits, tokens, rows))
+
+
+class PendingSample:
+    """A step's sampled tokens (and logprobs) on their way to the host: the device->host copies start at once
+    (into pinned memory on CUDA) and result() waits for them alone, not for work queued after them."""
+
+    def __init__(self, tokens: torch.Tensor, lp_rows: list[int], top_k: list[int], chosen: torch.Tensor | None,
+                 top_vals: torch.Tensor | None, top_ids: torch.Tensor | None):
+        self.device_tokens = tokens  # [B] int64, on the logits' device (the next step reads it there)
+        self.lp_rows, self.top_k = lp_rows, top_k
+        self.event = None
+        self._host = [self._to_host(t) for t in (tokens, chosen, top_vals, top_ids)]
+        if tokens.is_cuda:
+            self.event = torch.cuda.Event()
+            self.event.record()
+
+    @staticmethod
+    def _to_host(t: torch.Tensor | None) -> torch.Tensor | None:
+        if t is None or not t.is_cuda:
+            return t
+        out = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        out.copy_(t, non_blocking=True)
+        return out
+
+    def result(self) -> SampleResult:
+        if self.event is not None:
+            self.event.synchronize()
+        tokens, chosen, top_vals, top_ids = (t.tolist() if t is not None else None for t in self._host)
+        logprobs: list[TokenLogprob | None] = [None] * len(tokens)
+        for j, i in enumerate(self.lp_rows):
+            k = self.top_k[j]
+            top = tuple(zip(top_ids[j][:k], top_vals[j][:k])) if k > 0 else ()
+            logprobs[i] = TokenLogprob(tokens[i], chosen[j], top)
+        return SampleResult(tokens, logprobs)
 
 
 def _apply_penalties(logits: torch.Tensor, rows: list[SampleRow]) -> None:
     # HF convention: a seen token's logit is divided by the penalty when positive, multiplied when negative.
+    # Seen ids become a mask (duplicates are harmless), so a token still on the device joins without a sync.
     for i, r in enumerate(rows):
         p = r.params.repetition_penalty
-        if p == 1.0 or not r.seen_ids:
+        if p == 1.0 or not (r.seen_ids or r.seen_on_device is not None):
             continue
-        ids = torch.tensor(sorted(set(r.seen_ids)), device=logits.device)
-        vals = logits[i, ids]
-        logits[i, ids] = torch.where(vals > 0, vals / p, vals * p)
+        seen = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
+        seen[torch.tensor(r.seen_ids or [], dtype=torch.long, device=logits.device)] = True
+        if r.seen_on_device is not None:
+            seen[r.seen_on_device] = True
+        row = logits[i]
+        logits[i] = torch.where(seen, torch.where(row > 0, row / p, row * p), row)
 
 
 def _apply_banned(logits: torch.Tensor, rows: list[SampleRow]) -> None:
@@ -105,21 +150,19 @@ def _draw(logits: torch.Tensor, rows: list[SampleRow], greedy: list[bool]) -> to
     return tokens
 
 
-def _logprobs(logits: torch.Tensor, tokens: torch.Tensor, rows: list[SampleRow]) -> list[TokenLogprob | None]:
+def _logprobs(logits: torch.Tensor, tokens: torch.Tensor, rows: list[SampleRow]):
+    """(rows wanting logprobs, their top_logprobs k, chosen-token logprob [n], top values [n, kmax], top ids
+    [n, kmax]), all on the device; None tensors when no row asks."""
     want = [i for i, r in enumerate(rows) if r.params.logprobs or r.params.top_logprobs > 0]
-    out: list[TokenLogprob | None] = [None] * len(rows)
     if not want:
-        return out
-    lp = torch.log_softmax(logits[want], dim=-1)
-    for j, i in enumerate(want):
-        tok = int(tokens[i])
-        k = rows[i].params.top_logprobs
-        top = ()
-        if k > 0:
-            v, ids = lp[j].topk(min(k, lp.shape[1]))
-            top = tuple(zip(ids.tolist(), v.tolist()))
-        out[i] = TokenLogprob(tok, float(lp[j, tok]), top)
-    return out
+        return [], [], None, None, None
+    ks = [rows[i].params.top_logprobs for i in want]
+    idx = torch.tensor(want, device=logits.device)
+    lp = torch.log_softmax(logits[idx], dim=-1)
+    chosen = lp.gather(1, tokens[idx][:, None])[:, 0]
+    kmax = min(max(ks), lp.shape[1])
+    top_vals, top_ids = lp.topk(kmax) if kmax > 0 else (None, None)
+    return want, ks, chosen, top_vals, top_ids
 
 
 def _fold_seed(seed: int) -> int:

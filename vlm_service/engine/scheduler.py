@@ -83,6 +83,8 @@ class Scheduler:
     def on_step_done(self, out: SchedulerOutput) -> None:
         """After the model ran: the chunks' KV is computed; newly full blocks enter the prefix cache."""
         for c in out.chunks:
+            if c.seq.status != SeqStatus.RUNNING:  # finished (or aborted) while its step ran: blocks already freed
+                continue
             c.seq.num_computed_tokens = c.end
             self.bm.cache_full_blocks(c.seq)
 
@@ -99,6 +101,8 @@ class Scheduler:
             if budget <= 0:
                 break
             if seq.status != SeqStatus.RUNNING:  # preempted earlier in this loop
+                continue
+            if len(seq.output_ids) >= seq.max_tokens:  # its last token is sampled, not yet read back: it ends then
                 continue
             n = min(seq.num_pending_tokens, budget)
             if not self._make_room(seq, n, out):

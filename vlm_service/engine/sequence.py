@@ -10,6 +10,10 @@ from vlm_service.types import ProcessedInput, SamplingParams
 
 _seq_counter = itertools.count()
 
+# placeholder in Sequence.output_ids for a token sampled by a step whose result is not read back yet (the engine
+# overlaps reading one step's tokens with running the next); never a real token id
+PENDING = -1
+
 
 class SeqStatus(enum.Enum):
     WAITING = "waiting"
