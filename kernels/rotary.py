@@ -5,12 +5,19 @@ CUDA -> one fused Triton launch for q and k (kernels/triton/rotary.py); CPU -> k
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 
 import torch
 
 from kernels import reference
 from kernels._dispatch import check, check_float, check_last_contiguous, check_same_device, next_pow2, use_triton
+
+log = logging.getLogger(__name__)
+
+# (device, mrope_section, interleaved) -> the int32 [D/2] axis table, or None once the table kernel failed there
+# (D/2 is sum(mrope_section), so the key implies it). Filled on first use; a model has one or two entries.
+_AXIS_TABLES: dict[tuple[torch.device, tuple[int, int, int], bool], torch.Tensor | None] = {}
 
 
 @dataclass(frozen=True)
@@ -19,13 +26,15 @@ class RopeLaunch:
 
     block_t: tokens per program (cos/sin [block_t, D/2] are built once per program); block_h: heads rotated per
     loop step; num_warps: warps per program; head_split: programs per token block along the heads (1 = one program
-    walks every q and k head of its tokens).
+    walks every q and k head of its tokens); axis_table: MRoPE reads each frequency's axis (t/h/w) from a [D/2]
+    device table, so both layouts run the same code, instead of computing it in the kernel (ignored by the 2D rope).
     """
 
     block_t: int
     block_h: int
     num_warps: int = 4
     head_split: int = 1
+    axis_table: bool = True
 
     def __post_init__(self):
         for name in ("block_t", "block_h", "num_warps", "head_split"):
@@ -34,14 +43,17 @@ class RopeLaunch:
         for name in ("block_t", "block_h", "num_warps"):
             v = getattr(self, name)
             check(v & (v - 1) == 0, f"RopeLaunch.{name} must be a power of two, got {v}")
+        check(isinstance(self.axis_table, bool), f"RopeLaunch.axis_table must be a bool, got {self.axis_table!r}")
 
 
 def default_launch(head_dim: int, interleaved: bool = False) -> RopeLaunch:
-    """The tile measured fastest on the H200 at D=128, T=4096, 28/4 heads (benchmarks/results/2026-11-29_h200/
-    mrope.json): 32 tokens x 2 heads for the contiguous layout, 8 x 4 for the interleaved one (4 warps). Smaller
-    head dims take proportionally more heads per step, so a step moves the same bytes."""
-    block_t, block_h = (8, 4) if interleaved else (32, 2)
-    return RopeLaunch(block_t=block_t, block_h=block_h * max(1, 64 // next_pow2(head_dim // 2)), num_warps=4)
+    """Axis table, 32 tokens x 2 heads, 4 warps at D=128 for both layouts: the tile measured fastest on the H200
+    for the contiguous layout (benchmarks/results/2026-11-29_h200/mrope.json; the table makes the interleaved one
+    run the same code). `interleaved` is taken so a re-tune may split the layouts again. Other head dims keep the
+    elements per step: smaller ones take more heads per step, larger ones fewer tokens per program (which keeps
+    cos/sin [block_t, D/2] in registers: 32 x 2 at D=256 spills, 16 x 2 does not)."""
+    half = next_pow2(head_dim // 2)
+    return RopeLaunch(block_t=max(1, 32 * 64 // max(64, half)), block_h=2 * max(1, 64 // half), num_warps=4)
 
 
 def _check_qk(q: torch.Tensor, k: torch.Tensor) -> None:
@@ -55,27 +67,65 @@ def _check_qk(q: torch.Tensor, k: torch.Tensor) -> None:
     check_last_contiguous("k", k)
 
 
-def _launch(q, k, cos, sin, positions, section, interleaved: bool, launch: RopeLaunch | None) -> None:
+def _axis_table(device: torch.device, section: tuple[int, int, int], interleaved: bool) -> torch.Tensor | None:
+    """The int32 [D/2] axis table for this layout on `device`, built on first use and cached; None -> use the
+    arithmetic axis map. A first use inside CUDA graph capture returns None uncached: the host-to-device copy that
+    builds the table cannot be captured (the eager warm-up before capture normally builds it)."""
+    key = (device, section, interleaved)
+    if key in _AXIS_TABLES:
+        return _AXIS_TABLES[key]
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        log.warning("MRoPE axis table first needed inside CUDA graph capture; this capture computes the axis")
+        return None
+    table = reference.mrope_axis_map(section, interleaved).to(device=device, dtype=torch.int32)
+    _AXIS_TABLES[key] = table
+    return table
+
+
+def _launch(q, k, cos, sin, positions, section, interleaved: bool, cfg: RopeLaunch,
+            axis: torch.Tensor | None) -> None:
+    # axis: the MRoPE axis table (AXIS_TABLE variant) or None (arithmetic axis map, or the 2D rope)
     from kernels.triton.rotary import rope_kernel
 
     t, hq, d = q.shape
     hk = k.shape[1]
     if t == 0:
         return
-    cfg = launch or default_launch(d, interleaved)
     split = max(1, min(cfg.head_split, max(hq, hk)))
     hq_per, hk_per = -(-hq // split), -(-hk // split)  # heads per program along grid axis 1
     grid = (-(-t // cfg.block_t), split)
     use_pos = positions is not None
+    use_table = axis is not None
     pos = positions if use_pos else q  # unused pointer when not use_pos
-    s0, s1, s2 = section if use_pos else (0, 0, 0)
+    # the table variant gets no layout constants, so both layouts share one compiled kernel
+    s0, s1, s2 = section if use_pos and not use_table else (0, 0, 0)
     rope_kernel[grid](
-        q, k, cos, sin, pos, t, hq, hk, hq_per, hk_per,
+        q, k, cos, sin, pos, axis if use_table else q, t, hq, hk, hq_per, hk_per,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos.stride(0), sin.stride(0),
         pos.stride(0) if use_pos else 0, pos.stride(1) if use_pos else 0,
-        HALF=d // 2, USE_POS=use_pos, INTERLEAVED=bool(interleaved), S0=s0, S1=s1, S2=s2,
-        BLOCK_T=cfg.block_t, BLOCK_H=cfg.block_h, BLOCK_F=next_pow2(d // 2),
+        HALF=d // 2, USE_POS=use_pos, AXIS_TABLE=use_table, INTERLEAVED=bool(interleaved) and not use_table,
+        S0=s0, S1=s1, S2=s2, BLOCK_T=cfg.block_t, BLOCK_H=cfg.block_h, BLOCK_F=next_pow2(d // 2),
         Q_STEPS=-(-hq_per // cfg.block_h), K_STEPS=-(-hk_per // cfg.block_h), num_warps=cfg.num_warps)
+
+
+def _launch_mrope(q, k, positions, cache, section, interleaved: bool, launch: RopeLaunch | None) -> None:
+    """The table variant when the launch asks for it and the table is available, else the arithmetic one. With the
+    default tile (launch=None) a failing table kernel is logged, remembered for this layout and device, and
+    replaced by the arithmetic one; an explicit launch gets its error (the benchmark must time what it names)."""
+    cfg = launch or default_launch(q.shape[2], interleaved)
+    axis = _axis_table(q.device, section, interleaved) if cfg.axis_table else None
+    if axis is None:
+        _launch(q, k, cache, cache, positions, section, interleaved, replace(cfg, axis_table=False), None)
+        return
+    try:
+        _launch(q, k, cache, cache, positions, section, interleaved, cfg, axis)
+    except Exception as e:  # a compile or launch failure raises before the kernel touches q or k
+        if launch is not None:
+            raise
+        log.warning("MRoPE axis-table kernel failed on %s (%s: %s); using the arithmetic axis map", q.device,
+                    type(e).__name__, e)
+        _AXIS_TABLES[(q.device, section, interleaved)] = None
+        _launch(q, k, cache, cache, positions, section, interleaved, replace(cfg, axis_table=False), None)
 
 
 def apply_rotary_(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, impl: str = "auto",
@@ -89,7 +139,7 @@ def apply_rotary_(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torc
         check_last_contiguous(name, c)
     check_same_device(("q", q), ("k", k), ("cos", cos), ("sin", sin))
     if use_triton(impl, q):
-        _launch(q, k, cos, sin, None, None, False, launch)
+        _launch(q, k, cos, sin, None, None, False, launch or default_launch(d), None)
     else:
         reference.apply_rotary_(q, k, cos, sin)
 
@@ -120,6 +170,6 @@ def apply_mrope_(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_
     section = _check_mrope(q, positions, cos_sin_cache, mrope_section)
     check_same_device(("q", q), ("k", k), ("positions", positions), ("cos_sin_cache", cos_sin_cache))
     if use_triton(impl, q):
-        _launch(q, k, cos_sin_cache, cos_sin_cache, positions, section, interleaved, launch)
+        _launch_mrope(q, k, positions, cos_sin_cache, section, bool(interleaved), launch)
     else:
         reference.apply_mrope_(q, k, positions, cos_sin_cache, section, interleaved)

@@ -9,9 +9,13 @@ program covers every head of its tokens; HEAD_SPLIT>1 gives each program a conti
 programs for short sequences, at the price of rebuilding cos/sin once per slice).
 
 cos/sin come either straight from [T, D/2] tensors (2D vision rope) or, for MRoPE, from positions [3, T] and a
-cos_sin_cache [max_pos, D] = [cos | sin]: frequency i uses the position of axis(i) (t, h or w), computed
-arithmetically: contiguous (Qwen2.5-VL) from the section boundaries, interleaved (Qwen3-VL) from i % 3 and
-i < 3 * section (kernels.reference.mrope_axis_map is the spec).
+cos_sin_cache [max_pos, D] = [cos | sin]: frequency i uses the position of axis(i) (t, h or w). AXIS_TABLE picks how
+axis(i) is found: read from an int32 [D/2] table (kernels.reference.mrope_axis_map, built once by the launcher), so
+the contiguous and interleaved layouts compile to the very same code; or computed arithmetically, contiguous
+(Qwen2.5-VL) from the section boundaries and interleaved (Qwen3-VL) from i % 3 and i < 3 * section. The arithmetic
+form lets the compiler see that the contiguous axis is constant over runs of 8 frequencies and vectorize its cos/sin
+gather (16-byte loads), which it cannot for the interleaved one nor for a table (4-byte loads), so the two layouts
+get different code; it is kept for comparison (seen in sm_90 SASS from Triton 3.6).
 """
 
 import triton
@@ -30,14 +34,17 @@ def _mrope_axis(freqs, S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr, INT
 
 
 @triton.jit
-def _mrope_cos_sin(pos_ptr, stride_pa, stride_pt, cache_ptr, stride_cache, toks, tmask, freqs, fmask,
-                   HALF: tl.constexpr, S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr,
-                   INTERLEAVED: tl.constexpr):
+def _mrope_cos_sin(pos_ptr, stride_pa, stride_pt, cache_ptr, stride_cache, axis_ptr, toks, tmask, freqs, fmask,
+                   HALF: tl.constexpr, AXIS_TABLE: tl.constexpr, S0: tl.constexpr, S1: tl.constexpr,
+                   S2: tl.constexpr, INTERLEAVED: tl.constexpr):
     # the three position rows [BLOCK_T], then the per-frequency pick -> pos [BLOCK_T, BLOCK_F] -> cos, sin (fp32)
     p_t = tl.load(pos_ptr + toks * stride_pt, mask=tmask, other=0)
     p_h = tl.load(pos_ptr + stride_pa + toks * stride_pt, mask=tmask, other=0)
     p_w = tl.load(pos_ptr + 2 * stride_pa + toks * stride_pt, mask=tmask, other=0)
-    axis = _mrope_axis(freqs, S0, S1, S2, INTERLEAVED)[None, :]
+    if AXIS_TABLE:
+        axis = tl.load(axis_ptr + freqs, mask=fmask, other=0)[None, :]
+    else:
+        axis = _mrope_axis(freqs, S0, S1, S2, INTERLEAVED)[None, :]
     pos = tl.where(axis == 0, p_t[:, None], tl.where(axis == 1, p_h[:, None], p_w[:, None])).to(tl.int64)
     m = tmask[:, None] & fmask[None, :]
     row = cache_ptr + pos * stride_cache + freqs[None, :]
@@ -83,13 +90,14 @@ def _rotate_heads(x_ptr, stride_t, stride_h, h_begin, h_count, n_heads, toks, tm
 
 
 @triton.jit
-def rope_kernel(q_ptr, k_ptr, cos_ptr, sin_ptr, pos_ptr, T, Hq, Hk, hq_per, hk_per,
+def rope_kernel(q_ptr, k_ptr, cos_ptr, sin_ptr, pos_ptr, axis_ptr, T, Hq, Hk, hq_per, hk_per,
                 stride_qt, stride_qh, stride_kt, stride_kh, stride_cos, stride_sin, stride_pa, stride_pt,
-                HALF: tl.constexpr, USE_POS: tl.constexpr, INTERLEAVED: tl.constexpr,
+                HALF: tl.constexpr, USE_POS: tl.constexpr, AXIS_TABLE: tl.constexpr, INTERLEAVED: tl.constexpr,
                 S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr,
                 BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_F: tl.constexpr,
                 Q_STEPS: tl.constexpr, K_STEPS: tl.constexpr):
-    # USE_POS: cos_ptr is the cos_sin_cache (row stride stride_cos) and pos_ptr the [3, T] positions.
+    # USE_POS: cos_ptr is the cos_sin_cache (row stride stride_cos) and pos_ptr the [3, T] positions; with
+    # AXIS_TABLE, axis_ptr is the int32 [HALF] axis table and INTERLEAVED/S0..S2 are unused.
     # Program (i, j) rotates tokens [i*BLOCK_T, +BLOCK_T) of q heads [j*hq_per, +hq_per) and k heads [j*hk_per, ...);
     # Q_STEPS = cdiv(hq_per, BLOCK_H), K_STEPS likewise.
     toks = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -98,8 +106,8 @@ def rope_kernel(q_ptr, k_ptr, cos_ptr, sin_ptr, pos_ptr, T, Hq, Hk, hq_per, hk_p
     freqs = tl.arange(0, BLOCK_F)
     fmask = freqs < HALF
     if USE_POS:
-        cos, sin = _mrope_cos_sin(pos_ptr, stride_pa, stride_pt, cos_ptr, stride_cos, toks, tmask, freqs, fmask,
-                                  HALF, S0, S1, S2, INTERLEAVED)
+        cos, sin = _mrope_cos_sin(pos_ptr, stride_pa, stride_pt, cos_ptr, stride_cos, axis_ptr, toks, tmask, freqs,
+                                  fmask, HALF, AXIS_TABLE, S0, S1, S2, INTERLEAVED)
     else:
         m = tmask[:, None] & fmask[None, :]
         cos = tl.load(cos_ptr + toks[:, None] * stride_cos + freqs[None, :], mask=m, other=1.0).to(tl.float32)
