@@ -1,30 +1,44 @@
 #!/usr/bin/env bash
-# The H200 runs still owed after 2026-11-29 (see benchmarks/results/2026-11-29_h200/README.md), as three device
-# calls of under 10 minutes each; run them back to back so the FlashInfer JIT cache in /tmp stays warm:
-#   bash benchmarks/gpu_next.sh tests   # GPU tests re-run after that day's fixes (norms, demo head_dim 64, engine)
-#   bash benchmarks/gpu_next.sh engine  # 1024² TTFT + decode rates on both presets; ViT backends with loop timing
-#   bash benchmarks/gpu_next.sh serve   # single-request 1024² TTFT through gRPC on both presets + transformers peer
-# (device tool, carry .whl with googleapis-common-protos added, and vlm_service/_proto)
+# H200 runs of the second 2026-11-29 session, as device calls of under 10 minutes each. Run them back to back so the
+# FlashInfer JIT cache in /tmp stays warm (the machine is released after 30 s idle):
+#   bash benchmarks/gpu_next.sh tests    # GPU-marked tests, MRoPE tile sweep, ViT attention per backend
+#   bash benchmarks/gpu_next.sh engine   # decode rates + 1024² TTFT (both presets), ViT encode eager/graph, profile
+#   bash benchmarks/gpu_next.sh load     # 256-request TTFT load test, fa3 vs flashinfer_cudnn vs auto (Qwen3-VL-8B)
+#   bash benchmarks/gpu_next.sh single   # one 1024² image at a time through gRPC, both presets, transformers peer
+# (device tool, carry .whl (fetch_wheels.sh all + googleapis-common-protos 1.72.0) and vlm_service/_proto)
 source benchmarks/gpu_env.sh >/dev/null || exit 1
-log() { grep -v "leaked\|nanobind\|^ - " | tail -n "$1"; }
+log() { grep -v "leaked\|nanobind\|^ - \|USDT\|Warning:" | tail -n "$1"; }
+preset_dir() { python3 -c "from vlm_service.models.presets import ensure_preset_dir as e; print(e('/tmp/vlm-state','$1'))"; }
 case "${1:-}" in
   tests)
-    timeout 560 python3 -m pytest -q -m gpu -p no:cacheprovider --timeout 300 tests/kernels tests/models tests/engine \
-      2>&1 | tee $OUT/gpu_tests.log | log 15 ;;
+    timeout 330 python3 -m pytest -q -m gpu -p no:cacheprovider tests/kernels tests/vit_backends tests/models \
+      tests/engine 2>&1 | tee $OUT/gpu_tests.log | log 12
+    timeout 100 python3 benchmarks/bench_kernels.py --only mrope --out $OUT/mrope.json 2>&1 | log 4
+    timeout 120 python3 benchmarks/bench_vit_backends.py --out $OUT/vit_backends.json 2>&1 | log 4 ;;
   engine)
     for m in qwen2_5_vl_7b qwen3_vl_8b; do
-      timeout 150 python3 benchmarks/bench_decode.py --model random:$m --vit auto --out $OUT/decode_$m.json 2>&1 | log 4
+      timeout 150 python3 benchmarks/bench_decode.py --model random:$m --vit auto --out $OUT/decode_$m.json 2>&1 | log 3
     done
-    timeout 150 python3 benchmarks/bench_vit_backends.py --out $OUT/vit_backends.json 2>&1 | log 6 ;;
-  serve)
-    for m in qwen2_5_vl_7b qwen3_vl_8b; do
-      dir=$(python3 -c "from vlm_service.models.presets import ensure_preset_dir as e; print(e('/tmp/vlm-state','$m'))")
-      timeout 260 python3 benchmarks/ttft.py --compare "serve:--model random:$m" --compare-labels $m \
-        --num-prompts 16 --max-concurrency 1 --image-resolution 1024x1024 --image-format png --input-len 77 \
-        --output-len 8 --tokenizer $dir --peer transformers --peer-model $dir --peer-num-prompts 4 \
-        --no-plots --result-dir /tmp/ttft_$m 2>&1 | log 20
+    timeout 130 python3 benchmarks/bench_vit_encode.py --out $OUT/vit_encode.json 2>&1 | log 3
+    timeout 120 python3 benchmarks/profile_gpu.py --preset qwen2_5_vl_7b --vit auto --out $OUT/profile_qwen2_5_vl_7b.json \
+      2>&1 | log 40 ;;
+  load)
+    dir=$(preset_dir qwen3_vl_8b)
+    s="serve:--model random:qwen3_vl_8b --vit-attention-backend"
+    timeout 570 python3 benchmarks/ttft.py --compare "$s fa3" "$s flashinfer_cudnn" "$s auto" \
+      --compare-labels fa3 flashinfer_cudnn auto --compare-rounds 1 --num-prompts 256 --max-concurrency 32 \
+      --images-per-request 1 --image-resolution 560x560 --image-format jpeg --input-len 128 --output-len 32 \
+      --tokenizer $dir --result-dir /tmp/ttft_load 2>&1 | log 30
+    tar czf $OUT/ttft_load_qwen3_vl_8b.tgz -C /tmp ttft_load ;;
+  single)
+    for m in qwen3_vl_8b qwen2_5_vl_7b; do
+      dir=$(preset_dir $m)
+      timeout 280 python3 benchmarks/ttft.py --compare "serve:--model random:$m" --compare-labels $m \
+        --compare-rounds 1 --num-prompts 8 --max-concurrency 1 --image-resolution 1024x1024 --image-format png \
+        --input-len 77 --output-len 8 --tokenizer $dir --peer transformers --peer-model $dir --peer-num-prompts 3 \
+        --no-plots --result-dir /tmp/ttft_$m 2>&1 | log 16
       pkill -f "vlm_service.cli serve"
       tar czf $OUT/ttft_single_$m.tgz -C /tmp ttft_$m
     done ;;
-  *) echo "usage: $0 tests|engine|serve" >&2; exit 2 ;;
+  *) echo "usage: $0 tests|engine|load|single" >&2; exit 2 ;;
 esac

@@ -42,6 +42,16 @@ class Runtime:
     tokenizer: Any = None
     model: Any = None
     extras: dict = field(default_factory=dict)
+    pixel_staging: Any = None  # pixel_values -> what the engine copies to the device (set on CUDA)
+
+    def preprocess(self, messages) -> Any:
+        """processor.process, then (on CUDA) the pixels in the model dtype in pinned memory, so the engine thread's
+        host-to-device copy is a fast asynchronous one (this runs in the preprocessing pool)."""
+        processed = self.processor.process(messages)
+        if self.pixel_staging is not None:
+            for img in processed.images:
+                img.pixel_values = self.pixel_staging(img.pixel_values)
+        return processed
 
     def start(self) -> None:
         self.engine.start()
@@ -111,4 +121,6 @@ def load_runtime(cfg: Config) -> Runtime:
                                           max_images=cfg.server.limits.max_images_per_request)
     engine = AsyncEngine(model, processor.tokenizer, cfg.engine, cfg.server.limits, device)
     info = _model_info(model_id, model, cfg, engine.max_model_len, device, dtype, getattr(vit, "name", ""))
-    return Runtime(engine=engine, processor=processor, info=info, tokenizer=processor.tokenizer, model=model)
+    staging = (lambda t: t.to(dtype).pin_memory()) if device.type == "cuda" else None
+    return Runtime(engine=engine, processor=processor, info=info, tokenizer=processor.tokenizer, model=model,
+                   pixel_staging=staging)

@@ -220,7 +220,8 @@ class ModelRunner:
     def _encode(self, todo: dict, owners: dict) -> dict[str, VisionEmbeds]:
         t0 = time.monotonic()
         images = list(todo.values())
-        pixels = torch.cat([img.pixel_values for img in images]).to(self.device, self.dtype)
+        host = images[0].pixel_values if len(images) == 1 else torch.cat([img.pixel_values for img in images])
+        pixels = host.to(self.device, non_blocking=True).to(self.dtype)  # async when staged in pinned memory
         grid = torch.tensor([img.grid_thw for img in images], dtype=torch.long, device=self.device)
         results = self.model.encode_images(pixels, grid)
         if self.device.type == "cuda":
