@@ -47,13 +47,20 @@ class RopeLaunch:
 
 
 def default_launch(head_dim: int, interleaved: bool = False) -> RopeLaunch:
-    """Axis table, 32 tokens x 2 heads, 4 warps at D=128 for both layouts: the tile measured fastest on the H200
-    for the contiguous layout (benchmarks/results/2026-11-29_h200/mrope.json; the table makes the interleaved one
-    run the same code). `interleaved` is taken so a re-tune may split the layouts again. Other head dims keep the
-    elements per step: smaller ones take more heads per step, larger ones fewer tokens per program (which keeps
-    cos/sin [block_t, D/2] in registers: 32 x 2 at D=256 spills, 16 x 2 does not)."""
+    """Axis table, 8 tokens x 4 heads, 4 warps at D=128, for both layouts: fastest on the H200 at T=4096, 28/4
+    heads, bf16 (bench_kernels.py --only mrope, GPU time from CUDA graph replay, 2026-11-29): 24.0 us contiguous and
+    24.3 us interleaved, where 32 x 2 took 29.9 and 30.0 us; with the table both layouts run the same code.
+    `interleaved` is taken so a re-tune may split the layouts again. Other head dims keep the elements per step:
+    smaller ones take more heads per step, larger ones fewer tokens per program (so cos/sin [block_t, D/2], held in
+    registers for the whole program, keep their size)."""
     half = next_pow2(head_dim // 2)
-    return RopeLaunch(block_t=max(1, 32 * 64 // max(64, half)), block_h=2 * max(1, 64 // half), num_warps=4)
+    return RopeLaunch(block_t=max(1, 8 * 64 // max(64, half)), block_h=4 * max(1, 64 // half), num_warps=4)
+
+
+def vision_launch(head_dim: int) -> RopeLaunch:
+    """The 2D vision rope's tile: 32 tokens x 2 heads at D/2 = 64, more heads for smaller head dims. It predates
+    the MRoPE re-tune above and has not been swept (benchmarks/bench_kernels.py times only this tile)."""
+    return RopeLaunch(block_t=32, block_h=2 * max(1, 64 // next_pow2(head_dim // 2)), num_warps=4)
 
 
 def _check_qk(q: torch.Tensor, k: torch.Tensor) -> None:
@@ -139,7 +146,7 @@ def apply_rotary_(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torc
         check_last_contiguous(name, c)
     check_same_device(("q", q), ("k", k), ("cos", cos), ("sin", sin))
     if use_triton(impl, q):
-        _launch(q, k, cos, sin, None, None, False, launch or default_launch(d), None)
+        _launch(q, k, cos, sin, None, None, False, launch or vision_launch(d), None)
     else:
         reference.apply_rotary_(q, k, cos, sin)
 

@@ -208,12 +208,14 @@ def test_tokens_outside_the_view_are_untouched():
 
 def test_default_launch_and_bad_launch():
     for interleaved in (False, True):  # the axis table gives both layouts the same code, hence the same tile
-        assert rotary.default_launch(128, interleaved) == rotary.RopeLaunch(32, 2, 4, axis_table=True)
+        assert rotary.default_launch(128, interleaved) == rotary.RopeLaunch(8, 4, 4, axis_table=True)
         base = rotary.default_launch(128, interleaved)
         for d in (32, 64, 80, 256, 512):  # every head dim moves the same elements per step
             cfg = rotary.default_launch(d, interleaved)
             assert cfg.block_h * cfg.block_t * next_pow2(d // 2) == base.block_h * base.block_t * 64, d
-    assert rotary.default_launch(256) == rotary.RopeLaunch(16, 2, 4)  # fewer tokens, not fewer heads: no spills
+    assert rotary.default_launch(256) == rotary.RopeLaunch(4, 4, 4)  # fewer tokens: cos/sin keep their size
+    assert rotary.vision_launch(80) == rotary.RopeLaunch(32, 2, 4) and rotary.vision_launch(64) == rotary.RopeLaunch(
+        32, 4, 4)  # the 2D rope keeps its tile (not re-tuned with MRoPE)
     with pytest.raises(ValueError, match="power of two"):
         rotary.RopeLaunch(12, 4)
     with pytest.raises(ValueError, match="positive"):
