@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import weakref
 
 import torch
 
@@ -52,26 +53,26 @@ def import_optional(backend: str, module: str):
 
 
 class PerTensorCache:
-    """Values derived from a cu_seqlens tensor, reused while the same tensor object comes back.
+    """Values derived from a cu_seqlens tensor, kept for exactly as long as that tensor lives.
 
     A ViT passes one cu_seqlens object to all its layers, so per-layer host syncs and small kernels are paid once.
-    Keyed by object identity (a reference is held, so an id cannot be reused while cached) and, outside inference
-    mode, by the version counter, so in-place edits are seen; inference tensors have no version counter and must not
-    be edited in place once passed to a backend. FIFO with `size` entries.
+    An entry is dropped when its tensor is freed (a weak reference), never earlier: a CUDA graph captured with a
+    cu_seqlens reads the cached device tensors (sdpa's gather indices, cuDNN's offsets) on every replay, so they must
+    live as long as the graph's owner keeps that cu_seqlens (vlm_service/models/vision_graphs.py). Keyed by object
+    identity and `extra`; outside inference mode the version counter is checked too, so an in-place edit rebuilds the
+    entry; inference tensors have no version counter and must not be edited in place once passed to a backend.
     """
 
-    def __init__(self, size: int = 16):
-        self._entries: dict[tuple, tuple[torch.Tensor, object]] = {}
-        self._size = size
+    def __init__(self):
+        self._entries: dict[tuple[int, object], tuple[weakref.ref, int, object]] = {}
 
     def get(self, tensor: torch.Tensor, extra, build):
         """The cached value for (tensor, extra), or build() stored under it."""
-        key = (id(tensor), -1 if tensor.is_inference() else tensor._version, extra)
+        key, version = (id(tensor), extra), -1 if tensor.is_inference() else tensor._version
         hit = self._entries.get(key)
-        if hit is not None and hit[0] is tensor:
-            return hit[1]
-        if len(self._entries) >= self._size:
-            self._entries.pop(next(iter(self._entries)))
+        if hit is not None and hit[0]() is tensor and hit[1] == version:
+            return hit[2]
         value = build()
-        self._entries[key] = (tensor, value)
+        # replacing an entry drops its old weak reference, whose callback then never fires
+        self._entries[key] = (weakref.ref(tensor, lambda _, key=key: self._entries.pop(key, None)), version, value)
         return value

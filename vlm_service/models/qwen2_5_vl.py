@@ -22,6 +22,7 @@ from vlm_service.errors import ModelLoadError
 from vlm_service.models.common import AttentionContext, ModelSpec, MultimodalEmbeds
 from vlm_service.models.layers import MergedLinear, RMSNorm, init_random_, load_into, materialize
 from vlm_service.models.qwen2_5_vl_vision import Qwen2_5_VLVisionTower
+from vlm_service.models.vision_graphs import VisionGraphRunner
 
 ARCH = "Qwen2_5_VLForConditionalGeneration"
 
@@ -139,6 +140,7 @@ class Qwen2_5_VLForConditionalGeneration(nn.Module):
         attn0 = self.model.language_model.layers[0].self_attn
         self.rope = _Rope(text, attn0.head_dim, device)
         self.spec = _spec(config, text, attn0)
+        self.vision_graphs = VisionGraphRunner()
 
     # ---- weights ----------------------------------------------------------------------------------------------
 
@@ -146,20 +148,30 @@ class Qwen2_5_VLForConditionalGeneration(nn.Module):
         """Copy canonical (name, tensor) pairs in; ModelLoadError names a missing/unexpected/mis-shaped tensor.
         With tied embeddings lm_head.weight is optional (embed_tokens serves as the head)."""
         load_into(self, named, ignore=("lm_head.weight",) if self.tied else ())
+        self._pad_vision_mlps()
 
     def init_random(self, std: float = 0.02, seed: int = 0) -> None:
         """Random weights in place (random: presets)."""
         init_random_(self, std, seed)
+        self._pad_vision_mlps()
+
+    def _pad_vision_mlps(self) -> None:
+        # CUDA only (a cuBLAS alignment matter; on CPU the padded sums round differently from transformers' by
+        # ~1e-4, the parity tolerance). After the weights are in: a second load_weights would meet padded shapes.
+        for block in self.model.visual.blocks:
+            if block.mlp.down_proj.weight.is_cuda:
+                block.mlp.pad_intermediate_()
 
     # ---- VLModel ----------------------------------------------------------------------------------------------
 
     @torch.no_grad()
     def encode_images(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor):
         """pixel_values [sum patches, C*tp*p*p], grid_thw [n, 3], all in one packed ViT pass
-        -> per image (embeds [tokens, hidden], [])."""
-        merged = self.model.visual(pixel_values, grid_thw)
-        sizes = (grid_thw.prod(-1) // self.spec.spatial_merge_size ** 2).tolist()
-        return [(e, []) for e in merged.split(sizes)]
+        -> per image (embeds [tokens, hidden], []). A repeated set of grids replays a CUDA graph (vision_graphs.py)."""
+        visual, grid = self.model.visual, grid_thw.cpu()
+        meta, (merged,) = self.vision_graphs.run(pixel_values, grid.tolist(), visual.backends(),
+                                                 lambda: visual.metadata(grid, pixel_values.device), visual.compute)
+        return [(e, []) for e in merged.split(meta.sizes)]
 
     @torch.no_grad()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: AttentionContext,

@@ -4,9 +4,15 @@ Window attention works on "merged units" (spatial_merge x spatial_merge patches,
 one LLM token). Patches are permuted so that each window's units are contiguous; every block then attends within
 segments of one packed sequence (windows, or whole frames in the full-attention blocks) through the ViTAttention
 backend; the merger output is permuted back to the processor's order.
+
+forward = compute(pixels, metadata(grid_thw)): metadata does all host work (window order, cu_seqlens, rotary tables)
+and depends on the grids alone; compute only launches device kernels, so vision_graphs.py can capture it in a CUDA
+graph per grid signature and replay it with new pixels.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +62,19 @@ def cu_seqlens_of(lengths: list[int], device) -> tuple[torch.Tensor, int]:
     return cu.to(device), max(lengths)
 
 
+class WindowMeta(NamedTuple):
+    """What the tower needs besides the pixels; depends on grid_thw alone, so a CUDA graph can reuse it."""
+    index: torch.Tensor  # [N / merge^2] merged-unit ids in window order
+    inverse: torch.Tensor  # argsort(index): window order -> input order
+    cos: torch.Tensor  # [N, D/2] rotary, window order
+    sin: torch.Tensor
+    cu_window: torch.Tensor  # int32 [windows + 1]
+    max_window: int
+    cu_full: torch.Tensor  # int32 [frames + 1]
+    max_full: int
+    sizes: list[int]  # merged tokens per image
+
+
 class VisionAttention(nn.Module):
     def __init__(self, dim: int, heads: int, backend: ViTAttention):
         super().__init__()
@@ -82,6 +101,34 @@ class VisionMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(kernels.silu_and_mul(self.gate_up_proj(x)))
+
+    @torch.no_grad()
+    def pad_intermediate_(self, multiple: int = 64) -> None:
+        """Zero-pad the intermediate width to a multiple of `multiple` (idempotent; pads are re-zeroed).
+
+        Qwen2.5-VL's 3420 is not a multiple of 8, so cuBLAS falls back to an sm80, 2-element-aligned kernel for
+        these matmuls (the H200 profile: 247 us per down projection at 1024², a third of the tower's GPU time).
+        Padded gate and up rows are zero, silu(0) * 0 = 0, and the padded down columns are zero: same result."""
+        gu, down = self.gate_up_proj, self.down_proj
+        inter = gu.parts["gate_proj"]
+        wide = -(-inter // multiple) * multiple
+        if wide != inter and down.in_features == inter:
+            def widen_rows(t: torch.Tensor) -> torch.Tensor:
+                out = t.new_zeros((2 * wide,) + tuple(t.shape[1:]))
+                out[:inter], out[wide:wide + inter] = t[:inter], t[inter:]
+                return out
+
+            gu.weight = nn.Parameter(widen_rows(gu.weight), requires_grad=False)
+            gu.bias = nn.Parameter(widen_rows(gu.bias), requires_grad=False)
+            gu.parts = {"gate_proj": inter, "_pad_gate": wide - inter, "up_proj": inter, "_pad_up": wide - inter}
+            gu.sizes = list(gu.parts.values())
+            w = down.weight.new_zeros(down.out_features, wide)
+            w[:, :inter] = down.weight
+            down.weight, down.in_features = nn.Parameter(w, requires_grad=False), wide
+        for t in (gu.weight, gu.bias):
+            t[inter:wide].zero_()
+            t[wide + inter:].zero_()
+        down.weight[:, inter:].zero_()
 
 
 class VisionBlock(nn.Module):
@@ -141,6 +188,10 @@ class Qwen2_5_VLVisionTower(nn.Module):
         self.blocks = nn.ModuleList(VisionBlock(vc, backend) for _ in range(vc["depth"]))
         self.merger = PatchMerger(vc["hidden_size"], vc["out_hidden_size"], self.merge)
 
+    def backends(self) -> tuple[ViTAttention, ...]:
+        """The distinct attention backends of the blocks (part of a CUDA graph's key: swapping one changes kernels)."""
+        return tuple({id(b.attn.backend): b.attn.backend for b in self.blocks}.values())
+
     def _rope(self, grid_thw: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
         half = self.rope_dim
         inv_freq = 1.0 / self.rope_theta ** (torch.arange(0, half, 2, device=device).float() / half)
@@ -152,15 +203,26 @@ class Qwen2_5_VLVisionTower(nn.Module):
         # rows of x [N, ...] taken merge^2 at a time, reordered by unit index
         return x.view(-1, self.merge ** 2, *x.shape[1:])[index].view(x.shape)
 
-    def forward(self, pixels: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
-        device, grid = pixels.device, grid_thw.cpu()
+    def metadata(self, grid_thw: torch.Tensor, device) -> WindowMeta:
+        """Everything forward needs besides the pixels, from grid_thw alone (host work, syncs, small uploads)."""
+        grid = grid_thw.cpu()
+        rows = grid.tolist()
         index, win_units = window_partition(grid, self.merge, self.units_per_window)
         index = index.to(device)
         cu_win, max_win = cu_seqlens_of([n * self.merge ** 2 for n in win_units], device)
-        cu_full, max_full = cu_seqlens_of([h * w for t, h, w in grid.tolist() for _ in range(t)], device)
-        x = self._by_unit(self.patch_embed(pixels), index)  # [N, dim] in window order
+        cu_full, max_full = cu_seqlens_of([h * w for t, h, w in rows for _ in range(t)], device)
         cos, sin = (self._by_unit(c, index) for c in self._rope(grid, device))
+        sizes = [t * h * w // self.merge ** 2 for t, h, w in rows]
+        return WindowMeta(index, torch.argsort(index), cos, sin, cu_win, max_win, cu_full, max_full, sizes)
+
+    def compute(self, pixels: torch.Tensor, meta: WindowMeta) -> list[torch.Tensor]:
+        """[merged embeddings [N / merge^2, out_hidden] in input order]: device kernels only (CUDA-graph capturable
+        once the attention backends have seen meta's cu_seqlens)."""
+        x = self._by_unit(self.patch_embed(pixels), meta.index)  # [N, dim] in window order
         for i, block in enumerate(self.blocks):
-            cu, longest = (cu_full, max_full) if i in self.fullatt else (cu_win, max_win)
-            x = block(x, cos, sin, cu, longest)
-        return self.merger(x)[torch.argsort(index)]
+            cu, longest = (meta.cu_full, meta.max_full) if i in self.fullatt else (meta.cu_window, meta.max_window)
+            x = block(x, meta.cos, meta.sin, cu, longest)
+        return [self.merger(x)[meta.inverse]]
+
+    def forward(self, pixels: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+        return self.compute(pixels, self.metadata(grid_thw, pixels.device))[0]

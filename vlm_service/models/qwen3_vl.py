@@ -18,6 +18,7 @@ from kernels.reference import rope_cos_sin_cache
 from vlm_service.models.common import AttentionContext, ModelSpec, MultimodalEmbeds
 from vlm_service.models.layers import LayerNorm, MergedLinear, RMSNorm, init_random_, load_into, materialize
 from vlm_service.models.qwen3_vl_vision import Qwen3VLVisionTower
+from vlm_service.models.vision_graphs import VisionGraphRunner
 
 
 class TextAttention(nn.Module):
@@ -131,6 +132,7 @@ class Qwen3VLForConditionalGeneration(nn.Module):
         self.rope = _Rope(text, attn0.head_dim, device)
         self.model.visual.build_caches(device)
         self.spec = _spec(config, attn0)
+        self.vision_graphs = VisionGraphRunner()
 
     # ---- weights ----------------------------------------------------------------------------------------------
 
@@ -146,8 +148,12 @@ class Qwen3VLForConditionalGeneration(nn.Module):
 
     @torch.no_grad()
     def encode_images(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor):
-        """pixel_values [sum patches, C*tp*p*p], grid_thw [n, 3] -> per image (embeds [tokens, hidden], deepstack)."""
-        return self.model.visual(pixel_values, grid_thw)
+        """pixel_values [sum patches, C*tp*p*p], grid_thw [n, 3] -> per image (embeds [tokens, hidden], deepstack).
+        A repeated set of grids replays a CUDA graph (vision_graphs.py)."""
+        visual, grid = self.model.visual, grid_thw.cpu()
+        meta, outputs = self.vision_graphs.run(pixel_values, grid.tolist(), visual.backends(),
+                                               lambda: visual.metadata(grid), visual.compute)
+        return visual.split(outputs, meta.sizes)
 
     @torch.no_grad()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: AttentionContext,

@@ -3,9 +3,15 @@ grid, 2D rotary, LayerNorm/GELU-tanh blocks over packed images (ViTAttention), t
 
 Patches arrive in the processor's merge-block order: for each frame, blocks of merge x merge patches, row-major over
 blocks, row-major inside a block. Every per-patch table below (positions, rotary) is built in that order.
+
+forward = split(compute(pixels, metadata(grid_thw))): metadata does all host work (position-table taps, rotary,
+cu_seqlens, split sizes) and depends on the grids alone; compute only launches device kernels, so vision_graphs.py
+can capture it in a CUDA graph per grid signature and replay it with new pixels.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +66,17 @@ def frame_cu_seqlens(grid_thw: torch.Tensor, device=None) -> tuple[torch.Tensor,
     lens = torch.repeat_interleave(grid_thw[:, 1] * grid_thw[:, 2], grid_thw[:, 0])
     cu = F.pad(lens.cumsum(0), (1, 0)).to(device=device, dtype=torch.int32)
     return cu, int(lens.max())
+
+
+class FrameMeta(NamedTuple):
+    """What the tower needs besides the pixels; depends on grid_thw alone, so a CUDA graph can reuse it."""
+    pos_index: torch.Tensor  # [N, 4] taps into the flat position table
+    pos_weight: torch.Tensor  # [N, 4] their bilinear weights
+    cos: torch.Tensor  # [N, D/2] rotary
+    sin: torch.Tensor
+    cu_seqlens: torch.Tensor  # int32 [frames + 1]
+    max_seqlen: int
+    sizes: list[int]  # merged tokens per image
 
 
 class PatchEmbed(nn.Module):
@@ -153,22 +170,36 @@ class Qwen3VLVisionTower(nn.Module):
         half = (self.pos_embed.weight.shape[1] // self.heads) // 2
         self.inv_freq = 1.0 / (self.theta ** (torch.arange(0, half, 2, dtype=torch.float, device=device) / half))
 
-    def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor):
-        device = self.pos_embed.weight.device
-        x = self.patch_embed(pixel_values.to(device))  # [N, hidden]
-        idx, wts = pos_interp(grid_thw, self.side, self.merge, device)
-        x = x + (self.pos_embed(idx).float() * wts[:, :, None]).sum(1).to(x.dtype)
-        cos, sin = rotary_cos_sin(grid_thw, self.merge, self.inv_freq)
-        cu, max_len = frame_cu_seqlens(grid_thw, device)
+    def backends(self) -> tuple:
+        """The distinct attention backends of the blocks (part of a CUDA graph's key: swapping one changes kernels)."""
+        return tuple({id(b.attn.backend): b.attn.backend for b in self.blocks}.values())
+
+    def metadata(self, grid_thw: torch.Tensor) -> FrameMeta:
+        """Everything forward needs besides the pixels, from grid_thw alone (host work, syncs, small uploads)."""
+        device, grid = self.pos_embed.weight.device, grid_thw.cpu()
+        idx, wts = pos_interp(grid, self.side, self.merge, device)
+        cos, sin = rotary_cos_sin(grid, self.merge, self.inv_freq)
+        cu, max_len = frame_cu_seqlens(grid, device)
+        return FrameMeta(idx, wts, cos, sin, cu, max_len, (grid.prod(-1) // self.merge ** 2).tolist())
+
+    def compute(self, pixel_values: torch.Tensor, meta: FrameMeta) -> list[torch.Tensor]:
+        """[embeds [tokens, out_hidden], *deepstack] over all images: device kernels only (CUDA-graph capturable
+        once the attention backends have seen meta's cu_seqlens)."""
+        x = self.patch_embed(pixel_values.to(self.pos_embed.weight.device))  # [N, hidden]
+        x = x + (self.pos_embed(meta.pos_index).float() * meta.pos_weight[:, :, None]).sum(1).to(x.dtype)
         deepstack = []
         for i, block in enumerate(self.blocks):
-            x = block(x, cu, max_len, cos, sin)
+            x = block(x, meta.cu_seqlens, meta.max_seqlen, meta.cos, meta.sin)
             if i in self.deepstack_indexes:
                 deepstack.append(self.deepstack_merger_list[self.deepstack_indexes.index(i)](x))
-        return self._split(self.merger(x), deepstack, grid_thw)
+        return [self.merger(x), *deepstack]
 
-    def _split(self, embeds, deepstack, grid_thw):
-        sizes = (grid_thw.prod(-1) // self.merge ** 2).tolist()
-        per_image = embeds.split(sizes)
-        per_ds = [d.split(sizes) for d in deepstack]
+    def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor):
+        meta = self.metadata(grid_thw)
+        return self.split(self.compute(pixel_values, meta), meta.sizes)
+
+    @staticmethod
+    def split(outputs: list[torch.Tensor], sizes: list[int]) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
+        """compute's [embeds, *deepstack] -> per image (embeds, deepstack list)."""
+        per_image, *per_ds = (t.split(sizes) for t in outputs)
         return [(e, [d[i] for d in per_ds]) for i, e in enumerate(per_image)]
