@@ -48,7 +48,8 @@ class MergedLinear(nn.Module):
     """One matmul for several checkpoint linears that read the same input (q/k/v, gate/up).
 
     weight [sum(sizes), in]; the checkpoint tensors `<parent>.<part>.weight` (and `.bias`) fill row blocks in order.
-    forward returns the fused output [..., sum(sizes)]; split it with `sizes`.
+    forward returns the fused output [..., sum(sizes)]; split it with `sizes`. Parts named with a leading "_" are
+    zero padding rows of ours (see VisionMLP.pad_intermediate_): no checkpoint tensor fills them.
     """
 
     def __init__(self, in_features: int, parts: dict[str, int], bias: bool):
@@ -65,9 +66,10 @@ class MergedLinear(nn.Module):
         """Canonical names -> row views of our weight/bias."""
         out, start = {}, 0
         for part, size in self.parts.items():
-            out[f"{parent}{part}.weight"] = self.weight[start:start + size]
-            if self.bias is not None:
-                out[f"{parent}{part}.bias"] = self.bias[start:start + size]
+            if not part.startswith("_"):
+                out[f"{parent}{part}.weight"] = self.weight[start:start + size]
+                if self.bias is not None:
+                    out[f"{parent}{part}.bias"] = self.bias[start:start + size]
             start += size
         return out
 
