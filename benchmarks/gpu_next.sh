@@ -16,12 +16,12 @@ case "${1:-}" in
     timeout 100 python3 benchmarks/bench_kernels.py --only mrope --out $OUT/mrope.json 2>&1 | log 4
     timeout 120 python3 benchmarks/bench_vit_backends.py --out $OUT/vit_backends.json 2>&1 | log 4 ;;
   engine)
-    for m in qwen2_5_vl_7b qwen3_vl_8b; do
-      timeout 150 python3 benchmarks/bench_decode.py --model random:$m --vit auto --out $OUT/decode_$m.json 2>&1 | log 3
-    done
-    timeout 130 python3 benchmarks/bench_vit_encode.py --out $OUT/vit_encode.json 2>&1 | log 3
-    timeout 120 python3 benchmarks/profile_gpu.py --preset qwen2_5_vl_7b --vit auto --out $OUT/profile_qwen2_5_vl_7b.json \
-      2>&1 | log 40 ;;
+    timeout 200 python3 benchmarks/bench_decode.py --model random:qwen2_5_vl_7b --vit auto \
+      --out $OUT/decode_qwen2_5_vl_7b.json 2>&1 | log 30
+    timeout 150 python3 benchmarks/bench_decode.py --model random:qwen3_vl_8b --vit auto \
+      --out $OUT/decode_qwen3_vl_8b.json 2>&1 | log 30
+    timeout 110 python3 benchmarks/bench_vit_backends.py --out $OUT/vit_backends.json 2>&1 | log 8
+    timeout 95 python3 -m pytest -q -m gpu -p no:cacheprovider tests/engine 2>&1 | tee $OUT/gpu_tests_engine.log | log 6 ;;
   load)
     dir=$(preset_dir qwen3_vl_8b)
     s="serve:--model random:qwen3_vl_8b --vit-attention-backend"
