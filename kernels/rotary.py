@@ -63,6 +63,20 @@ def vision_launch(head_dim: int) -> RopeLaunch:
     return RopeLaunch(block_t=32, block_h=2 * max(1, 64 // next_pow2(head_dim // 2)), num_warps=4)
 
 
+# enough programs to keep an H200's 132 SMs busy
+_MIN_PROGRAMS = 132
+
+
+def spread_heads(cfg: RopeLaunch, t: int, hq: int) -> RopeLaunch:
+    """Few tokens (decode: one per sequence) give few token blocks, and each program would walk every head in
+    turn; split the heads across programs instead, up to one block_h group of q heads each."""
+    blocks = -(-t // cfg.block_t)
+    if blocks >= _MIN_PROGRAMS:
+        return cfg
+    split = max(1, min(-(-hq // cfg.block_h), _MIN_PROGRAMS // blocks))
+    return replace(cfg, head_split=max(cfg.head_split, split))
+
+
 def _check_qk(q: torch.Tensor, k: torch.Tensor) -> None:
     check(q.dim() == 3 and k.dim() == 3, f"q and k must be [T, H, D], got {tuple(q.shape)} and {tuple(k.shape)}")
     check(q.shape[0] == k.shape[0], f"q and k must have the same T, got {q.shape[0]} and {k.shape[0]}")
@@ -119,7 +133,7 @@ def _launch_mrope(q, k, positions, cache, section, interleaved: bool, launch: Ro
     """The table variant when the launch asks for it and the table is available, else the arithmetic one. With the
     default tile (launch=None) a failing table kernel is logged, remembered for this layout and device, and
     replaced by the arithmetic one; an explicit launch gets its error (the benchmark must time what it names)."""
-    cfg = launch or default_launch(q.shape[2], interleaved)
+    cfg = launch or spread_heads(default_launch(q.shape[2], interleaved), q.shape[0], q.shape[1])
     axis = _axis_table(q.device, section, interleaved) if cfg.axis_table else None
     if axis is None:
         _launch(q, k, cache, cache, positions, section, interleaved, replace(cfg, axis_table=False), None)

@@ -293,3 +293,21 @@ def test_gpu_mrope_first_called_inside_graph_capture(fresh_axis_tables):
     torch.testing.assert_close((q, k), (q_ref, k_ref), **TOL[torch.bfloat16])
     rotary.apply_mrope_(q0, k0, positions, cache, QWEN3_SECTION, True)
     assert list(fresh_axis_tables) == [(q.device, tuple(QWEN3_SECTION), True)]
+
+
+def test_spread_heads_splits_only_short_batches():
+    cfg = rotary.default_launch(128, True)
+    assert rotary.spread_heads(cfg, 4096, 28) == cfg  # 512 token blocks: enough programs already
+    one = rotary.spread_heads(cfg, 1, 28)
+    assert one.head_split == -(-28 // cfg.block_h) and one.block_t == cfg.block_t
+
+
+@pytest.mark.usefixtures("interpreter")
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_decode_sized_batches_with_split_heads_match_reference(interleaved):
+    # the default launch path (launch=None) at decode sizes: spread_heads gives several head groups per token block
+    for t in (1, 3):
+        positions = torch.arange(40, 40 + t).expand(3, -1).contiguous()
+        cache = reference.rope_cos_sin_cache(128, 64, 10000.0)
+        q, k = _qk(t, 28, 4, 128, torch.float32)
+        _check_mrope(q, k, positions, cache, QWEN3_SECTION if interleaved else SECTIONS[128], interleaved)

@@ -79,7 +79,10 @@ def _load_processor(model_dir: Path):
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     if importlib.util.find_spec("torchvision") is not None:
-        return AutoProcessor.from_pretrained(model_dir)
+        processor = AutoProcessor.from_pretrained(model_dir)
+        if getattr(processor, "chat_template", None) is None:  # a checkpoint that keeps it with the tokenizer only
+            processor.chat_template = processor.tokenizer.chat_template
+        return processor
     if AutoConfig.from_pretrained(model_dir).architectures[0].startswith("Qwen3VL"):
         from transformers import Qwen3VLProcessor as proc_cls
         from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor as video_cls

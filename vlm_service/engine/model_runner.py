@@ -17,6 +17,7 @@ from vlm_service.config import EngineConfig
 from vlm_service.engine.attention import BatchLayout, TorchPagedAttention
 from vlm_service.engine.scheduler import ScheduledChunk
 from vlm_service.engine.sequence import PENDING, Sequence
+from vlm_service.engine.transfer import tensor_to_device, to_device
 from vlm_service.engine.vision_cache import VisionCache, VisionEmbeds
 from vlm_service.models.common import MultimodalEmbeds, VLModel
 
@@ -131,7 +132,7 @@ class ModelRunner:
             end += c.num_tokens
             if c.samples:
                 idx.append(end - 1)
-        return torch.tensor(idx, dtype=torch.long, device=self.device)
+        return to_device(idx, torch.long, self.device)
 
     # ---- flat batch ------------------------------------------------------------------------------------------
     def _flatten(self, chunks: list[ScheduledChunk], prev: PrevTokens | None = None
@@ -163,12 +164,12 @@ class ModelRunner:
         positions = pos_parts[0] if len(pos_parts) == 1 else torch.cat(pos_parts, dim=1)
         layout = BatchLayout([c.num_tokens for c in chunks], [c.end for c in chunks],
                              [c.seq.block_table for c in chunks],
-                             torch.tensor(slots, dtype=torch.long).to(self.device, non_blocking=True))
-        ids_t = torch.tensor(ids, dtype=torch.long).to(self.device, non_blocking=True)
+                             to_device(slots, torch.long, self.device))
+        ids_t = to_device(ids, torch.long, self.device)
         if patch_at:
-            src = torch.tensor(patch_from, dtype=torch.long).to(self.device, non_blocking=True)
-            ids_t[torch.tensor(patch_at, dtype=torch.long).to(self.device, non_blocking=True)] = prev.tokens[src]
-        return ids_t, positions.to(self.device, non_blocking=True), layout
+            ids_t[to_device(patch_at, torch.long, self.device)] = prev.tokens[to_device(patch_from, torch.long,
+                                                                                           self.device)]
+        return ids_t, tensor_to_device(positions.contiguous(), self.device), layout
 
     def _slots(self, table: list[int], start: int, end: int) -> list[int]:
         bs = self.block_size

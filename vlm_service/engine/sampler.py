@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 import kernels
+from vlm_service.engine.transfer import to_device
 from vlm_service.types import SamplingParams, TokenLogprob
 
 
@@ -97,7 +98,7 @@ def _apply_penalties(logits: torch.Tensor, rows: list[SampleRow]) -> None:
         if p == 1.0 or not (r.seen_ids or r.seen_on_device is not None):
             continue
         seen = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
-        seen[torch.tensor(r.seen_ids or [], dtype=torch.long, device=logits.device)] = True
+        seen[to_device(r.seen_ids or [], torch.long, logits.device)] = True
         if r.seen_on_device is not None:
             seen[r.seen_on_device] = True
         row = logits[i]
@@ -109,18 +110,20 @@ def _apply_banned(logits: torch.Tensor, rows: list[SampleRow]) -> None:
     row_idx = [i for i, r in enumerate(rows) for _ in r.banned_ids]
     if row_idx:
         col_idx = [t for r in rows for t in r.banned_ids]
-        logits[torch.tensor(row_idx, device=logits.device), torch.tensor(col_idx, device=logits.device)] = float("-inf")
+        dev = logits.device
+        logits[to_device(row_idx, torch.long, dev), to_device(col_idx, torch.long, dev)] = float("-inf")
 
 
 def _apply_filters(logits: torch.Tensor, rows: list[SampleRow], greedy: list[bool]) -> torch.Tensor:
     """Temperature, top-k, top-p, min-p on the non-greedy rows (vectorized over them); greedy rows unchanged."""
-    idx = torch.tensor([i for i, g in enumerate(greedy) if not g], device=logits.device)
-    ps = [rows[i].params for i in idx.tolist()]
+    picked = [i for i, g in enumerate(greedy) if not g]
+    ps = [rows[i].params for i in picked]
     dev = logits.device
-    temp = torch.tensor([p.temperature for p in ps], device=dev)[:, None]
-    top_k = torch.tensor([p.top_k if p.top_k > 0 else logits.shape[1] for p in ps], device=dev)[:, None]
-    top_p = torch.tensor([p.top_p for p in ps], device=dev)[:, None]
-    min_p = torch.tensor([p.min_p for p in ps], device=dev)[:, None]
+    idx = to_device(picked, torch.long, dev)
+    temp = to_device([p.temperature for p in ps], torch.float32, dev)[:, None]
+    top_k = to_device([p.top_k if p.top_k > 0 else logits.shape[1] for p in ps], torch.long, dev)[:, None]
+    top_p = to_device([p.top_p for p in ps], torch.float32, dev)[:, None]
+    min_p = to_device([p.min_p for p in ps], torch.float32, dev)[:, None]
     sub = logits[idx] / temp  # [b, V]
     vals, order = sub.sort(dim=-1, descending=True)
     probs = vals.softmax(-1)
@@ -139,9 +142,10 @@ def _draw(logits: torch.Tensor, rows: list[SampleRow], greedy: list[bool]) -> to
     tokens = logits.argmax(dim=-1)
     seeded = [i for i, r in enumerate(rows) if not greedy[i] and r.params.seed is not None]
     if seeded:
-        idx = torch.tensor(seeded, device=logits.device)
-        seeds = torch.tensor([_fold_seed(rows[i].params.seed) for i in seeded], device=logits.device)
-        pos = torch.tensor([rows[i].position for i in seeded], device=logits.device)
+        dev = logits.device
+        idx = to_device(seeded, torch.long, dev)
+        seeds = to_device([_fold_seed(rows[i].params.seed) for i in seeded], torch.long, dev)
+        pos = to_device([rows[i].position for i in seeded], torch.long, dev)
         tokens[idx] = kernels.gumbel_sample(logits[idx], seeds, pos)
     for i, r in enumerate(rows):
         if not greedy[i] and r.params.seed is None:
@@ -157,7 +161,7 @@ def _logprobs(logits: torch.Tensor, tokens: torch.Tensor, rows: list[SampleRow])
     if not want:
         return [], [], None, None, None
     ks = [rows[i].params.top_logprobs for i in want]
-    idx = torch.tensor(want, device=logits.device)
+    idx = to_device(want, torch.long, logits.device)
     lp = torch.log_softmax(logits[idx], dim=-1)
     chosen = lp.gather(1, tokens[idx][:, None])[:, 0]
     kmax = min(max(ks), lp.shape[1])
