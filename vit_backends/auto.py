@@ -83,13 +83,45 @@ def loop_times_us(backend: ViTAttention, args: tuple, reps: int = 5, inner: int 
     return samples
 
 
-def time_us(backend: ViTAttention, args: tuple, reps: int = 5, inner: int | None = None) -> float:
-    """µs per call: the best of `reps` loops of back-to-back calls (see loop_times_us).
+def graph_times_us(backend: ViTAttention, args: tuple, reps: int = 5, inner: int = 8) -> list[float]:
+    """µs of device time per call: `inner` calls captured in one CUDA graph, replayed `reps` times (CUDA events).
 
-    Small ViT shapes are bound by host launch time, which jitters by +-50 % per call; the best of several loops
-    compares backends steadily. benchmarks/bench_vit_backends.py times with the same loops.
-    """
-    return min(loop_times_us(backend, args, reps, inner))
+    This is what a call costs inside the vision tower's CUDA graph (models/vision_graphs.py), where the towers run
+    once an image size repeats: no host launch time, which on small shapes jitters by +-50 % per eager call and
+    would decide the pick. Raises when the backend cannot be captured (callers fall back to loop_times_us)."""
+    graph, stream = torch.cuda.CUDAGraph(), torch.cuda.Stream()  # first: no CUDA -> raise before any call
+    backend.forward(*args)  # untimed: cuDNN graph builds, kernel loads, per-cu_seqlens caches (no host work later)
+    torch.cuda.synchronize()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        backend.forward(*args)
+    torch.cuda.current_stream().wait_stream(stream)
+    with torch.cuda.graph(graph):
+        for _ in range(inner):
+            backend.forward(*args)
+    graph.replay()  # untimed first replay
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    samples = []
+    for _ in range(reps):
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) * 1e3 / inner)
+    del graph
+    return samples
+
+
+def time_us(backend: ViTAttention, args: tuple, reps: int = 5, inner: int | None = None) -> float:
+    """µs per call: the best of `reps` graph replays (graph_times_us: device time, as the towers run in their CUDA
+    graphs); a backend that cannot be captured is timed by the best of `reps` loops of back-to-back eager calls
+    (loop_times_us). benchmarks/bench_vit_backends.py times with the same functions."""
+    try:
+        return min(graph_times_us(backend, args, reps))
+    except Exception as e:  # e.g. a host sync inside the backend: eager loops still compare it fairly enough
+        log.info("auto: %s not capturable for timing (%s); timing eager loops", backend.name, type(e).__name__)
+        torch.cuda.synchronize()
+        return min(loop_times_us(backend, args, reps, inner))
 
 
 class AutoAttention(ViTAttention):

@@ -155,3 +155,16 @@ def test_time_us_takes_the_best_loop(clock):
     samples = auto_mod.loop_times_us(backend, args, reps=3, inner=5)
     assert samples[0] == pytest.approx(14.0) and min(samples) == pytest.approx(10.0)
     assert auto_mod.time_us(Timed("c", clock, [100.0, 10.0, 30.0] + [10.0] * 100), args, 3, 5) == pytest.approx(10.0)
+
+
+def test_time_us_prefers_graph_replays_and_falls_back_to_loops(clock, monkeypatch):
+    args = random_qkv([8], 1, 64)
+    monkeypatch.setattr(auto_mod, "graph_times_us", lambda backend, a, reps: [7.0, 5.0, 6.0])
+    backend = Timed("g", clock, [10.0])
+    assert auto_mod.time_us(backend, args, reps=3) == 5.0 and backend.calls == 0  # device time, no eager loops
+
+    def not_capturable(backend, a, reps):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(auto_mod, "graph_times_us", not_capturable)
+    assert auto_mod.time_us(Timed("l", clock, [40.0]), args, reps=3) == pytest.approx(40.0)
