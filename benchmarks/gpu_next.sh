@@ -5,6 +5,7 @@
 #   bash benchmarks/gpu_next.sh engine   # decode rates + 1024² TTFT (both presets), ViT encode eager/graph, profile
 #   bash benchmarks/gpu_next.sh load     # 256-request TTFT load test, fa3 vs flashinfer_cudnn vs auto (Qwen3-VL-8B)
 #   bash benchmarks/gpu_next.sh single   # one 1024² image at a time through gRPC, both presets, transformers peer
+#   bash benchmarks/gpu_next.sh final    # 7B decode + TTFT and ViT backends again after the host-wait fixes
 # (device tool, carry .whl (fetch_wheels.sh all + googleapis-common-protos 1.72.0) and vlm_service/_proto)
 source benchmarks/gpu_env.sh >/dev/null || exit 1
 log() { grep -v "leaked\|nanobind\|^ - \|USDT\|Warning:" | tail -n "$1"; }
@@ -22,6 +23,10 @@ case "${1:-}" in
       --out $OUT/decode_qwen3_vl_8b.json 2>&1 | log 30
     timeout 110 python3 benchmarks/bench_vit_backends.py --out $OUT/vit_backends.json 2>&1 | log 8
     timeout 95 python3 -m pytest -q -m gpu -p no:cacheprovider tests/engine 2>&1 | tee $OUT/gpu_tests_engine.log | log 6 ;;
+  final)  # the session's last 6 minutes of device time: decode targets (7B) and auto's ratio after the changes
+    timeout 190 python3 benchmarks/bench_decode.py --model random:qwen2_5_vl_7b --vit auto \
+      --out $OUT/decode_qwen2_5_vl_7b.json 2>&1 | log 30
+    timeout 90 python3 benchmarks/bench_vit_backends.py --out $OUT/vit_backends.json 2>&1 | log 24 ;;
   load)
     dir=$(preset_dir qwen3_vl_8b)
     s="serve:--model random:qwen3_vl_8b --vit-attention-backend"
@@ -40,5 +45,5 @@ case "${1:-}" in
       pkill -f "vlm_service.cli serve"
       tar czf $OUT/ttft_single_$m.tgz -C /tmp ttft_$m
     done ;;
-  *) echo "usage: $0 tests|engine|load|single" >&2; exit 2 ;;
+  *) echo "usage: $0 tests|engine|load|single|final" >&2; exit 2 ;;
 esac
