@@ -108,8 +108,9 @@ class FlashInferPlanner:
 
     @staticmethod
     def _int32(xs: list[int]) -> torch.Tensor:
-        # host tensors: plan() reads them on the CPU and copies them into the wrapper's device buffers
-        return torch.tensor(xs, dtype=torch.int32)
+        # host tensors: plan() reads them on the CPU and copies them into the wrapper's device buffers; pinned, so
+        # those copies do not wait for the running step (engine/transfer.py)
+        return torch.tensor(xs, dtype=torch.int32).pin_memory()
 
     def plan(self, layout: BatchLayout, wrapper=None):
         """Plan the decode wrapper when every sequence has one new token, else the prefill wrapper."""
