@@ -21,7 +21,6 @@ import torch
 
 from vlm_service.config import EngineConfig
 from vlm_service.engine.engine import LLMEngine
-from vlm_service.engine.model_runner import model_dtype
 from vlm_service.types import ChatMessage, ImageInput, SamplingParams
 
 
@@ -32,7 +31,10 @@ def load(name: str, device: torch.device, vit: str, state_dir: Path):
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = presets.build_random_model(name, dtype, device, vit_backends.create(vit))
-    processor = Processor.from_pretrained(presets.ensure_preset_dir(state_dir, name))
+    # pixels as the server's processor writes them on CUDA (model dtype, pinned; vlm_service/runtime.py)
+    cuda = device.type == "cuda"
+    processor = Processor.from_pretrained(presets.ensure_preset_dir(state_dir, name),
+                                          pixel_dtype=dtype if cuda else torch.float32, pin_pixels=cuda)
     return model, processor
 
 
@@ -80,9 +82,6 @@ def ttft(engine, processor, device, size: int, seed: int) -> dict:
     image = png(seed, size)
     t_pre = time.perf_counter()
     inp = prompt(processor, 77, image)
-    if device.type == "cuda":  # what the server's preprocessing pool does (Runtime.preprocess)
-        for img in inp.images:
-            img.pixel_values = img.pixel_values.to(model_dtype(engine.model)).pin_memory()
     pre_ms = (time.perf_counter() - t_pre) * 1e3
     sync(device)
     t0 = time.perf_counter()

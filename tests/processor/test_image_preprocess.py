@@ -81,3 +81,14 @@ def test_patch_layout_groups_merge_blocks():
     first_pixel = values[:, 0].reshape(-1).tolist()  # channel 0, time 0, patch pixel (0, 0) of each row
     assert first_pixel[:4] == [0, 2, 16, 18] and first_pixel[4:6] == [4, 6]
     assert math.prod(values.shape) == 16 * 3 * 2 * 2 * 2
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_pixels_in_the_model_dtype_equal_the_float32_ones_cast(name, dtype):
+    # what a CUDA server asks for (the model dtype, written by the layout copy) must be float32's values, cast
+    img = random_image(300, 170, seed=5)
+    cfg = ImageConfig.from_dict(CONFIGS[name])
+    ref, grid = preprocess_image(img, cfg)
+    ours, grid2 = preprocess_image(img, cfg, out_dtype=dtype)
+    assert ours.dtype == dtype and grid2 == grid and torch.equal(ours, ref.to(dtype))

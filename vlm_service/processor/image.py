@@ -97,8 +97,8 @@ def _decode_rgb(img: Image.Image, field: str) -> Image.Image:
     try:
         img.seek(0)
         img.load()
-        oriented = ImageOps.exif_transpose(img)
-        return oriented.convert("RGB")
+        oriented = ImageOps.exif_transpose(img)  # a new image (a copy when there is no orientation to apply)
+        return oriented if oriented.mode == "RGB" else oriented.convert("RGB")
     except _DECODE_ERRORS as exc:
         raise InvalidImage(f"corrupt or truncated image: {exc}", field=field) from None
     finally:

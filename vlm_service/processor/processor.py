@@ -12,6 +12,8 @@ import hashlib
 import time
 from pathlib import Path
 
+import torch
+
 from vlm_service.errors import InvalidInput
 from vlm_service.processor.image import decode_image
 from vlm_service.processor.positions import image_offsets, mrope_positions
@@ -33,8 +35,11 @@ class Processor:
     """Turns a chat into a `ProcessedInput` for one checkpoint (tokenizer + image settings)."""
 
     def __init__(self, tokenizer, image_config: ImageConfig, max_pixels_limit: int = 40_000_000,
-                 max_images: int = 8):
+                 max_images: int = 8, pixel_dtype: torch.dtype = torch.float32, pin_pixels: bool = False):
+        """pixel_dtype / pin_pixels: what a CUDA server wants to copy to the device (the model dtype, pinned
+        memory), written directly by the patch layout copy; float32 (the default) is transformers' layout."""
         self.tokenizer = tokenizer
+        self.pixel_dtype, self.pin_pixels = pixel_dtype, pin_pixels
         self.image_config = image_config
         self.max_pixels_limit = max_pixels_limit
         self.max_images = max_images
@@ -43,9 +48,12 @@ class Processor:
             raise ValueError("the tokenizer has no chat template")
 
     @classmethod
-    def from_pretrained(cls, model_dir: Path, max_pixels_limit: int = 40_000_000, max_images: int = 8) -> "Processor":
-        """Load the tokenizer and image settings of an HF-format checkpoint directory."""
-        return cls(load_tokenizer(model_dir), ImageConfig.from_pretrained(model_dir), max_pixels_limit, max_images)
+    def from_pretrained(cls, model_dir: Path, max_pixels_limit: int = 40_000_000, max_images: int = 8,
+                        **pixels) -> "Processor":
+        """Load the tokenizer and image settings of an HF-format checkpoint directory (pixels: pixel_dtype,
+        pin_pixels)."""
+        return cls(load_tokenizer(model_dir), ImageConfig.from_pretrained(model_dir), max_pixels_limit, max_images,
+                   **pixels)
 
     def process(self, messages: tuple[ChatMessage, ...]) -> ProcessedInput:
         """Validate, decode and preprocess images, render and tokenize the chat, compute positions.
@@ -77,7 +85,7 @@ class Processor:
                 if isinstance(part, ImageInput):
                     field = f"messages[{i}].content[{j}].image"
                     img = decode_image(part.data, part.mime_type, self.max_pixels_limit, field)
-                    pixel_values, grid = preprocess_image(img, self.image_config)
+                    pixel_values, grid = preprocess_image(img, self.image_config, self.pixel_dtype, self.pin_pixels)
                     out.append((pixel_values, grid, hashlib.sha256(part.data).hexdigest()))
         return out
 

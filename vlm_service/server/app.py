@@ -154,7 +154,7 @@ class Server:
 async def _warmup(runtime) -> None:
     """One tiny text-only request through processor and engine, so the first user does not pay for lazy setup."""
     messages = (types.ChatMessage(role="user", content=("hi",)),)
-    processed = await asyncio.to_thread(runtime.preprocess, messages)
+    processed = await asyncio.to_thread(runtime.processor.process, messages)
     runtime.engine.reserve("warmup")
     sampling = types.SamplingParams(max_tokens=1)
     async for _ in runtime.engine.generate("warmup", processed, sampling, 0.0):

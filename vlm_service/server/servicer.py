@@ -132,7 +132,7 @@ class VisionLanguageServicer(vlm_pb2_grpc.VisionLanguageServiceServicer):
         """Image decode + chat template off the event loop; the reservation is released if this fails."""
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._pool, self._rt.preprocess, req.messages)
+            return await loop.run_in_executor(self._pool, self._rt.processor.process, req.messages)
         except errors.ServiceError as exc:
             self._rt.engine.release(req.request_id)
             await self._fail(context, exc)
