@@ -84,6 +84,7 @@ class ServerConfig:
     metrics_port: int = 0  # 0 = off
     log_format: str = "text"  # text | json
     drain_timeout_s: float = 30.0
+    warmup_image_side: int = 1024  # warm-up images of this side at start (see server/app.py _warmup); 0 = text only
     tls: TLSConfig = field(default_factory=TLSConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
 

@@ -190,3 +190,19 @@ def test_admission_refuses_the_excess(tmp_path_factory, state_dir):
                 codes.append(e.code())
         assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 1
         assert set(codes) <= {"ok", grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+
+@pytest.mark.parametrize("side, misses", [(0, 0), (300, 2)])
+def test_warmup_runs_two_distinct_images_through_the_vision_tower(state_dir, side, misses):
+    import dataclasses
+
+    from tests.e2e.conftest import e2e_config
+    from vlm_service.config import TLSConfig
+    from vlm_service.server.testing import running_server
+
+    cfg = e2e_config(state_dir, TLSConfig(insecure=True))
+    cfg = dataclasses.replace(cfg, server=dataclasses.replace(cfg.server, warmup_image_side=side))
+    with running_server(cfg) as srv:
+        stats = srv.server.runtime.engine.stats()
+        assert stats.vision_cache_misses == misses and stats.vision_cache_hits == 0

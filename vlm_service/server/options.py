@@ -25,6 +25,8 @@ _SERVER_FLAGS = [  # (field, type, help) of ServerConfig/TLSConfig, written out 
     ("metrics_port", int, "Prometheus /metrics port (0 = off)"),
     ("log_format", str, "text or json"),
     ("drain_timeout_s", float, "on SIGTERM/SIGINT, how long in-flight streams may take to finish"),
+    ("warmup_image_side", int, "before serving, run two requests with an image of this side (px), so the first "
+                               "users of that size meet loaded kernels and a captured vision graph; 0 = text only"),
 ]
 _TLS_FLAGS = [
     ("cert", "tls_cert", Path, "server certificate chain (PEM); reloaded for new connections when replaced"),
