@@ -96,7 +96,8 @@ def graph_times_us(backend: ViTAttention, args: tuple, reps: int = 5, inner: int
     with torch.cuda.stream(stream):
         backend.forward(*args)
     torch.cuda.current_stream().wait_stream(stream)
-    with torch.cuda.graph(graph):
+    # thread_local: the server's other threads (preprocessing pins memory) must neither break nor be broken by it
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
         for _ in range(inner):
             backend.forward(*args)
     graph.replay()  # untimed first replay

@@ -221,8 +221,9 @@ class ModelRunner:
     def _encode(self, todo: dict, owners: dict) -> dict[str, VisionEmbeds]:
         t0 = time.monotonic()
         images = list(todo.values())
-        host = images[0].pixel_values if len(images) == 1 else torch.cat([img.pixel_values for img in images])
-        pixels = host.to(self.device, non_blocking=True).to(self.dtype)  # async when staged in pinned memory
+        # one copy per image: each is asynchronous when the processor pinned it (a host-side cat would not be)
+        parts = [img.pixel_values.to(self.device, non_blocking=True) for img in images]
+        pixels = (parts[0] if len(parts) == 1 else torch.cat(parts)).to(self.dtype)
         grid = torch.tensor([img.grid_thw for img in images], dtype=torch.long, device=self.device)
         results = self.model.encode_images(pixels, grid)
         if self.device.type == "cuda":
