@@ -41,3 +41,22 @@ def test_peer_alongside_a_server_gives_ratios_against_transformers(tmp_path, tin
 def test_peer_model_must_be_a_checkpoint_dir(tmp_path):
     with pytest.raises(ValueError, match="config.json"):
         resolve_model_dir(str(tmp_path))
+
+
+def test_autoprocessor_without_chat_template_gets_the_tokenizers(tiny_dir, monkeypatch):
+    # the H200 image has torchvision, so the peer takes AutoProcessor's path; a checkpoint (our presets) whose
+    # chat template lives with the tokenizer only must still render chats there
+    import importlib.util
+    import types as pytypes
+
+    import transformers
+
+    from vlm_service.bench import peer
+
+    tokenizer = pytypes.SimpleNamespace(chat_template="{{ messages }}")
+    loaded = pytypes.SimpleNamespace(chat_template=None, tokenizer=tokenizer)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "torchvision" else real_find_spec(name, *a))
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", lambda *a, **k: loaded)
+    assert peer._load_processor(tiny_dir).chat_template == "{{ messages }}"
