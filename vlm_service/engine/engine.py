@@ -114,15 +114,12 @@ class LLMEngine:
         """Run one batch: schedule -> launch forward + sampling -> stream the deltas and finishes of the tokens
         read back. With overlap_scheduling the tokens of step N are read back (detokenized, stop rules) while step
         N+1 runs on the device, so the outputs of a call are the previous launch's."""
-        outputs: list[EngineOutput] = []
-        if not self.cfg.overlap_scheduling:
-            outputs += self._resolve()  # (a no-op: the previous call resolved its own launch)
         sched = self.scheduler.schedule()
         if sched.is_empty:
-            return outputs + self._resolve()
+            return self._resolve()
         self._stamp_scheduled(sched)
         launched = self._launch(sched)
-        outputs += self._resolve()
+        outputs = self._resolve()
         self.scheduler.on_step_done(sched)
         self._pending = self._place(launched)
         if not self.cfg.overlap_scheduling:
