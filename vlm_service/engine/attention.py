@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 import kernels
+from vlm_service.engine.transfer import to_device
 
 
 @dataclass
@@ -112,6 +113,11 @@ class FlashInferPlanner:
         # those copies do not wait for the running step (engine/transfer.py)
         return torch.tensor(xs, dtype=torch.int32).pin_memory()
 
+    def _pages(self, indices: list[int]) -> torch.Tensor:
+        # the page list on the device: plan() only copies it, and FlashInfer 0.6's CUDA-graph decode plan copies a
+        # host page list with non_blocking=False, a stream sync that would stall every overlapped decode step
+        return to_device(indices, torch.int32, self.device)
+
     def plan(self, layout: BatchLayout, wrapper=None):
         """Plan the decode wrapper when every sequence has one new token, else the prefill wrapper."""
         indptr, indices, last = paged_kv_indices(layout, self.block_size)
@@ -119,12 +125,12 @@ class FlashInferPlanner:
         common = dict(q_data_type=self.dtype, kv_data_type=self.dtype, sm_scale=s.head_dim ** -0.5)
         if all(q == 1 for q in layout.query_lens):
             wrapper = wrapper or self.decode
-            wrapper.plan(self._int32(indptr), self._int32(indices), self._int32(last), s.num_heads,
+            wrapper.plan(self._int32(indptr), self._pages(indices), self._int32(last), s.num_heads,
                          s.num_kv_heads, s.head_dim, self.block_size, **common)
             return wrapper
         qo = [0]
         for q in layout.query_lens:
             qo.append(qo[-1] + q)
-        self.prefill.plan(self._int32(qo), self._int32(indptr), self._int32(indices), self._int32(last),
+        self.prefill.plan(self._int32(qo), self._int32(indptr), self._pages(indices), self._int32(last),
                           s.num_heads, s.num_kv_heads, s.head_dim, self.block_size, causal=True, **common)
         return self.prefill
