@@ -25,12 +25,19 @@ class MultimodalEmbeds:
     """Image embeddings for the image-pad positions of this step's tokens.
 
     embeds [N, hidden] goes where mask [T] is True (N == mask.sum()), in order. deepstack (Qwen3-VL) is a list of
-    [N, hidden] tensors added after decoder layers 0..len-1 at the same positions.
+    [N, hidden] tensors added after decoder layers 0..len-1 at the same positions. index [N] (int64, optional)
+    names the same positions: indexing with it needs no device sync, where a boolean mask costs one per use.
     """
 
     embeds: torch.Tensor
     mask: torch.Tensor
     deepstack: list[torch.Tensor] | None = None
+    index: torch.Tensor | None = None
+
+    @property
+    def where(self) -> torch.Tensor:
+        """What to index the [T, hidden] states with: `index` when given, else `mask`."""
+        return self.index if self.index is not None else self.mask
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,7 @@ class TextModel(nn.Module):
     def forward(self, input_ids, positions, ctx, rope, mm: MultimodalEmbeds | None) -> torch.Tensor:
         h = self.embed_tokens(input_ids)  # [T, hidden]
         if mm is not None and mm.embeds.numel():
-            h[mm.mask] = mm.embeds.to(h.dtype)  # image embeddings into the image-pad positions, in order
+            h[mm.where] = mm.embeds.to(h.dtype)  # image embeddings into the image-pad positions, in order
         residual = None
         for layer in self.layers:
             h, residual = layer(h, residual, positions, ctx, rope)

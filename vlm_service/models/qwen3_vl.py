@@ -96,13 +96,13 @@ class Qwen3VLTextModel(nn.Module):
     def forward(self, input_ids, positions, ctx, rope, mm: MultimodalEmbeds | None) -> torch.Tensor:
         h = self.embed_tokens(input_ids)  # [T, hidden]
         if mm is not None and mm.embeds.numel():
-            h[mm.mask] = mm.embeds.to(h.dtype)
+            h[mm.where] = mm.embeds.to(h.dtype)
         residual = None
         for i, layer in enumerate(self.layers):
             h, residual = layer(h, residual, positions, ctx, rope)
             if mm is not None and mm.deepstack and i < len(mm.deepstack):
                 # the residual stream is h + residual; adding to h adds to the stream
-                h[mm.mask] += mm.deepstack[i].to(h.dtype)
+                h[mm.where] += mm.deepstack[i].to(h.dtype)
         return self.norm.add(h, residual)[0]
 
 
