@@ -161,7 +161,8 @@ class AutoAttention(ViTAttention):
 
     def choices(self) -> dict[str, str]:
         """Bucket (as text) -> name of the backend chosen for it."""
-        return {str(bucket): backend.name for bucket, backend in self._winner.items()}
+        # a snapshot: the engine thread may add a bucket while the server thread asks
+        return {str(bucket): backend.name for bucket, backend in list(self._winner.items())}
 
     def timings(self) -> dict[str, dict[str, float]]:
         """Bucket (as text) -> µs per call measured for each candidate (empty where nothing was measured)."""

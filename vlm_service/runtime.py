@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
@@ -30,6 +30,7 @@ class ModelInfo:
     vit_attention_backend: str = ""
     device: str = ""
     dtype: str = ""
+    vit_backend_choices: Mapping[str, str] = field(default_factory=dict)  # auto's picks so far, per shape bucket
 
 
 @dataclass
@@ -42,6 +43,12 @@ class Runtime:
     tokenizer: Any = None
     model: Any = None
     extras: dict = field(default_factory=dict)
+    vit_backend: Any = None  # the ViT attention backend object (auto reports its per-shape choices)
+
+    def model_info(self) -> ModelInfo:
+        """`info`, with auto's choices as of now."""
+        choices = getattr(self.vit_backend, "choices", None)
+        return replace(self.info, vit_backend_choices=dict(choices())) if callable(choices) else self.info
 
     def start(self) -> None:
         self.engine.start()
@@ -115,4 +122,5 @@ def load_runtime(cfg: Config) -> Runtime:
                                           pixel_dtype=dtype if cuda else torch.float32, pin_pixels=cuda)
     engine = AsyncEngine(model, processor.tokenizer, cfg.engine, cfg.server.limits, device)
     info = _model_info(model_id, model, cfg, engine.max_model_len, device, dtype, getattr(vit, "name", ""))
-    return Runtime(engine=engine, processor=processor, info=info, tokenizer=processor.tokenizer, model=model)
+    return Runtime(engine=engine, processor=processor, info=info, tokenizer=processor.tokenizer, model=model,
+                   vit_backend=vit)

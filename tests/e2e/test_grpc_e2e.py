@@ -202,7 +202,12 @@ def test_warmup_runs_two_distinct_images_through_the_vision_tower(state_dir, sid
     from vlm_service.server.testing import running_server
 
     cfg = e2e_config(state_dir, TLSConfig(insecure=True))
-    cfg = dataclasses.replace(cfg, server=dataclasses.replace(cfg.server, warmup_image_side=side))
-    with running_server(cfg) as srv:
+    cfg = dataclasses.replace(cfg, server=dataclasses.replace(cfg.server, warmup_image_side=side),
+                              model=dataclasses.replace(cfg.model, vit_attention_backend="auto"))
+    with running_server(cfg) as srv, srv.channel() as ch:
         stats = srv.server.runtime.engine.stats()
         assert stats.vision_cache_misses == misses and stats.vision_cache_hits == 0
+        # GetModelInfo shows auto's picks for the shapes the warm-up encoded (sdpa: the only choice on CPU)
+        info = vlm_pb2_grpc.VisionLanguageServiceStub(ch).GetModelInfo(vlm_pb2.GetModelInfoRequest())
+        assert info.vit_attention_backend == "auto"
+        assert set(info.vit_backend_choices.values()) == ({"sdpa"} if side else set())

@@ -152,10 +152,29 @@ def test_message_over_receive_cap_is_resource_exhausted(env):
 
 
 def test_model_info(env):
-    _, _, stub = env
+    _, rt, stub = env
     info = stub.GetModelInfo(vlm_pb2.GetModelInfoRequest())
     assert (info.model_id, info.max_images, info.device) == ("fake", 2, "cpu")
-    assert "image/png" in info.accepted_mime_types
+    assert "image/png" in info.accepted_mime_types and dict(info.vit_backend_choices) == {}
+
+
+def test_model_info_reports_autos_choices_as_they_are_made(env):
+    _, rt, stub = env
+
+    class Auto:  # what vit_backends.auto.AutoAttention.choices() gives, growing as shapes arrive
+        picks = {}
+
+        def choices(self):
+            return dict(self.picks)
+
+    rt.vit_backend = Auto()
+    try:
+        assert dict(stub.GetModelInfo(vlm_pb2.GetModelInfoRequest()).vit_backend_choices) == {}
+        Auto.picks["H=16 D=80 T<=8192 L<=64 S<=128"] = "fa3"
+        got = stub.GetModelInfo(vlm_pb2.GetModelInfoRequest()).vit_backend_choices
+        assert dict(got) == {"H=16 D=80 T<=8192 L<=64 S<=128": "fa3"}
+    finally:
+        rt.vit_backend = None
 
 
 def test_drain_finishes_in_flight_refuses_new(tmp_path):

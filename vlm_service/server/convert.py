@@ -132,7 +132,8 @@ def model_info_to_proto(info) -> vlm_pb2.ModelInfo:
     return vlm_pb2.ModelInfo(
         model_id=info.model_id, architecture=info.architecture, max_context=info.max_context,
         max_images=info.max_images, max_pixels=info.max_pixels, accepted_mime_types=list(info.accepted_mime_types),
-        vit_attention_backend=info.vit_attention_backend, device=info.device, dtype=info.dtype)
+        vit_attention_backend=info.vit_attention_backend, device=info.device, dtype=info.dtype,
+        vit_backend_choices=dict(info.vit_backend_choices))
 
 
 def status_code(exc: errors.ServiceError) -> grpc.StatusCode:

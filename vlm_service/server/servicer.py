@@ -63,7 +63,7 @@ class VisionLanguageServicer(vlm_pb2_grpc.VisionLanguageServiceServicer):
     async def GetModelInfo(self, request, context):
         if self._rt is None:
             await self._fail(context, errors.ShuttingDown("the model is still loading"))
-        return convert.model_info_to_proto(self._rt.info)
+        return convert.model_info_to_proto(self._rt.model_info())
 
     async def Abort(self, request: vlm_pb2.AbortRequest, context):
         if self._rt is None:
