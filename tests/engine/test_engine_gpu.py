@@ -1,4 +1,5 @@
-"""GPU: FlashInfer paged attention matches the torch reference; CUDA graphs do not change tokens.
+"""GPU: FlashInfer paged attention matches the torch reference; CUDA graphs and overlapped scheduling do not
+change tokens.
 
 Run on the GPU host: pytest -q tests/engine/test_engine_gpu.py
 """
@@ -54,11 +55,23 @@ def test_cuda_graphs_do_not_change_greedy_tokens(tmp_path):
     prompts = [_prompt(config, hf, g, s)[0] for s, g in enumerate([[(1, 6, 4)], [], [(1, 4, 4)]] * 3)]
     sp = SamplingParams(max_tokens=12, ignore_eos=True)
     runs = []
-    for graphs in (False, True):
-        eng = LLMEngine(model, ToyTokenizer(), EngineConfig(num_blocks=256, max_num_seqs=16, cuda_graphs=graphs),
-                        "cuda")
+    # eager + serial, graphs + serial, graphs + overlapped scheduling (next step fed from the device)
+    for graphs, overlap in ((False, False), (True, False), (True, True)):
+        cfg = EngineConfig(num_blocks=256, max_num_seqs=16, cuda_graphs=graphs, overlap_scheduling=overlap)
+        eng = LLMEngine(model, ToyTokenizer(), cfg, "cuda")
         assert (eng.runner.graphs is not None) == graphs
         res = run_to_completion(eng, [(str(i), p, sp) for i, p in enumerate(prompts)])
         runs.append([res[str(i)][0] for i in range(len(prompts))])
         assert eng.block_manager.num_free_blocks == 256
-    assert runs[0] == runs[1]
+    assert runs[0] == runs[1] == runs[2]
+
+
+def test_pinned_staging_reaches_the_device_intact():
+    from vlm_service.engine.transfer import tensor_to_device, to_device
+
+    dev = torch.device("cuda")
+    t = to_device(list(range(-5, 1000)), torch.int32, dev)
+    torch.cuda.synchronize()
+    assert t.device.type == "cuda" and t.dtype == torch.int32 and t.cpu().tolist() == list(range(-5, 1000))
+    host = torch.randn(3, 17).t()  # not contiguous
+    assert torch.equal(tensor_to_device(host.contiguous(), dev).cpu(), host)

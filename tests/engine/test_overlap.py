@@ -74,3 +74,14 @@ def test_tokens_come_one_call_later_and_abort_drops_the_pending_one():
     assert fin.usage.completion_tokens == 1 and seq.output_ids == [first[0].token_ids[0]]
     assert eng.step() == [] and not eng.has_work()
     assert eng.block_manager.num_free_blocks == 256
+
+
+def test_to_device_keeps_values_and_dtype():
+    import torch
+
+    from vlm_service.engine.transfer import tensor_to_device, to_device
+
+    t = to_device([3, -1, 7], torch.int32, torch.device("cpu"))
+    assert t.dtype == torch.int32 and t.tolist() == [3, -1, 7]
+    host = torch.arange(6).view(2, 3)
+    assert torch.equal(tensor_to_device(host, torch.device("cpu")), host)
