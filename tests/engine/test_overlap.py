@@ -85,3 +85,15 @@ def test_to_device_keeps_values_and_dtype():
     assert t.dtype == torch.int32 and t.tolist() == [3, -1, 7]
     host = torch.arange(6).view(2, 3)
     assert torch.equal(tensor_to_device(host, torch.device("cpu")), host)
+
+
+def test_vision_time_reaches_the_finish_of_image_requests_only():
+    model = ToyVLM()
+    for overlap in (False, True):
+        # a 16-token budget splits the image's prefill: the encode runs in a step that samples nothing
+        eng = engine(model, overlap, max_batched_tokens=16)
+        reqs = [("img", build_input(text(1, 20), image(7, 4, 4), text(2, 3)), SamplingParams(max_tokens=3)),
+                ("txt", build_input(text(3, 5)), SamplingParams(max_tokens=3))]
+        res = run_to_completion(eng, reqs)
+        assert res["img"][2].timings.vision_ms > 0 and res["txt"][2].timings.vision_ms == 0
+        assert not eng.runner._vision_timers

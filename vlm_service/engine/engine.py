@@ -159,6 +159,7 @@ class LLMEngine:
         if launch is None:
             return []
         result = launch.sample.result()
+        self.runner.settle_vision_times()  # encodes launched up to this step are done: their times are final
         outputs: list[EngineOutput] = []
         now = time.monotonic()
         for i, t in enumerate(launch.rows):

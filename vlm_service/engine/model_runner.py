@@ -53,6 +53,32 @@ class PrevTokens:
     rows: dict[int, int]
 
 
+class _VisionTimer:
+    """Time of one encode_images call: CUDA events on the GPU (read later, so the engine never waits for the
+    tower just to time it), the wall clock on the CPU."""
+
+    def __init__(self, device: torch.device, seqs: list[Sequence]):
+        self.seqs, self.cuda = seqs, device.type == "cuda"
+        if self.cuda:
+            self.start, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            self.start.record()
+        else:
+            self.t0 = time.monotonic()
+
+    def stop(self) -> None:
+        if self.cuda:
+            self.end.record()
+        else:
+            self.ms = (time.monotonic() - self.t0) * 1000.0
+
+    def settle(self) -> None:
+        if self.cuda:
+            self.end.synchronize()
+            self.ms = self.start.elapsed_time(self.end)
+        for seq in self.seqs:
+            seq.times.vision_ms += self.ms
+
+
 # head dims FlashInfer 0.6's paged prefill/decode kernels are built for (others fail at run time)
 FLASHINFER_HEAD_DIMS = (64, 128, 256)
 
@@ -73,6 +99,7 @@ class ModelRunner:
         self.vision_cache = VisionCache(cfg.vision_cache_bytes)
         self.planner = self.graphs = None
         self._planned: torch.cuda.Event | None = None
+        self._vision_timers: list[_VisionTimer] = []
         if self.device.type == "cuda" and s.head_dim in FLASHINFER_HEAD_DIMS:
             self._init_cuda()
         elif self.device.type == "cuda":
@@ -221,21 +248,26 @@ class ModelRunner:
         return found
 
     def _encode(self, todo: dict, owners: dict) -> dict[str, VisionEmbeds]:
-        t0 = time.monotonic()
+        seqs = list({id(s): s for ss in owners.values() for s in ss}.values())
+        timer = _VisionTimer(self.device, seqs)
         images = list(todo.values())
         # one copy per image: each is asynchronous when the processor pinned it (a host-side cat would not be)
         parts = [img.pixel_values.to(self.device, non_blocking=True) for img in images]
         pixels = (parts[0] if len(parts) == 1 else torch.cat(parts)).to(self.dtype)
-        grid = torch.tensor([img.grid_thw for img in images], dtype=torch.long, device=self.device)
+        grid = torch.tensor([img.grid_thw for img in images], dtype=torch.long)  # the towers read it on the host
         results = self.model.encode_images(pixels, grid)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        ms = (time.monotonic() - t0) * 1000.0
+        timer.stop()
+        self._vision_timers.append(timer)
         out = {}
         for key, res in zip(todo, results):
             item = (res[0], list(res[1]))
             self.vision_cache.put(key, item)
             out[key] = item
-        for seq in {id(s): s for ss in owners.values() for s in ss}.values():
-            seq.times.vision_ms += ms
         return out
+
+    def settle_vision_times(self) -> None:
+        """Add each finished encode's time to its sequences' vision_ms. The engine calls this after reading a
+        step's tokens back, when every encode launched before is done (so nothing here waits)."""
+        timers, self._vision_timers = self._vision_timers, []
+        for timer in timers:
+            timer.settle()
