@@ -74,6 +74,63 @@ class MergedLinear(nn.Module):
         return out
 
 
+
+class GatedMLP(nn.Module):
+    """down(silu(gate(x)) * up(x)) without biases, gate|up fused (both text decoders)."""
+
+    def __init__(self, hidden: int, inter: int):
+        super().__init__()
+        self.gate_up_proj = MergedLinear(hidden, {"gate_proj": inter, "up_proj": inter}, bias=False)
+        self.down_proj = nn.Linear(inter, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(kernels.silu_and_mul(self.gate_up_proj(x)))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm block around the model's attention class; the residual stream travels separately so each add fuses
+    into the next norm."""
+
+    def __init__(self, cfg: dict, layer: int, attention: type[nn.Module]):
+        super().__init__()
+        eps = cfg.get("rms_norm_eps", 1e-6)
+        self.input_layernorm = RMSNorm(cfg["hidden_size"], eps)
+        self.self_attn = attention(cfg, layer)
+        self.post_attention_layernorm = RMSNorm(cfg["hidden_size"], eps)
+        self.mlp = GatedMLP(cfg["hidden_size"], cfg["intermediate_size"])
+
+    def forward(self, h, residual, positions, ctx, rope):
+        if residual is None:
+            residual, x = h, self.input_layernorm(h)
+        else:
+            x, residual = self.input_layernorm.add(h, residual)
+        x, residual = self.post_attention_layernorm.add(self.self_attn(x, positions, ctx, rope), residual)
+        return self.mlp(x), residual
+
+
+class TextModel(nn.Module):
+    """Embedding, decoder layers, final norm. Image embeddings replace the image-pad rows; deepstack features
+    (Qwen3-VL) are added after the first layers."""
+
+    def __init__(self, cfg: dict, attention: type[nn.Module]):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg["vocab_size"], cfg["hidden_size"])
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i, attention) for i in range(cfg["num_hidden_layers"]))
+        self.norm = RMSNorm(cfg["hidden_size"], cfg.get("rms_norm_eps", 1e-6))
+
+    def forward(self, input_ids, positions, ctx, rope, mm) -> torch.Tensor:
+        h = self.embed_tokens(input_ids)  # [T, hidden]
+        if mm is not None and mm.embeds.numel():
+            h[mm.where] = mm.embeds.to(h.dtype)  # image embeddings into the image-pad positions, in order
+        deepstack = (mm.deepstack or []) if mm is not None else []
+        residual = None
+        for i, layer in enumerate(self.layers):
+            h, residual = layer(h, residual, positions, ctx, rope)
+            if i < len(deepstack):
+                # the residual stream is h + residual; adding to h adds to the stream
+                h[mm.where] += deepstack[i].to(h.dtype)
+        return self.norm.add(h, residual)[0]
+
 def materialize(module: nn.Module, dtype: torch.dtype, device: torch.device) -> nn.Module:
     """Turn a module built on `meta` into uninitialized storage of `dtype` on `device` (weights come later)."""
     return module.to(dtype).to_empty(device=device)

@@ -20,7 +20,7 @@ from kernels.reference import rope_cos_sin_cache
 from vit_backends.base import ViTAttention
 from vlm_service.errors import ModelLoadError
 from vlm_service.models.common import AttentionContext, ModelSpec, MultimodalEmbeds
-from vlm_service.models.layers import MergedLinear, RMSNorm, init_random_, load_into, materialize
+from vlm_service.models.layers import MergedLinear, TextModel, init_random_, load_into, materialize
 from vlm_service.models.qwen2_5_vl_vision import Qwen2_5_VLVisionTower
 from vlm_service.models.vision_graphs import VisionGraphRunner
 
@@ -56,53 +56,6 @@ class TextAttention(nn.Module):
         return self.o_proj(ctx.attend(self.layer, q, k, v).reshape(T, -1))
 
 
-class TextMLP(nn.Module):
-    def __init__(self, hidden: int, inter: int):
-        super().__init__()
-        self.gate_up_proj = MergedLinear(hidden, {"gate_proj": inter, "up_proj": inter}, bias=False)
-        self.down_proj = nn.Linear(inter, hidden, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(kernels.silu_and_mul(self.gate_up_proj(x)))
-
-
-class DecoderLayer(nn.Module):
-    """Pre-norm block; the residual stream travels separately so each add fuses into the next norm."""
-
-    def __init__(self, cfg: dict, layer: int):
-        super().__init__()
-        eps = cfg.get("rms_norm_eps", 1e-6)
-        self.input_layernorm = RMSNorm(cfg["hidden_size"], eps)
-        self.self_attn = TextAttention(cfg, layer)
-        self.post_attention_layernorm = RMSNorm(cfg["hidden_size"], eps)
-        self.mlp = TextMLP(cfg["hidden_size"], cfg["intermediate_size"])
-
-    def forward(self, h, residual, positions, ctx, rope):
-        if residual is None:
-            residual, x = h, self.input_layernorm(h)
-        else:
-            x, residual = self.input_layernorm.add(h, residual)
-        x, residual = self.post_attention_layernorm.add(self.self_attn(x, positions, ctx, rope), residual)
-        return self.mlp(x), residual
-
-
-class TextModel(nn.Module):
-    def __init__(self, cfg: dict):
-        super().__init__()
-        self.embed_tokens = nn.Embedding(cfg["vocab_size"], cfg["hidden_size"])
-        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg["num_hidden_layers"]))
-        self.norm = RMSNorm(cfg["hidden_size"], cfg.get("rms_norm_eps", 1e-6))
-
-    def forward(self, input_ids, positions, ctx, rope, mm: MultimodalEmbeds | None) -> torch.Tensor:
-        h = self.embed_tokens(input_ids)  # [T, hidden]
-        if mm is not None and mm.embeds.numel():
-            h[mm.where] = mm.embeds.to(h.dtype)  # image embeddings into the image-pad positions, in order
-        residual = None
-        for layer in self.layers:
-            h, residual = layer(h, residual, positions, ctx, rope)
-        return self.norm.add(h, residual)[0]
-
-
 class _Rope:
     """The text rotary cache [max_pos, D] float32 = [cos | sin] and the contiguous mrope section (t, h, w)."""
 
@@ -122,7 +75,7 @@ class _Inner(nn.Module):
     def __init__(self, config: dict, text: dict, vit_attention: ViTAttention):
         super().__init__()
         self.visual = Qwen2_5_VLVisionTower(config["vision_config"], vit_attention)
-        self.language_model = TextModel(text)
+        self.language_model = TextModel(text, TextAttention)
 
 
 class Qwen2_5_VLForConditionalGeneration(nn.Module):

@@ -16,7 +16,7 @@ from torch import nn
 import kernels
 from kernels.reference import rope_cos_sin_cache
 from vlm_service.models.common import AttentionContext, ModelSpec, MultimodalEmbeds
-from vlm_service.models.layers import LayerNorm, MergedLinear, RMSNorm, init_random_, load_into, materialize
+from vlm_service.models.layers import MergedLinear, RMSNorm, TextModel, init_random_, load_into, materialize
 from vlm_service.models.qwen3_vl_vision import Qwen3VLVisionTower
 from vlm_service.models.vision_graphs import VisionGraphRunner
 
@@ -46,36 +46,6 @@ class TextAttention(nn.Module):
         return self.o_proj(ctx.attend(self.layer, q, k, v).reshape(T, -1))
 
 
-class TextMLP(nn.Module):
-    def __init__(self, hidden: int, inter: int):
-        super().__init__()
-        self.gate_up_proj = MergedLinear(hidden, {"gate_proj": inter, "up_proj": inter}, bias=False)
-        self.down_proj = nn.Linear(inter, hidden, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(kernels.silu_and_mul(self.gate_up_proj(x)))
-
-
-class TextDecoderLayer(nn.Module):
-    """Pre-norm block; carries the residual stream separately so the adds fuse into the norms."""
-
-    def __init__(self, cfg: dict, layer: int):
-        super().__init__()
-        eps = cfg.get("rms_norm_eps", 1e-6)
-        self.input_layernorm = RMSNorm(cfg["hidden_size"], eps)
-        self.self_attn = TextAttention(cfg, layer)
-        self.post_attention_layernorm = RMSNorm(cfg["hidden_size"], eps)
-        self.mlp = TextMLP(cfg["hidden_size"], cfg["intermediate_size"])
-
-    def forward(self, h, residual, positions, ctx, rope):
-        if residual is None:
-            residual, x = h, self.input_layernorm(h)
-        else:
-            x, residual = self.input_layernorm.add(h, residual)
-        x, residual = self.post_attention_layernorm.add(self.self_attn(x, positions, ctx, rope), residual)
-        return self.mlp(x), residual
-
-
 class _Rope:
     """The text rotary cache [max_pos, D] = [cos | sin] and the interleaved mrope section."""
 
@@ -86,33 +56,13 @@ class _Rope:
         self.cache = rope_cos_sin_cache(head_dim, max_pos, float(rp["rope_theta"]), device=device)
 
 
-class Qwen3VLTextModel(nn.Module):
-    def __init__(self, cfg: dict):
-        super().__init__()
-        self.embed_tokens = nn.Embedding(cfg["vocab_size"], cfg["hidden_size"])
-        self.layers = nn.ModuleList(TextDecoderLayer(cfg, i) for i in range(cfg["num_hidden_layers"]))
-        self.norm = RMSNorm(cfg["hidden_size"], cfg.get("rms_norm_eps", 1e-6))
-
-    def forward(self, input_ids, positions, ctx, rope, mm: MultimodalEmbeds | None) -> torch.Tensor:
-        h = self.embed_tokens(input_ids)  # [T, hidden]
-        if mm is not None and mm.embeds.numel():
-            h[mm.where] = mm.embeds.to(h.dtype)
-        residual = None
-        for i, layer in enumerate(self.layers):
-            h, residual = layer(h, residual, positions, ctx, rope)
-            if mm is not None and mm.deepstack and i < len(mm.deepstack):
-                # the residual stream is h + residual; adding to h adds to the stream
-                h[mm.where] += mm.deepstack[i].to(h.dtype)
-        return self.norm.add(h, residual)[0]
-
-
 class _Inner(nn.Module):
     """`model.*` of the canonical layout: visual + language_model."""
 
     def __init__(self, config: dict, vit_attention):
         super().__init__()
         self.visual = Qwen3VLVisionTower(config["vision_config"], vit_attention)
-        self.language_model = Qwen3VLTextModel(config["text_config"])
+        self.language_model = TextModel(config["text_config"], TextAttention)
 
 
 class Qwen3VLForConditionalGeneration(nn.Module):
