@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from vlm_service.models.layers import seeded_weights_
+
 IMAGE, VIDEO, VSTART, VEND = 500, 501, 502, 503
 PATCH_DIM = 3 * 2 * 16 * 16
 
@@ -29,18 +31,9 @@ def tiny_qwen3_config(**overrides):
     return Qwen3VLConfig(**kw)
 
 
-@torch.no_grad()
 def randomize_(model, seed: int = 0) -> None:
     """Every weight random (norm weights around 1, biases nonzero) so each tensor affects the output."""
-    gen = torch.Generator().manual_seed(seed)
-    for name, p in model.named_parameters():
-        noise = torch.randn(p.shape, generator=gen)
-        if name.endswith("bias"):
-            p.copy_(0.05 * noise)
-        elif p.dim() == 1:
-            p.copy_(1.0 + 0.1 * noise)
-        else:
-            p.copy_(0.06 * noise)
+    seeded_weights_(model, seed, matrix=0.06, norm=0.1, bias=0.05)
 
 
 def build_tiny_qwen3(out_dir: Path, seed: int = 0, **overrides) -> Path:

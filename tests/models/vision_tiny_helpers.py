@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from vlm_service.models.layers import seeded_weights_
 from vlm_service.models.loader import normalize_config
 from vlm_service.models.qwen2_5_vl_vision import Qwen2_5_VLVisionTower
 from vlm_service.models.qwen3_vl_vision import Qwen3VLVisionTower
@@ -38,18 +39,9 @@ RAW_CONFIGS = {
 }
 
 
-@torch.no_grad()
 def randomize_(module: torch.nn.Module, seed: int = 0) -> None:
     """Every weight random (norms around one, biases nonzero), so every tensor moves the output."""
-    gen = torch.Generator().manual_seed(seed)
-    for name, p in module.named_parameters():
-        noise = torch.randn(p.shape, generator=gen).to(p.dtype).to(p.device)
-        if name.endswith("bias"):
-            p.copy_(0.05 * noise)
-        elif p.dim() == 1:
-            p.copy_(1.0 + 0.1 * noise)
-        else:
-            p.copy_(0.1 * noise)
+    seeded_weights_(module, seed, matrix=0.1, norm=0.1, bias=0.05)
 
 
 def tiny_tower(arch: str, backend, dtype=torch.float32, device="cpu", seed: int = 0):

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-import torch
+from vlm_service.models.layers import seeded_weights_
 
 ARCHS = ("qwen3_vl", "qwen2_5_vl")
 VERSION = "v2"  # v2: text head_dim 64, a size FlashInfer's paged attention kernels support
@@ -59,20 +59,6 @@ def _qwen2_5_config(ids: dict[str, int], vocab: int):
                             **_token_fields(ids))
 
 
-@torch.no_grad()
-def _seeded_weights_(model, seed: int) -> None:
-    """Deterministic weights whatever transformers' init order: matrices N(0, 0.05), norms ~1, small biases."""
-    gen = torch.Generator().manual_seed(seed)
-    for name, p in model.named_parameters():
-        noise = torch.randn(p.shape, generator=gen)
-        if name.endswith("bias"):
-            p.copy_(0.02 * noise)
-        elif p.dim() == 1:
-            p.copy_(1.0 + 0.05 * noise)
-        else:
-            p.copy_(0.05 * noise)
-
-
 def make_demo_model(out_dir: str | Path, arch: str = "qwen3_vl", seed: int = 0) -> Path:
     """Write the tiny `arch` demo checkpoint (HF format, a few MB) into out_dir and return it."""
     from transformers import Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration
@@ -88,7 +74,7 @@ def make_demo_model(out_dir: str | Path, arch: str = "qwen3_vl", seed: int = 0) 
     config = (_qwen3_config if arch == "qwen3_vl" else _qwen2_5_config)(ids, vocab)
     cls = Qwen3VLForConditionalGeneration if arch == "qwen3_vl" else Qwen2_5_VLForConditionalGeneration
     model = cls(config).eval()
-    _seeded_weights_(model, seed)
+    seeded_weights_(model, seed)  # matrices N(0, 0.05), norms ~1, small biases
     model.generation_config.eos_token_id = [ids["im_end"], ids["eot"]]
     model.generation_config.pad_token_id = ids["eot"]
     model.generation_config.bos_token_id = ids["eot"]

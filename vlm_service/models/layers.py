@@ -194,3 +194,20 @@ def init_random_(root: nn.Module, std: float = 0.02, seed: int = 0) -> None:
             param.fill_(1.0)
         else:
             param.normal_(0.0, std, generator=gen)
+
+
+
+@torch.no_grad()
+def seeded_weights_(root: nn.Module, seed: int, matrix: float = 0.05, norm: float = 0.05, bias: float = 0.02) -> None:
+    """Every weight from one CPU generator in parameter order (so the values do not depend on the device or on
+    transformers' init order): matrices N(0, matrix), 1-D weights 1 + N(0, norm), biases N(0, bias). The demo
+    checkpoints and the tests' tiny models use it."""
+    gen = torch.Generator().manual_seed(seed)
+    for name, p in root.named_parameters():
+        noise = torch.randn(p.shape, generator=gen).to(p)
+        if name.endswith("bias"):
+            p.copy_(bias * noise)
+        elif p.dim() == 1:
+            p.copy_(1.0 + norm * noise)
+        else:
+            p.copy_(matrix * noise)
