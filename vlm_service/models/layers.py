@@ -14,6 +14,7 @@ from torch import nn
 
 import kernels
 from vlm_service.errors import ModelLoadError
+from vlm_service.models.common import AttentionContext, MultimodalEmbeds
 
 
 class RMSNorm(nn.Module):
@@ -118,7 +119,7 @@ class TextModel(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(cfg, i, attention) for i in range(cfg["num_hidden_layers"]))
         self.norm = RMSNorm(cfg["hidden_size"], cfg.get("rms_norm_eps", 1e-6))
 
-    def forward(self, input_ids, positions, ctx, rope, mm) -> torch.Tensor:
+    def forward(self, input_ids, positions, ctx: AttentionContext, rope, mm: MultimodalEmbeds | None) -> torch.Tensor:
         h = self.embed_tokens(input_ids)  # [T, hidden]
         if mm is not None and mm.embeds.numel():
             h[mm.where] = mm.embeds.to(h.dtype)  # image embeddings into the image-pad positions, in order
@@ -130,6 +131,37 @@ class TextModel(nn.Module):
                 # the residual stream is h + residual; adding to h adds to the stream
                 h[mm.where] += deepstack[i].to(h.dtype)
         return self.norm.add(h, residual)[0]
+
+
+class VisionLanguageModel(nn.Module):
+    """What both model classes share: weight loading, the text forward and the (possibly tied) head. Subclasses
+    build `self.model` (visual + language_model), `self.rope`, `self.tied` and optionally `self.lm_head`."""
+
+    def load_weights(self, named: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy canonical (name, tensor) pairs in; ModelLoadError names a missing/unexpected/mis-shaped tensor.
+        With tied embeddings lm_head.weight is optional (embed_tokens serves as the head)."""
+        load_into(self, named, ignore=("lm_head.weight",) if self.tied else ())
+        self.weights_loaded()
+
+    def init_random(self, std: float = 0.02, seed: int = 0) -> None:
+        """Random weights in place (random: presets)."""
+        init_random_(self, std, seed)
+        self.weights_loaded()
+
+    def weights_loaded(self) -> None:
+        """Hook run after the weights are in."""
+
+    @torch.no_grad()
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: AttentionContext,
+                mm: MultimodalEmbeds | None = None) -> torch.Tensor:
+        """input_ids [T], positions [3, T] -> hidden [T, hidden] after the final norm."""
+        return self.model.language_model(input_ids, positions, ctx, self.rope, mm)
+
+    @torch.no_grad()
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [B, hidden] -> logits [B, vocab] float32."""
+        weight = self.model.language_model.embed_tokens.weight if self.tied else self.lm_head.weight
+        return nn.functional.linear(hidden, weight).float()
 
 def materialize(module: nn.Module, dtype: torch.dtype, device: torch.device) -> nn.Module:
     """Turn a module built on `meta` into uninitialized storage of `dtype` on `device` (weights come later)."""

@@ -9,18 +9,15 @@ text_config, rope in rope_parameters or rope_scaling).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import kernels
 from kernels.reference import rope_cos_sin_cache
 from vit_backends.base import ViTAttention
 from vlm_service.errors import ModelLoadError
-from vlm_service.models.common import AttentionContext, ModelSpec, MultimodalEmbeds
-from vlm_service.models.layers import MergedLinear, TextModel, init_random_, load_into, materialize
+from vlm_service.models.common import AttentionContext, ModelSpec
+from vlm_service.models.layers import MergedLinear, TextModel, VisionLanguageModel, materialize
 from vlm_service.models.qwen2_5_vl_vision import Qwen2_5_VLVisionTower
 from vlm_service.models.vision_graphs import VisionGraphRunner
 
@@ -78,7 +75,7 @@ class _Inner(nn.Module):
         self.language_model = TextModel(text, TextAttention)
 
 
-class Qwen2_5_VLForConditionalGeneration(nn.Module):
+class Qwen2_5_VLForConditionalGeneration(VisionLanguageModel):
     """Qwen2.5-VL implementing the VLModel protocol (models/common.py)."""
 
     def __init__(self, config: dict, dtype: torch.dtype, device: torch.device | str, vit_attention: ViTAttention):
@@ -97,18 +94,7 @@ class Qwen2_5_VLForConditionalGeneration(nn.Module):
 
     # ---- weights ----------------------------------------------------------------------------------------------
 
-    def load_weights(self, named: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Copy canonical (name, tensor) pairs in; ModelLoadError names a missing/unexpected/mis-shaped tensor.
-        With tied embeddings lm_head.weight is optional (embed_tokens serves as the head)."""
-        load_into(self, named, ignore=("lm_head.weight",) if self.tied else ())
-        self._pad_vision_mlps()
-
-    def init_random(self, std: float = 0.02, seed: int = 0) -> None:
-        """Random weights in place (random: presets)."""
-        init_random_(self, std, seed)
-        self._pad_vision_mlps()
-
-    def _pad_vision_mlps(self) -> None:
+    def weights_loaded(self) -> None:
         # CUDA only (a cuBLAS alignment matter; on CPU the padded sums round differently from transformers' by
         # ~1e-4, the parity tolerance). After the weights are in: a second load_weights would meet padded shapes.
         for block in self.model.visual.blocks:
@@ -125,18 +111,6 @@ class Qwen2_5_VLForConditionalGeneration(nn.Module):
         meta, (merged,) = self.vision_graphs.run(pixel_values, grid.tolist(), visual.backends(),
                                                  lambda: visual.metadata(grid, pixel_values.device), visual.compute)
         return [(e, []) for e in merged.split(meta.sizes)]
-
-    @torch.no_grad()
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: AttentionContext,
-                mm: MultimodalEmbeds | None = None) -> torch.Tensor:
-        """input_ids [T], positions [3, T] -> hidden [T, hidden] after the final norm."""
-        return self.model.language_model(input_ids, positions, ctx, self.rope, mm)
-
-    @torch.no_grad()
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden [B, hidden] -> logits [B, vocab] float32."""
-        weight = self.model.language_model.embed_tokens.weight if self.tied else self.lm_head.weight
-        return F.linear(hidden, weight).float()
 
 
 def _eos_ids(config: dict, text: dict) -> tuple[int, ...]:

@@ -7,16 +7,13 @@ dtype, device, vit_attention) with config from loader.normalize_config; see regi
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import kernels
 from kernels.reference import rope_cos_sin_cache
-from vlm_service.models.common import AttentionContext, ModelSpec, MultimodalEmbeds
-from vlm_service.models.layers import MergedLinear, RMSNorm, TextModel, init_random_, load_into, materialize
+from vlm_service.models.common import AttentionContext, ModelSpec
+from vlm_service.models.layers import MergedLinear, RMSNorm, TextModel, VisionLanguageModel, materialize
 from vlm_service.models.qwen3_vl_vision import Qwen3VLVisionTower
 from vlm_service.models.vision_graphs import VisionGraphRunner
 
@@ -65,7 +62,7 @@ class _Inner(nn.Module):
         self.language_model = TextModel(config["text_config"], TextAttention)
 
 
-class Qwen3VLForConditionalGeneration(nn.Module):
+class Qwen3VLForConditionalGeneration(VisionLanguageModel):
     """Qwen3-VL dense model implementing the VLModel protocol (models/common.py)."""
 
     def __init__(self, config: dict, dtype: torch.dtype, device: torch.device, vit_attention):
@@ -84,16 +81,6 @@ class Qwen3VLForConditionalGeneration(nn.Module):
         self.spec = _spec(config, attn0)
         self.vision_graphs = VisionGraphRunner()
 
-    # ---- weights ----------------------------------------------------------------------------------------------
-
-    def load_weights(self, named: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Copy canonical (name, tensor) pairs in; ModelLoadError names a missing/unexpected/mis-shaped tensor."""
-        load_into(self, named, ignore=("lm_head.weight",) if self.tied else ())
-
-    def init_random(self, std: float = 0.02, seed: int = 0) -> None:
-        """Random weights in place (random: presets)."""
-        init_random_(self, std, seed)
-
     # ---- VLModel ----------------------------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -104,18 +91,6 @@ class Qwen3VLForConditionalGeneration(nn.Module):
         meta, outputs = self.vision_graphs.run(pixel_values, grid.tolist(), visual.backends(),
                                                lambda: visual.metadata(grid), visual.compute)
         return visual.split(outputs, meta.sizes)
-
-    @torch.no_grad()
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: AttentionContext,
-                mm: MultimodalEmbeds | None = None) -> torch.Tensor:
-        """input_ids [T], positions [3, T] -> hidden [T, hidden] after the final norm."""
-        return self.model.language_model(input_ids, positions, ctx, self.rope, mm)
-
-    @torch.no_grad()
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden [B, hidden] -> logits [B, vocab] float32."""
-        weight = self.model.language_model.embed_tokens.weight if self.tied else self.lm_head.weight
-        return F.linear(hidden, weight).float()
 
 
 def _spec(config: dict, attn: TextAttention) -> ModelSpec:
