@@ -156,26 +156,19 @@ async def _warmup(runtime, image_side: int = 0) -> None:
     two requests with an image_side² noise image (two different images, so the vision cache cannot answer): the
     first runs the vision tower eagerly (kernel loads, cuDNN graphs, auto's measurements for its shapes), the second
     captures the tower's CUDA graph for that size (models/vision_graphs.py)."""
-    requests = [("hi",)] + [(types.ImageInput(_noise_png(image_side, seed), "image/png"), "hi") for seed in
-                            range(2 if image_side else 0)]
+    import numpy as np
+
+    from vlm_service.bench.images import make_image
+
+    images = [make_image(np.random.default_rng(seed), image_side, image_side, "noise", "png")
+              for seed in range(2 if image_side else 0)]
+    requests = [("hi",)] + [(types.ImageInput(img.data, img.mime_type), "hi") for img in images]
     for i, content in enumerate(requests):
         messages = (types.ChatMessage(role="user", content=content),)
         processed = await asyncio.to_thread(runtime.processor.process, messages)
         runtime.engine.reserve(f"warmup-{i}")
         async for _ in runtime.engine.generate(f"warmup-{i}", processed, types.SamplingParams(max_tokens=1), 0.0):
             pass
-
-
-def _noise_png(side: int, seed: int) -> bytes:
-    import io
-
-    import numpy as np
-    from PIL import Image
-
-    pixels = np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
 
 
 def _install_signals(server: Server) -> None:
