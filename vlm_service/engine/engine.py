@@ -13,7 +13,7 @@ from vlm_service.engine.kv_cache import BlockManager
 from vlm_service.engine.model_runner import ModelRunner, PrevTokens, model_dtype, pool_num_blocks
 from vlm_service.engine.sampler import PendingSample, SampleRow, sample_async
 from vlm_service.engine.scheduler import Scheduler, SchedulerOutput
-from vlm_service.engine.sequence import PENDING, ImageSpan, Sequence, SeqStatus
+from vlm_service.engine.sequence import PENDING, ImageSpan, Sequence
 from vlm_service.errors import DuplicateRequest, InvalidInput
 from vlm_service.models.common import VLModel
 from vlm_service.types import (EngineOutput, Finished, FinishReason, ProcessedInput, SamplingParams, Timings,
@@ -147,7 +147,7 @@ class LLMEngine:
         if launch.sample is None:
             return None
         for i, t in enumerate(launch.rows):
-            if t.seq.status == SeqStatus.FINISHED or self.requests.get(t.seq.request_id) is not t:
+            if not self._live(t):
                 launch.rows[i] = None
             else:
                 t.seq.output_ids.append(PENDING)
@@ -163,9 +163,13 @@ class LLMEngine:
         outputs: list[EngineOutput] = []
         now = time.monotonic()
         for i, t in enumerate(launch.rows):
-            if t is not None and self.requests.get(t.seq.request_id) is t:  # not aborted meanwhile
+            if t is not None and self._live(t):
                 outputs += self._emit(t, result.token_ids[i], result.logprobs[i], now)
         return outputs
+
+    def _live(self, t: _Tracked) -> bool:
+        """Still in flight: not finished or aborted since its row was launched (its id may even be reused)."""
+        return self.requests.get(t.seq.request_id) is t
 
     def _sample_row(self, t: _Tracked, prev: PrevTokens | None) -> SampleRow:
         seq, p = t.seq, t.seq.sampling

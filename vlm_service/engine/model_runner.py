@@ -220,9 +220,9 @@ class ModelRunner:
         if not parts:
             return None
         deepstack = [torch.cat(layer) for layer in zip(*deep_parts)] if deep_parts and deep_parts[0] else None
-        flat = torch.cat(mask)
-        index = to_device(flat.nonzero()[:, 0].tolist(), torch.long, self.device)  # host mask: no device sync
-        return MultimodalEmbeds(torch.cat(parts), flat.to(self.device, non_blocking=True), deepstack, index)
+        flat = torch.cat(mask)  # stays on the host: the models place embeddings by `index`
+        index = to_device(flat.nonzero()[:, 0].tolist(), torch.long, self.device)
+        return MultimodalEmbeds(torch.cat(parts), flat, deepstack, index)
 
     def _vision_embeds(self, chunks: list[ScheduledChunk]) -> dict[str, VisionEmbeds]:
         """Embeddings of every image this step touches; the not-yet-computed images of this step's prefills

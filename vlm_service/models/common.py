@@ -25,8 +25,9 @@ class MultimodalEmbeds:
     """Image embeddings for the image-pad positions of this step's tokens.
 
     embeds [N, hidden] goes where mask [T] is True (N == mask.sum()), in order. deepstack (Qwen3-VL) is a list of
-    [N, hidden] tensors added after decoder layers 0..len-1 at the same positions. index [N] (int64, optional)
-    names the same positions: indexing with it needs no device sync, where a boolean mask costs one per use.
+    [N, hidden] tensors added after decoder layers 0..len-1 at the same positions. index [N] (int64, optional,
+    on the states' device) names the same positions: indexing with it needs no device sync, where a boolean mask
+    costs one per use; when it is given, the mask may stay on the host.
     """
 
     embeds: torch.Tensor
