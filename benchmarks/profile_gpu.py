@@ -22,7 +22,6 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling benchmark scripts
 import bench_decode  # noqa: E402
-import bench_vit_encode  # noqa: E402
 
 
 def busy_ms(events) -> tuple[float, int]:
