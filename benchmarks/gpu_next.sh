@@ -6,6 +6,7 @@
 #   bash benchmarks/gpu_next.sh load     # 256-request TTFT load test, fa3 vs flashinfer_cudnn vs auto (Qwen3-VL-8B)
 #   bash benchmarks/gpu_next.sh single   # one 1024² image at a time through gRPC, both presets, transformers peer
 #   bash benchmarks/gpu_next.sh final    # 7B decode + TTFT and ViT backends again after the host-wait fixes
+#   bash benchmarks/gpu_next.sh load3    # third session: load test (client records), peer separately
 #   bash benchmarks/gpu_next.sh owed     # third session: kernels GPU suite, 7B decode after the plan fixes, engine tests
 # (device tool, carry .whl (fetch_wheels.sh all + googleapis-common-protos 1.72.0) and vlm_service/_proto)
 source benchmarks/gpu_env.sh >/dev/null || exit 1
@@ -45,10 +46,22 @@ case "${1:-}" in
       pkill -f "vlm_service.cli serve"
       tar czf $OUT/ttft_single_$m.tgz -C /tmp ttft_$m
     done ;;
+  load3)  # third session: the load test, client-side records, then the transformers peer on the same dataset's start
+    dir=$(preset_dir qwen3_vl_8b)
+    s="serve:--model random:qwen3_vl_8b --vit-attention-backend"
+    data="--num-prompts 256 --images-per-request 1 --image-resolution 560x560 --image-format jpeg --input-len 128
+      --output-len 32 --tokenizer $dir"
+    timeout 400 python3 benchmarks/ttft.py --compare "$s fa3" "$s flashinfer_cudnn" "$s auto" \
+      --compare-labels fa3 flashinfer_cudnn auto --compare-rounds 1 --max-concurrency 32 $data \
+      --result-dir /tmp/ttft_load 2>&1 | log 30
+    tar czf $OUT/ttft_load_qwen3_vl_8b.tgz -C /tmp ttft_load
+    timeout 150 python3 benchmarks/ttft.py --peer transformers --peer-model $dir --peer-num-prompts 8 \
+      --max-concurrency 1 $data --no-plots --result-dir /tmp/ttft_load_peer 2>&1 | log 16
+    tar czf $OUT/ttft_load_peer_qwen3_vl_8b.tgz -C /tmp ttft_load_peer ;;
   owed)  # third session, first call: what the second left unmeasured
     timeout 190 python3 -m pytest -q -m gpu -p no:cacheprovider tests/kernels 2>&1 | tee $OUT/gpu_tests_kernels.log | log 8
     timeout 180 python3 benchmarks/bench_decode.py --model random:qwen2_5_vl_7b --vit auto \
       --out $OUT/decode_qwen2_5_vl_7b.json 2>&1 | log 30
     timeout 170 python3 -m pytest -q -m gpu -p no:cacheprovider tests/engine 2>&1 | tee $OUT/gpu_tests_engine.log | log 8 ;;
-  *) echo "usage: $0 tests|engine|load|single|final|owed" >&2; exit 2 ;;
+  *) echo "usage: $0 tests|engine|load|single|final|owed|load3" >&2; exit 2 ;;
 esac
