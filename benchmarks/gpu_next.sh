@@ -7,6 +7,7 @@
 #   bash benchmarks/gpu_next.sh single   # one 1024² image at a time through gRPC, both presets, transformers peer
 #   bash benchmarks/gpu_next.sh final    # 7B decode + TTFT and ViT backends again after the host-wait fixes
 #   bash benchmarks/gpu_next.sh load3    # third session: load test (client records), peer separately
+#   bash benchmarks/gpu_next.sh profile3 # third session: kernel-level profile, ViT encode + prefill
 #   bash benchmarks/gpu_next.sh owed     # third session: kernels GPU suite, 7B decode after the plan fixes, engine tests
 # (device tool, carry .whl (fetch_wheels.sh all + googleapis-common-protos 1.72.0) and vlm_service/_proto)
 source benchmarks/gpu_env.sh >/dev/null || exit 1
@@ -58,10 +59,15 @@ case "${1:-}" in
     timeout 150 python3 benchmarks/ttft.py --peer transformers --peer-model $dir --peer-num-prompts 8 \
       --max-concurrency 1 $data --no-plots --result-dir /tmp/ttft_load_peer 2>&1 | log 16
     tar czf $OUT/ttft_load_peer_qwen3_vl_8b.tgz -C /tmp ttft_load_peer ;;
+  profile3)  # third session: kernel-level profile of the 1024² ViT encode and prefill, both presets
+    for m in qwen2_5_vl_7b qwen3_vl_8b; do
+      timeout 140 python3 benchmarks/profile_gpu.py --preset $m --vit auto --phases vit,prefill \
+        --out $OUT/profile_$m.json 2>&1 | log 12
+    done ;;
   owed)  # third session, first call: what the second left unmeasured
     timeout 190 python3 -m pytest -q -m gpu -p no:cacheprovider tests/kernels 2>&1 | tee $OUT/gpu_tests_kernels.log | log 8
     timeout 180 python3 benchmarks/bench_decode.py --model random:qwen2_5_vl_7b --vit auto \
       --out $OUT/decode_qwen2_5_vl_7b.json 2>&1 | log 30
     timeout 170 python3 -m pytest -q -m gpu -p no:cacheprovider tests/engine 2>&1 | tee $OUT/gpu_tests_engine.log | log 8 ;;
-  *) echo "usage: $0 tests|engine|load|single|final|owed|load3" >&2; exit 2 ;;
+  *) echo "usage: $0 tests|engine|load|single|final|owed|load3|profile3" >&2; exit 2 ;;
 esac

@@ -54,10 +54,14 @@ def profiled(fn, reps: int, top: int = 12) -> dict:
     avgs = prof.key_averages()
     gpu_top = sorted(avgs, key=lambda a: a.self_device_time_total, reverse=True)[:top]
     cpu_top = sorted(avgs, key=lambda a: a.self_cpu_time_total, reverse=True)[:top]
+    kernels = [a for a in avgs if a.device_type == torch.autograd.DeviceType.CUDA]
+    kernel_top = sorted(kernels, key=lambda a: a.self_device_time_total, reverse=True)[:2 * top]
     return {
         "reps": reps, "wall_ms": wall, "gpu_busy_ms": busy / reps, "kernels_per_rep": kernels / reps,
         "top_gpu": [{"name": a.key[:90], "calls": a.count // reps, "ms": a.self_device_time_total / 1e3 / reps}
                     for a in gpu_top],
+        "top_kernels": [{"name": a.key[:120], "calls": a.count // reps, "ms": a.self_device_time_total / 1e3 / reps}
+                        for a in kernel_top],
         "top_cpu": [{"name": a.key[:90], "calls": a.count // reps, "ms": a.self_cpu_time_total / 1e3 / reps}
                     for a in cpu_top],
     }
@@ -127,6 +131,7 @@ def main() -> None:
     ap.add_argument("--preset", default="qwen2_5_vl_7b")
     ap.add_argument("--vit", default="fa3")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--phases", default="vit,prefill,decode", help="comma-separated subset of vit,prefill,decode")
     args = ap.parse_args()
     from vlm_service.config import EngineConfig
     from vlm_service.engine.engine import LLMEngine
@@ -139,17 +144,25 @@ def main() -> None:
         grid = torch.tensor([i.grid_thw for i in inp.images], device=device)
         result = {"preset": args.preset, "vit": args.vit, "gpu": torch.cuda.get_device_name(0),
                   "torch": torch.__version__}
-        with torch.inference_mode():
-            result["vit_encode_1024"] = profiled(lambda: model.encode_images(pixels, grid), 5)
+        phases = set(args.phases.split(","))
+        if "vit" in phases:
+            with torch.inference_mode():
+                result["vit_encode_1024"] = profiled(lambda: model.encode_images(pixels, grid), 5)
         cfg = EngineConfig(max_num_seqs=64, max_batched_tokens=8192, max_model_len=8192, enable_prefix_cache=False)
         engine = LLMEngine(model, processor.tokenizer, cfg, device)
-        result["prefill_1024"] = prefill_profile(engine, processor, 1024)
-        result["decode"] = [decode_profile(engine, processor, b) for b in (1, 64)]
+        if "prefill" in phases:
+            result["prefill_1024"] = prefill_profile(engine, processor, 1024)
+        if "decode" in phases:
+            result["decode"] = [decode_profile(engine, processor, b) for b in (1, 64)]
     Path(args.out).write_text(json.dumps(result, indent=2))
-    brief = {"vit": {k: result["vit_encode_1024"][k] for k in ("wall_ms", "gpu_busy_ms", "kernels_per_rep")},
-             "prefill": {k: result["prefill_1024"]["profile"][k] for k in ("wall_ms", "gpu_busy_ms")},
-             "decode": [{"batch": d["batch"], **d["phases"], "gpu_busy_ms": d["profile"]["gpu_busy_ms"],
-                         "prof_wall_ms": d["profile"]["wall_ms"]} for d in result["decode"]]}
+    brief = {}
+    if "vit_encode_1024" in result:
+        brief["vit"] = {k: result["vit_encode_1024"][k] for k in ("wall_ms", "gpu_busy_ms", "kernels_per_rep")}
+    if "prefill_1024" in result:
+        brief["prefill"] = {k: result["prefill_1024"]["profile"][k] for k in ("wall_ms", "gpu_busy_ms")}
+    if "decode" in result:
+        brief["decode"] = [{"batch": d["batch"], **d["phases"], "gpu_busy_ms": d["profile"]["gpu_busy_ms"],
+                            "prof_wall_ms": d["profile"]["wall_ms"]} for d in result["decode"]]
     print(json.dumps(brief, indent=1))
 
 
