@@ -54,8 +54,8 @@ def profiled(fn, reps: int, top: int = 12) -> dict:
     avgs = prof.key_averages()
     gpu_top = sorted(avgs, key=lambda a: a.self_device_time_total, reverse=True)[:top]
     cpu_top = sorted(avgs, key=lambda a: a.self_cpu_time_total, reverse=True)[:top]
-    kernels = [a for a in avgs if a.device_type == torch.autograd.DeviceType.CUDA]
-    kernel_top = sorted(kernels, key=lambda a: a.self_device_time_total, reverse=True)[:2 * top]
+    device_ops = [a for a in avgs if a.device_type == torch.autograd.DeviceType.CUDA]
+    kernel_top = sorted(device_ops, key=lambda a: a.self_device_time_total, reverse=True)[:2 * top]
     return {
         "reps": reps, "wall_ms": wall, "gpu_busy_ms": busy / reps, "kernels_per_rep": kernels / reps,
         "top_gpu": [{"name": a.key[:90], "calls": a.count // reps, "ms": a.self_device_time_total / 1e3 / reps}
