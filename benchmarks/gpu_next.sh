@@ -7,6 +7,7 @@
 #   bash benchmarks/gpu_next.sh single   # one 1024² image at a time through gRPC, both presets, transformers peer
 #   bash benchmarks/gpu_next.sh final    # 7B decode + TTFT and ViT backends again after the host-wait fixes
 #   bash benchmarks/gpu_next.sh load3    # third session: load test (client records), peer separately
+#   bash benchmarks/gpu_next.sh load3w   # third session: the load test again after a warm-up at the run's concurrency
 #   bash benchmarks/gpu_next.sh profile3 # third session: kernel-level profile, ViT encode + prefill
 #   bash benchmarks/gpu_next.sh owed     # third session: kernels GPU suite, 7B decode after the plan fixes, engine tests
 # (device tool, carry .whl (fetch_wheels.sh all + googleapis-common-protos 1.72.0) and vlm_service/_proto)
@@ -59,6 +60,14 @@ case "${1:-}" in
     timeout 150 python3 benchmarks/ttft.py --peer transformers --peer-model $dir --peer-num-prompts 8 \
       --max-concurrency 1 $data --no-plots --result-dir /tmp/ttft_load_peer 2>&1 | log 16
     tar czf $OUT/ttft_load_peer_qwen3_vl_8b.tgz -C /tmp ttft_load_peer ;;
+  load3w)  # the same load test after a warm-up like the run (64 requests, 32 in flight); the peer's numbers stand
+    dir=$(preset_dir qwen3_vl_8b)
+    s="serve:--model random:qwen3_vl_8b --vit-attention-backend"
+    timeout 500 python3 benchmarks/ttft.py --compare "$s fa3" "$s flashinfer_cudnn" "$s auto" \
+      --compare-labels fa3 flashinfer_cudnn auto --compare-rounds 1 --max-concurrency 32 --num-prompts 256 \
+      --num-warmup 64 --warmup-concurrency 32 --images-per-request 1 --image-resolution 560x560 --image-format jpeg \
+      --input-len 128 --output-len 32 --tokenizer $dir --result-dir /tmp/ttft_load_warm 2>&1 | log 30
+    tar czf $OUT/ttft_load_warm_qwen3_vl_8b.tgz -C /tmp ttft_load_warm ;;
   profile3)  # third session: kernel-level profile of the 1024² ViT encode and prefill, both presets
     for m in qwen2_5_vl_7b qwen3_vl_8b; do
       timeout 140 python3 benchmarks/profile_gpu.py --preset $m --vit auto --phases vit,prefill \
@@ -69,5 +78,5 @@ case "${1:-}" in
     timeout 180 python3 benchmarks/bench_decode.py --model random:qwen2_5_vl_7b --vit auto \
       --out $OUT/decode_qwen2_5_vl_7b.json 2>&1 | log 30
     timeout 170 python3 -m pytest -q -m gpu -p no:cacheprovider tests/engine 2>&1 | tee $OUT/gpu_tests_engine.log | log 8 ;;
-  *) echo "usage: $0 tests|engine|load|single|final|owed|load3|profile3" >&2; exit 2 ;;
+  *) echo "usage: $0 tests|engine|load|single|final|owed|load3|load3w|profile3" >&2; exit 2 ;;
 esac

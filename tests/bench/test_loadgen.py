@@ -102,3 +102,17 @@ def test_warmup_is_sequential_and_apart():
         return res, fake
     results, fake = asyncio.run(go())
     assert [r.index for r in results] == [-1, -2, -3] and fake.max_in_flight == 1 and all(r.ok for r in results)
+
+
+def test_warmup_concurrency_caps_requests_in_flight():
+    async def go():
+        fake = FakeServicer(prefill_s=0.05)
+        server, address = await start_fake(fake)
+        channel = open_channel(Target(address, insecure=True))
+        res = await warmup(vlm_pb2_grpc.VisionLanguageServiceStub(channel), REQS, 6, LoadPlan(warmup_concurrency=3))
+        await channel.close()
+        await server.stop(None)
+        return res, fake
+    results, fake = asyncio.run(go())
+    assert sorted(r.index for r in results) == [-6, -5, -4, -3, -2, -1] and all(r.ok for r in results)
+    assert fake.max_in_flight == 3 and fake.seen == 6

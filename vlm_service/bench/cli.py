@@ -31,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     lo.add_argument("--max-concurrency", type=int, nargs="+", default=[None], help="cap(s) on requests in flight")
     lo.add_argument("--num-prompts", type=int, help="measured requests per run")
     lo.add_argument("--duration", type=float, help="seconds to keep sending (the request pool is cycled)")
-    lo.add_argument("--num-warmup", type=int, default=2, help="unmeasured requests sent first, one at a time")
+    lo.add_argument("--num-warmup", type=int, default=2, help="unmeasured requests sent first")
+    lo.add_argument("--warmup-concurrency", type=int, default=1,
+                    help="warm-up requests in flight at once (give the run's --max-concurrency for load tests)")
     lo.add_argument("--timeout", type=float, default=120.0, help="per-request deadline, seconds")
     lo.add_argument("--temperature", type=float, help="unset = greedy")
     lo.add_argument("--no-ignore-eos", action="store_true", help="let EOS end a request before max tokens")
@@ -79,7 +81,8 @@ def _dataset_spec(args, count: int) -> DatasetSpec:
 def _plans(args) -> list[LoadPlan]:
     return [LoadPlan(request_rate=rate, burstiness=args.burstiness, max_concurrency=conc,
                      num_prompts=args.num_prompts, duration_s=args.duration, timeout_s=args.timeout or None,
-                     seed=args.seed, ignore_eos=not args.no_ignore_eos, temperature=args.temperature)
+                     seed=args.seed, ignore_eos=not args.no_ignore_eos, temperature=args.temperature,
+                     warmup_concurrency=args.warmup_concurrency)
             for rate in args.request_rate for conc in args.max_concurrency]
 
 
@@ -99,6 +102,8 @@ def _validate(args) -> None:
         raise ValueError("--peer transformers needs --peer-model")
     if args.burstiness <= 0 or any(r <= 0 for r in args.request_rate):
         raise ValueError("--request-rate and --burstiness must be positive")
+    if args.num_warmup < 0 or args.warmup_concurrency < 1:
+        raise ValueError("--num-warmup must be >= 0 and --warmup-concurrency >= 1")
     parse_goodput(args.goodput)
 
 

@@ -48,6 +48,7 @@ class LoadPlan:
     seed: int = 0
     ignore_eos: bool = True
     temperature: float | None = None
+    warmup_concurrency: int = 1  # warm-up requests in flight at once (the run's cap warms what a loaded server runs)
 
 
 @dataclass
@@ -222,9 +223,17 @@ async def _capped(sem, stub, req, index, plan, t0) -> RequestResult:
 
 
 async def warmup(stub, requests: Sequence[BenchRequest], n: int, plan: LoadPlan) -> list[RequestResult]:
-    """n requests one after another, before the measured run; their results are reported apart, never counted."""
+    """n requests before the measured run, plan.warmup_concurrency at a time (1: one after another); their results
+    are reported apart, never counted. A loaded server meets batch shapes (several images in one vision batch, many
+    prefills in one step) that single requests never show it, and pays one-time costs on first sight of each."""
     t0 = time.perf_counter()
-    return [await send_one(stub, requests[i % len(requests)], -1 - i, plan, t0) for i in range(n)]
+    sem = asyncio.Semaphore(max(1, plan.warmup_concurrency))
+
+    async def one(i: int) -> RequestResult:
+        async with sem:
+            return await send_one(stub, requests[i % len(requests)], -1 - i, plan, t0)
+
+    return list(await asyncio.gather(*(one(i) for i in range(n))))
 
 
 async def model_info(channel, timeout_s: float = 10.0) -> dict:
