@@ -10,6 +10,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as hf_smart_resize
 
 from proc_images import random_image
+from vlm_service.processor import vision
 from vlm_service.processor.vision import ImageConfig, demo_image_config, preprocess_image, smart_resize, \
     write_preprocessor_config
 
@@ -37,6 +38,22 @@ def test_pixel_values_identical_to_transformers(name, size):
     assert [list(grid)] == ref["image_grid_thw"].tolist()
     assert ours.dtype == torch.float32
     assert torch.equal(ours, ref["pixel_values"])
+
+
+@pytest.mark.parametrize("name", ["qwen2_5_hub", "qwen3_hub"])
+@pytest.mark.parametrize("size", [(1024, 1024), (1500, 701), (640, 1900)])
+def test_large_images_identical_to_transformers(name, size, monkeypatch):
+    # large enough that the resize, the value lookup and the layout run in bands (1024x1024 -> 1036x1036 for p=14)
+    run_bands = vision._run_bands
+    banded = []
+    monkeypatch.setattr(vision, "_run_bands", lambda fn, spans: (banded.append(len(spans)), run_bands(fn, spans)))
+    monkeypatch.setattr(vision, "BAND_THREADS", 4)
+    img = random_image(*size, seed=sum(size))
+    ours, grid = preprocess_image(img, ImageConfig.from_dict(CONFIGS[name]))
+    ref = _hf_image_processor(CONFIGS[name])(images=[img], return_tensors="pt")
+    assert [list(grid)] == ref["image_grid_thw"].tolist()
+    assert torch.equal(ours, ref["pixel_values"])
+    assert banded and max(banded) == 4
 
 
 @settings(max_examples=300, deadline=None)

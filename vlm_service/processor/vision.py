@@ -9,6 +9,9 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,22 +101,121 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
     return h_bar, w_bar
 
 
+# Band pool: large resizes run in bands on a few threads (PIL's resample releases the GIL). Separate from the
+# server's preprocess pool, and band tasks never wait on anything, so callers on any thread cannot deadlock.
+BAND_THREADS = min(4, os.cpu_count() or 1)
+BAND_MIN_PIXELS = 256 * 256  # output pixels from which bands pay (measured: ~25% off at 308x336 on 2 cores)
+# The filters of PIL's separable two-pass resample (NEAREST goes through an affine transform instead).
+_BANDED_FILTERS = frozenset({Image.Resampling.BOX, Image.Resampling.BILINEAR, Image.Resampling.HAMMING,
+                             Image.Resampling.BICUBIC, Image.Resampling.LANCZOS})
+_band_pool: ThreadPoolExecutor | None = None
+_band_pool_lock = threading.Lock()
+
+
+def _band_executor() -> ThreadPoolExecutor:
+    global _band_pool
+    if _band_pool is None:
+        with _band_pool_lock:
+            if _band_pool is None:
+                _band_pool = ThreadPoolExecutor(max_workers=BAND_THREADS, thread_name_prefix="vision-band")
+    return _band_pool
+
+
+def _spans(total: int, parts: int) -> list[tuple[int, int]]:
+    """[0, total) in at most `parts` non-empty, nearly equal [lo, hi) spans."""
+    edges = [total * k // parts for k in range(parts + 1)]
+    return [(lo, hi) for lo, hi in zip(edges, edges[1:]) if hi > lo]
+
+
+def _run_bands(fn, spans: list[tuple[int, int]]) -> None:
+    """fn(lo, hi) for every span: the caller runs the first itself, the band pool the others; bands the pool has
+    not started by then (it is busy with other requests' bands) the caller takes back and runs too, so it never
+    idles behind a queue. Returns once all are done; re-raises a band's error."""
+    if len(spans) <= 1:
+        for lo, hi in spans:
+            fn(lo, hi)
+        return
+    futures = [_band_executor().submit(fn, lo, hi) for lo, hi in spans[1:]]
+    try:
+        fn(*spans[0])
+        for f, (lo, hi) in reversed(list(zip(futures, spans[1:]))):
+            if f.cancel():
+                fn(lo, hi)
+    finally:
+        # never leave a band writing into buffers the caller is done with (cancelled ones only count as done in
+        # wait() once a worker dequeues them: leave them out)
+        started = [f for f in futures if not f.cancelled()]
+        wait(started)
+    for f in started:
+        f.result()
+
+
+def resize_banded(img: Image.Image, size: tuple[int, int], resample: int, bands: int | None = None) -> Image.Image:
+    """img.resize(size, resample), byte for byte, computed in bands on the band pool; `img` itself when the size
+    is unchanged (PIL would copy it; callers here only read the result).
+
+    PIL resamples in two separable passes, horizontal (over all rows of the source) then vertical (over all columns
+    of that intermediate). A pass's coefficients depend only on the input and output length along its axis, and
+    every output row of the horizontal pass (every output column of the vertical one) depends only on its own
+    source row (column). So the horizontal pass runs on bands of full-width source rows and the vertical pass on
+    bands of full-height intermediate columns, each a plain resize of a crop along one axis: the coefficients are
+    PIL's own for the whole image and the bytes are the same. (Bands of output rows with a float box, the obvious
+    split, are not exact: the box's start and scale round differently, and PIL takes the box as float32.)"""
+    bands = BAND_THREADS if bands is None else bands
+    src_w, src_h = img.size
+    dst_w, dst_h = size
+    if (src_w, src_h) == (dst_w, dst_h):
+        return img
+    if (bands < 2 or dst_w * dst_h < BAND_MIN_PIXELS or img.mode not in ("RGB", "L") or resample not in _BANDED_FILTERS
+            or (src_h > src_w * 100 and dst_h < src_h)):  # the last: PIL resizes such tall images vertically first
+        return img.resize(size, resample=resample)
+    img.load()
+    mid = img
+    if dst_w != src_w:  # horizontal pass, as PIL's: [src_h rows, dst_w]
+        mid = Image.new(img.mode, (dst_w, src_h))
+
+        def horizontal(lo: int, hi: int) -> None:
+            mid.paste(img.crop((0, lo, src_w, hi)).resize((dst_w, hi - lo), resample=resample), (0, lo))
+
+        _run_bands(horizontal, _spans(src_h, bands))
+    if dst_h == src_h:
+        return mid
+    out = Image.new(img.mode, (dst_w, dst_h))
+
+    def vertical(lo: int, hi: int) -> None:
+        out.paste(mid.crop((lo, 0, hi, src_h)).resize((hi - lo, dst_h), resample=resample), (lo, 0))
+
+    _run_bands(vertical, _spans(dst_w, bands))
+    return out
+
+
 def preprocess_image(img: Image.Image, cfg: ImageConfig, out_dtype: torch.dtype = torch.float32,
                      pin_memory: bool = False) -> tuple[torch.Tensor, tuple[int, int, int]]:
     """RGB PIL image -> (pixel_values [gh*gw, C*tp*p*p], grid_thw (1, gh, gw)), as transformers does.
 
     In float32 the values are bit-identical to transformers'. out_dtype / pin_memory let a CUDA server receive the
-    model dtype in pinned memory from the same single copy that lays out the patches (no extra pass)."""
+    model dtype in pinned memory from the same single copy that lays out the patches (no extra pass).
+    Large images are resized, looked up and laid out in bands on the band pool (see resize_banded)."""
     if img.mode != "RGB":
         img = img.convert("RGB")
     height, width = smart_resize(img.height, img.width, cfg.factor, cfg.min_pixels, cfg.max_pixels)
-    resized = img.resize((width, height), resample=cfg.resample)
+    resized = resize_banded(img, (width, height), cfg.resample)  # `img` itself when the size is kept: only read
     chw = np.asarray(resized, dtype=np.uint8).transpose(2, 0, 1)  # [C, H, W]
     lut = _value_table(cfg.do_rescale, cfg.rescale_factor, cfg.do_normalize, cfg.image_mean, cfg.image_std, out_dtype)
     values = np.empty(chw.shape, dtype=lut.dtype)
-    for c in range(chw.shape[0]):
-        np.take(lut[c], chw[c], out=values[c])
-    return _patchify(values, cfg, out_dtype, pin_memory)
+    out, layout, grid = _patch_layout(values, cfg, out_dtype, pin_memory)
+    rows_per_block = cfg.factor
+
+    def fill(lo: int, hi: int) -> None:  # merge-block rows [lo, hi): look their values up, then lay them out
+        rows = slice(lo * rows_per_block, hi * rows_per_block)
+        for c in range(chw.shape[0]):
+            # uint8 indices into 256 entries are always in range: "clip" changes nothing but skips take's buffering
+            np.take(lut[c], chw[c, rows], out=values[c, rows], mode="clip")
+        np.copyto(layout[0][lo:hi], layout[1][lo:hi])
+
+    bands = BAND_THREADS if width * height >= BAND_MIN_PIXELS else 1
+    _run_bands(fill, _spans(height // rows_per_block, bands))
+    return out, grid
 
 
 @functools.lru_cache(maxsize=32)
@@ -133,10 +235,12 @@ def _value_table(do_rescale: bool, rescale_factor: float, do_normalize: bool, me
     return torch.from_numpy(np.ascontiguousarray(values)).to(out_dtype).view(torch.int16).numpy()
 
 
-def _patchify(values: np.ndarray, cfg: ImageConfig, out_dtype: torch.dtype,
-              pin_memory: bool) -> tuple[torch.Tensor, tuple[int, int, int]]:
-    """[C, H, W] -> ([gh*gw, C*tp*p*p], grid): rows walk merge blocks (block row, block col, in-block row, in-block
-    col), each row holds channel, temporal copy, patch row, patch col. One strided copy writes the result."""
+def _patch_layout(values: np.ndarray, cfg: ImageConfig, out_dtype: torch.dtype, pin_memory: bool
+                  ) -> tuple[torch.Tensor, tuple[np.ndarray, np.ndarray], tuple[int, int, int]]:
+    """For [C, H, W] values: the output [gh*gw, C*tp*p*p] (empty), and (destination, source) views of the same
+    shape [gh/m, gw/m, m, m, C, tp, p, p], so that one strided copy of source into destination lays the patches
+    out: rows walk merge blocks (block row, block col, in-block row, in-block col), each row holds channel, temporal
+    copy, patch row, patch col. Both views start with the merge-block row, so bands of those copy independently."""
     p, m, tp = cfg.patch_size, cfg.merge_size, cfg.temporal_patch_size
     channels, height, width = values.shape
     grid_h, grid_w = height // p, width // p
@@ -145,8 +249,7 @@ def _patchify(values: np.ndarray, cfg: ImageConfig, out_dtype: torch.dtype,
     x = np.broadcast_to(x[:, :, :, :, :, None], (*x.shape[:5], tp, p, p))  # still images: repeat in time
     out = torch.empty((grid_h * grid_w, channels * tp * p * p), dtype=out_dtype, pin_memory=pin_memory)
     target = out.numpy() if out_dtype == torch.float32 else out.view(torch.int16).numpy()
-    np.copyto(target.reshape(x.shape), x)
-    return out, (1, grid_h, grid_w)
+    return out, (target.reshape(x.shape), x), (1, grid_h, grid_w)
 
 
 # min/max pixels of the public checkpoints' preprocessor configs (Qwen2.5-VL-7B-Instruct, Qwen3-VL-8B-Instruct)
