@@ -149,3 +149,22 @@ def test_caller_runs_the_bands_a_busy_pool_has_not_started():
     finally:
         release.set()
     assert all(b.result(timeout=30) for b in blockers)
+
+
+def test_bands_only_while_no_other_image_is_preprocessed(count_bands, monkeypatch):
+    # under load every preprocess thread is busy: bands would only add GIL hand-offs, so a call made while another
+    # is in flight runs in one piece (and still gives the same values)
+    monkeypatch.setattr(vision, "BAND_THREADS", 4)
+    cfg = ImageConfig.from_dict(demo_image_config("qwen2_5_vl", True))
+    img = random_image(1024, 1024, seed=4)
+    alone = preprocess_image(img, cfg)[0]
+    assert max(count_bands) == 4
+    count_bands.clear()
+    with vision._Preprocessing() as first:
+        assert first
+        busy = preprocess_image(img, cfg)[0]
+    assert count_bands and max(count_bands) == 1
+    assert torch.equal(alone, busy)
+    count_bands.clear()
+    preprocess_image(img, cfg)
+    assert max(count_bands) == 4  # the counter went back down
