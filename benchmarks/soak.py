@@ -26,6 +26,7 @@ import grpc
 import psutil
 
 from vlm_service._proto.vlm.v1 import vlm_pb2, vlm_pb2_grpc
+from vlm_service.client import build_request
 from vlm_service.config import Config, EngineConfig, LimitsConfig, ModelConfig, ServerConfig, TLSConfig
 from vlm_service.server.testing import running_server
 
@@ -53,13 +54,9 @@ def _image(rng: random.Random) -> bytes:
 
 
 def _request(rng: random.Random, i: int) -> vlm_pb2.GenerateRequest:
-    parts = [vlm_pb2.ContentPart(image=vlm_pb2.Image(data=_image(rng), mime_type="image/png"))
-             for _ in range(rng.choice((1, 1, 2)))]
-    parts.append(vlm_pb2.ContentPart(text=f"request {i}: what is in the picture?"))
-    sampling = vlm_pb2.SamplingParams(max_tokens=rng.randint(1, 8), temperature=rng.choice((0.0, 0.7)),
-                                      seed=i % (1 << 32))
-    return vlm_pb2.GenerateRequest(request_id=f"soak-{i}", messages=[vlm_pb2.Message(role="user", content=parts)],
-                                   sampling=sampling)
+    images = [(_image(rng), "image/png") for _ in range(rng.choice((1, 1, 2)))]
+    return build_request(f"request {i}: what is in the picture?", images, request_id=f"soak-{i}",
+                         max_tokens=rng.randint(1, 8), temperature=rng.choice((0.0, 0.7)), seed=i % (1 << 32))
 
 
 async def _one(stub, request, cancel: bool) -> str:

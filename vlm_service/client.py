@@ -21,23 +21,37 @@ DEFAULT_TARGET = "127.0.0.1:50051"
 _OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
 
 
-def _image_part(image: bytes | str | Path) -> vlm_pb2.ContentPart:
-    if isinstance(image, (str, Path)):
-        mime = mimetypes.guess_type(str(image))[0] or ""
-        return vlm_pb2.ContentPart(image=vlm_pb2.Image(data=Path(image).read_bytes(), mime_type=mime))
-    return vlm_pb2.ContentPart(image=vlm_pb2.Image(data=image))
+ImageArg = bytes | str | Path | tuple[bytes, str]
 
 
-def build_request(prompt: str, images: Sequence[bytes | str | Path] = (), system: str | None = None,
+def _add_image(content, image: ImageArg) -> None:
+    """Append an image part to a repeated ContentPart field: bytes (type sniffed by the server), a file path (type
+    from its name) or (bytes, mime type)."""
+    target = content.add().image
+    if isinstance(image, tuple):
+        target.data, target.mime_type = image
+    elif isinstance(image, (str, Path)):
+        target.data = Path(image).read_bytes()
+        target.mime_type = mimetypes.guess_type(str(image))[0] or ""
+    else:
+        target.data = image
+
+
+def build_request(prompt: str, images: Sequence[ImageArg] = (), system: str | None = None,
                   request_id: str = "", **sampling) -> vlm_pb2.GenerateRequest:
-    """One user turn (images first, then the text), optional system prompt; `sampling` are SamplingParams fields."""
-    messages = []
+    """One user turn (images first, then the text), optional system prompt; `sampling` are SamplingParams fields.
+
+    Built in place (messages.add(), content.add()): handing a finished sub-message to a constructor copies it,
+    and with protobuf's upb backend building GenerateRequest(messages=[Message(content=[ContentPart(image=...)])])
+    around one 3.1 MB PNG took 6-11 ms on this project's CPU machine against 0.07 ms in place."""
+    request = vlm_pb2.GenerateRequest(request_id=request_id, sampling=vlm_pb2.SamplingParams(**sampling))
     if system:
-        messages.append(vlm_pb2.Message(role="system", content=[vlm_pb2.ContentPart(text=system)]))
-    parts = [_image_part(img) for img in images] + [vlm_pb2.ContentPart(text=prompt)]
-    messages.append(vlm_pb2.Message(role="user", content=parts))
-    return vlm_pb2.GenerateRequest(request_id=request_id, messages=messages,
-                                   sampling=vlm_pb2.SamplingParams(**sampling))
+        request.messages.add(role="system").content.add(text=system)
+    user = request.messages.add(role="user")
+    for image in images:
+        _add_image(user.content, image)
+    user.content.add(text=prompt)
+    return request
 
 
 def credentials(target: str, ca: str | Path | None = None, cert: str | Path | None = None,

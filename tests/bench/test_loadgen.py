@@ -6,10 +6,10 @@ import dataclasses
 import pytest
 from fake_server import FakeServicer, start_fake
 
-from vlm_service._proto.vlm.v1 import vlm_pb2_grpc
+from vlm_service._proto.vlm.v1 import vlm_pb2, vlm_pb2_grpc
 from vlm_service.bench.dataset import BenchRequest, DatasetSpec, build_dataset
 from vlm_service.bench.images import ImageItem
-from vlm_service.bench.loadgen import LoadPlan, Target, open_channel, run_load, warmup
+from vlm_service.bench.loadgen import LoadPlan, Target, build_proto, open_channel, run_load, warmup
 from vlm_service.bench.metrics import summarize
 
 REQS = build_dataset(DatasetSpec(num_requests=8, resolution="32x32", output_len=(3, 5), input_len=(4, 4)))
@@ -116,3 +116,22 @@ def test_warmup_concurrency_caps_requests_in_flight():
     results, fake = asyncio.run(go())
     assert sorted(r.index for r in results) == [-6, -5, -4, -3, -2, -1] and all(r.ok for r in results)
     assert fake.max_in_flight == 3 and fake.seen == 6
+
+
+@pytest.mark.parametrize("temperature", [None, 0.7])
+def test_request_built_in_place_is_the_nested_message(temperature):
+    # build_proto fills the request in place (fast with upb); it must be the message the plain nested constructors
+    # give: images first with their mime types, then the text, and the sampling fields
+    images = (ImageItem(b"\x89PNG one", "image/png", 4, 4), ImageItem(b"\xff\xd8 two", "image/jpeg", 8, 8))
+    req = BenchRequest("describe", images, max_tokens=7, min_tokens=5)
+    plan = LoadPlan(temperature=temperature, ignore_eos=True)
+    parts = [vlm_pb2.ContentPart(image=vlm_pb2.Image(data=im.data, mime_type=im.mime_type)) for im in images]
+    parts.append(vlm_pb2.ContentPart(text="describe"))
+    sampling = vlm_pb2.SamplingParams(max_tokens=7, min_tokens=5, ignore_eos=True)
+    if temperature is not None:
+        sampling.temperature = temperature
+    nested = vlm_pb2.GenerateRequest(request_id="r1", sampling=sampling,
+                                     messages=[vlm_pb2.Message(role="user", content=parts)])
+    built = build_proto(req, "r1", plan)
+    assert built == nested
+    assert built.SerializeToString(deterministic=True) == nested.SerializeToString(deterministic=True)
