@@ -63,7 +63,7 @@ case "${1:-}" in
   load3w)  # the same load test after a warm-up like the run (64 requests, 32 in flight); the peer's numbers stand
     dir=$(preset_dir qwen3_vl_8b)
     s="serve:--model random:qwen3_vl_8b --vit-attention-backend"
-    timeout 500 python3 benchmarks/ttft.py --compare "$s fa3" "$s flashinfer_cudnn" "$s auto" \
+    timeout 290 python3 benchmarks/ttft.py --compare "$s fa3" "$s flashinfer_cudnn" "$s auto" \
       --compare-labels fa3 flashinfer_cudnn auto --compare-rounds 1 --max-concurrency 32 --num-prompts 256 \
       --num-warmup 64 --warmup-concurrency 32 --images-per-request 1 --image-resolution 560x560 --image-format jpeg \
       --input-len 128 --output-len 32 --tokenizer $dir --result-dir /tmp/ttft_load_warm 2>&1 | log 30
