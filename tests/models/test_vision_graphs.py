@@ -234,6 +234,22 @@ def test_least_recently_used_key_is_evicted():
     assert capture.captures == 1  # a was forgotten: first sight again
 
 
+def test_encodes_over_the_patch_cap_run_eagerly_and_take_no_slot():
+    # a large batch is GPU-bound: no capture, and it must not push the small (launch-bound) keys out of the LRU
+    toy, capture = Toy(), FakeCapture()
+    runner = VisionGraphRunner(capacity=1, capture=capture, max_patches=4)
+    small, large = torch.ones(4, 2), torch.ones(6, 2)
+    for _ in range(2):
+        _run(runner, toy, small)
+    assert capture.captures == 1
+    for k in range(3):
+        out = _run(runner, toy, large * k, ((1, 2, 3),))
+        assert torch.equal(out[0], large * k * 2)
+    assert capture.captures == 1 and runner.counts() == {"seen": 0, "graph": 1, "eager_only": 0, "replays": 0}
+    _run(runner, toy, small)
+    assert runner.counts()["replays"] == 1  # the small key survived the large encodes
+
+
 def test_key_holds_dtype_shape_and_backend_identity():
     toy, capture = Toy(), FakeCapture()
     runner = VisionGraphRunner(capture=capture)

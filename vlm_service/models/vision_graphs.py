@@ -22,6 +22,14 @@ long as the cu_seqlens tensor itself (vit_backends.base.PerTensorCache). All gra
 is safe because they replay one at a time on the caller's stream; that pool (about the largest capture's activations)
 stays reserved while graphs are cached, outside the caching allocator's reach for eager work.
 
+Only launch-bound encodes are captured: at most `max_patches` patches (DEFAULT_MAX_PATCHES) per encode; larger ones
+run eagerly and take no LRU slot. Above that size the GPU work outlasts the host's launches anyway, and under load a
+size cap keeps the keys few: the engine batches the images admitted together, so every batch size is a new key, and
+in the H200 load test (32 in flight, one 560² image each: 1296 patches) about 12 % of requests sat in an encode
+that took 100-280 ms instead of about 20-35 ms, after a warm-up of 64 requests at the same concurrency: captures
+of batch keys seen a second time, new ones or ones the LRU of 8 had dropped (a capture costs a warm-up run, the
+capture, a replay and an eager check).
+
 Off switch: VisionGraphRunner(enabled=False), the `enabled` attribute, or VLM_VIT_CUDA_GRAPHS=0 in the environment.
 Not thread-safe: one encode at a time (the engine's step loop).
 """
@@ -41,6 +49,9 @@ log = logging.getLogger(__name__)
 
 ENV_SWITCH = "VLM_VIT_CUDA_GRAPHS"
 DEFAULT_CAPACITY = 8
+# Patches per encode up to which graphs are used: two 1024² Qwen3-VL images (4096 patches each), one 1024² Qwen2.5-VL
+# image (5476). One 1024² image measured eager vs replayed: 7B 26.3 vs 24.0 ms, 8B 16.3 vs 14.6 ms (2026-11-29).
+DEFAULT_MAX_PATCHES = 8192
 # replay vs eager on the same inputs: relative L2 error per output. bf16 kernels picked differently under capture
 # differ by far less; a graph that reads freed or stale memory differs by far more.
 MAX_REPLAY_ERROR = 0.05
@@ -110,8 +121,10 @@ class VisionGraphRunner:
     VLM_VIT_CUDA_GRAPHS (default on); `enabled` may be flipped later (the benchmark forces eager with it).
     """
 
-    def __init__(self, capacity: int = DEFAULT_CAPACITY, enabled: bool | None = None, capture=None):
+    def __init__(self, capacity: int = DEFAULT_CAPACITY, enabled: bool | None = None, capture=None,
+                 max_patches: int = DEFAULT_MAX_PATCHES):
         self.capacity = capacity
+        self.max_patches = max_patches
         self.enabled = enabled_by_env() if enabled is None else enabled
         self._capture = CudaGraphCapture() if capture is None else capture
         self._entries: OrderedDict[tuple, _Entry] = OrderedDict()
@@ -131,7 +144,7 @@ class VisionGraphRunner:
         prepare() builds the metadata (from the grids alone); compute(pixels, metadata) must launch device kernels
         only. backends: the attention backends compute calls (their identity is part of the key).
         """
-        if not (self.enabled and self._capture.supports(pixels.device)):
+        if not (self.enabled and pixels.shape[0] <= self.max_patches and self._capture.supports(pixels.device)):
             return self._eager(pixels, prepare, compute)
         key = (tuple(map(tuple, grid_rows)), pixels.dtype, tuple(pixels.shape),
                pixels.device, tuple(id(b) for b in backends))
