@@ -75,14 +75,13 @@ class MergedLinear(nn.Module):
         return out
 
 
-
 class GatedMLP(nn.Module):
-    """down(silu(gate(x)) * up(x)) without biases, gate|up fused (both text decoders)."""
+    """down(silu(gate(x)) * up(x)), gate|up fused: both text decoders (no biases) and Qwen2.5-VL's vision blocks."""
 
-    def __init__(self, hidden: int, inter: int):
+    def __init__(self, hidden: int, inter: int, bias: bool = False):
         super().__init__()
-        self.gate_up_proj = MergedLinear(hidden, {"gate_proj": inter, "up_proj": inter}, bias=False)
-        self.down_proj = nn.Linear(inter, hidden, bias=False)
+        self.gate_up_proj = MergedLinear(hidden, {"gate_proj": inter, "up_proj": inter}, bias=bias)
+        self.down_proj = nn.Linear(inter, hidden, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(kernels.silu_and_mul(self.gate_up_proj(x)))
@@ -163,6 +162,7 @@ class VisionLanguageModel(nn.Module):
         weight = self.model.language_model.embed_tokens.weight if self.tied else self.lm_head.weight
         return nn.functional.linear(hidden, weight).float()
 
+
 def materialize(module: nn.Module, dtype: torch.dtype, device: torch.device) -> nn.Module:
     """Turn a module built on `meta` into uninitialized storage of `dtype` on `device` (weights come later)."""
     return module.to(dtype).to_empty(device=device)
@@ -226,7 +226,6 @@ def init_random_(root: nn.Module, std: float = 0.02, seed: int = 0) -> None:
             param.fill_(1.0)
         else:
             param.normal_(0.0, std, generator=gen)
-
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ from torch import nn
 import kernels
 from vit_backends.base import ViTAttention
 from vlm_service.errors import ModelLoadError
-from vlm_service.models.layers import MergedLinear, RMSNorm
+from vlm_service.models.layers import GatedMLP, RMSNorm
 
 
 def vision_rope_positions(grid_thw: torch.Tensor, merge: int) -> torch.Tensor:
@@ -91,16 +91,11 @@ class VisionAttention(nn.Module):
         return self.proj(self.backend(q, k, v, cu_seqlens, max_seqlen).reshape(n, -1))
 
 
-class VisionMLP(nn.Module):
-    """down(silu(gate(x)) * up(x)), gate|up fused, all with bias."""
+class VisionMLP(GatedMLP):
+    """The gated MLP with biases, whose intermediate width can be padded."""
 
     def __init__(self, dim: int, inter: int):
-        super().__init__()
-        self.gate_up_proj = MergedLinear(dim, {"gate_proj": inter, "up_proj": inter}, bias=True)
-        self.down_proj = nn.Linear(inter, dim, bias=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(kernels.silu_and_mul(self.gate_up_proj(x)))
+        super().__init__(dim, inter, bias=True)
 
     @torch.no_grad()
     def pad_intermediate_(self, multiple: int = 64) -> None:
