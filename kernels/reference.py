@@ -146,3 +146,27 @@ def gumbel_noise(seeds: torch.Tensor, positions: torch.Tensor, vocab: int) -> to
 def gumbel_sample(logits: torch.Tensor, seeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """argmax(logits + Gumbel noise) per row. logits [B, V] float32 already divided by temperature and masked."""
     return torch.argmax(logits.float() + gumbel_noise(seeds, positions, logits.shape[-1]), dim=-1)
+
+
+def moe_route(router_logits: torch.Tensor, top_k: int, renormalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax (float32) -> top-k -> optional renormalisation. router_logits: [T, E] -> (weights [T, k] float32,
+    expert ids [T, k] int32)."""
+    probs = torch.softmax(router_logits.float(), dim=-1)
+    weights, ids = torch.topk(probs, top_k, dim=-1)
+    if renormalize:
+        weights = weights / weights.sum(-1, keepdim=True)
+    return weights, ids.to(torch.int32)
+
+
+def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
+              topk_ids: torch.Tensor) -> torch.Tensor:
+    """The sparse MoE block as a loop over experts. x: [T, H]; w13: [E, 2I, H] = [gate | up] rows; w2: [E, H, I];
+    topk_weights / topk_ids: [T, k]. Each pick: silu(x @ gate.T) * (x @ up.T) @ w2[e].T * weight, summed over k."""
+    out = torch.zeros(x.shape[0], x.shape[1], dtype=torch.float32, device=x.device)
+    inter = w2.shape[2]
+    for e in torch.unique(topk_ids).tolist():
+        tok, pick = torch.nonzero(topk_ids == e, as_tuple=True)
+        h = x[tok] @ w13[e].t()
+        act = (torch.nn.functional.silu(h[:, :inter]) * h[:, inter:]) @ w2[e].t()
+        out.index_add_(0, tok, act.float() * topk_weights[tok, pick, None].float())
+    return out.to(x.dtype)
