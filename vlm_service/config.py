@@ -25,6 +25,8 @@ class ModelConfig:
     dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16
     vit_attention_backend: str = "auto"  # auto | sdpa | fa3 | flashinfer_cudnn
     seed: int = 0
+    served_model_name: str = ""  # what /v1/models, responses and GetModelInfo report; "" = the model id
+    chat_template: str = ""  # a jinja file overriding the checkpoint's chat template; "" = the checkpoint's
 
     def __post_init__(self):
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
@@ -75,6 +77,22 @@ class TLSConfig:
 
 
 @dataclass(frozen=True)
+class HTTPConfig:
+    """The OpenAI-compatible HTTP front door (server/http_app.py), beside gRPC in the same process."""
+
+    port: int | None = None  # None = off; 0 = any free port
+    metrics: bool = False  # also serve /metrics on this port
+    allowed_media_domains: tuple[str, ...] = ()  # http(s) image URLs only from these hosts; empty = refused
+    allowed_local_media_path: Path | None = None  # file:// image URLs only under this folder; None = refused
+    media_fetch_timeout_s: float = 10.0
+    max_media_bytes: int = 20 << 20  # cap of one fetched image (URL or file)
+
+    def __post_init__(self):
+        if self.media_fetch_timeout_s <= 0 or self.max_media_bytes <= 0:
+            raise ValueError("--media-fetch-timeout-s and --max-media-bytes must be positive")
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 50051
@@ -87,6 +105,9 @@ class ServerConfig:
     warmup_image_side: int = 1024  # warm-up images of this side at start (see server/app.py _warmup); 0 = text only
     tls: TLSConfig = field(default_factory=TLSConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    http: HTTPConfig = field(default_factory=HTTPConfig)
+    api_keys: tuple[str, ...] = ()  # accepted API keys ("NAME:KEY" or "KEY"), both transports; empty = no key check
+    api_keys_file: Path | None = None  # more keys, one "NAME KEY" or "KEY" per line
 
     def __post_init__(self):
         if not self.tcp and self.uds is None:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 
 class ServiceError(Exception):
-    """Base of every user-caused error; `field` names the request field at fault, when there is one."""
+    """Base of every user-caused error; `field` names the request field at fault, when there is one.
+
+    `code` is the transport-neutral status name (the gRPC code's name); each transport maps it (server/convert.py,
+    server/http_convert.py), and the metrics and the request log use it as it is.
+    """
+
+    code = "INTERNAL"
 
     def __init__(self, message: str, field: str | None = None):
         super().__init__(message)
@@ -14,6 +20,8 @@ class ServiceError(Exception):
 class InvalidInput(ServiceError):
     """Bad request content: malformed image, bad sampling values, prompt over context (→ INVALID_ARGUMENT)."""
 
+    code = "INVALID_ARGUMENT"
+
 
 class InvalidImage(InvalidInput):
     """An image that cannot be decoded or is outside the limits (→ INVALID_ARGUMENT)."""
@@ -22,13 +30,49 @@ class InvalidImage(InvalidInput):
 class DuplicateRequest(ServiceError):
     """A request id that is still in flight (→ ALREADY_EXISTS)."""
 
+    code = "ALREADY_EXISTS"
+
 
 class Overloaded(ServiceError):
     """Admission refused: queue or token limits reached (→ RESOURCE_EXHAUSTED)."""
 
+    code = "RESOURCE_EXHAUSTED"
+
 
 class ShuttingDown(ServiceError):
     """The server is draining and takes no new work (→ UNAVAILABLE)."""
+
+    code = "UNAVAILABLE"
+
+
+class DeadlineExceeded(ServiceError):
+    """The server-side deadline passed before the request finished (→ DEADLINE_EXCEEDED; HTTP 504)."""
+
+    code = "DEADLINE_EXCEEDED"
+
+
+class Unauthenticated(ServiceError):
+    """No or an unknown API key (→ UNAUTHENTICATED; HTTP 401)."""
+
+    code = "UNAUTHENTICATED"
+
+
+class NotFound(ServiceError):
+    """An unknown model name or route (→ NOT_FOUND; HTTP 404)."""
+
+    code = "NOT_FOUND"
+
+
+class TooLarge(ServiceError):
+    """A request body over the size cap (→ RESOURCE_EXHAUSTED as gRPC's receive cap; HTTP 413)."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+
+class InternalError(ServiceError):
+    """Our own fault, reported without internals (→ INTERNAL; HTTP 500)."""
+
+    code = "INTERNAL"
 
 
 class ModelLoadError(Exception):

@@ -6,7 +6,7 @@ import pytest
 from engine_helpers import ToyTokenizer, ToyVLM, build_input, image, oracle_greedy, run_to_completion, text
 
 from vlm_service.config import EngineConfig
-from vlm_service.engine.engine import LLMEngine
+from vlm_service.engine.engine import LLMEngine, validate_sampling
 from vlm_service.errors import InvalidInput
 from vlm_service.types import FinishReason, SamplingParams
 
@@ -92,8 +92,8 @@ def test_prompt_over_context_is_refused(model):
     eng = engine(model, max_model_len=32)
     with pytest.raises(InvalidInput):
         eng.add("a", build_input(text(0, 40)), GREEDY)
-    with pytest.raises(InvalidInput):
-        eng.add("b", build_input(text(0, 4)), SamplingParams(temperature=-1))
+    with pytest.raises(InvalidInput):  # sampling values: checked once, by the pipeline, with this function
+        validate_sampling(SamplingParams(temperature=-1))
     res = run_to_completion(eng, [("c", build_input(text(0, 28)), SamplingParams(ignore_eos=True))])
     assert len(res["c"][0]) == 4 and res["c"][2].finish_reason == FinishReason.LENGTH
 

@@ -8,6 +8,7 @@ import pytest
 from vlm_service import errors, types
 from vlm_service._proto.vlm.v1 import vlm_pb2
 from vlm_service.client import build_request
+from vlm_service.engine.engine import validate_sampling
 from vlm_service.server import convert
 
 
@@ -35,8 +36,8 @@ def test_sampling_values_carry_over():
     ({"temperature": float("nan")}, "sampling.temperature"), ({"top_logprobs": -1}, "sampling.top_logprobs"),
 ])
 def test_bad_sampling_raises_naming_field(kwargs, field):
-    with pytest.raises(errors.InvalidInput) as err:
-        convert.sampling_from_proto(vlm_pb2.SamplingParams(**kwargs))
+    with pytest.raises(errors.InvalidInput) as err:  # converted as sent, checked once (by the pipeline)
+        validate_sampling(convert.sampling_from_proto(vlm_pb2.SamplingParams(**kwargs)))
     assert err.value.field == field
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -36,8 +37,11 @@ class _Launch:
 
 
 def validate_sampling(p: SamplingParams) -> None:
-    """Raise InvalidInput naming the sampling field a user got wrong."""
+    """Raise InvalidInput naming the sampling field a user got wrong. The one check of sampling values: the
+    pipeline calls it once per request, before admission, whichever transport the request came by."""
     checks = [
+        *((math.isfinite(getattr(p, n)), n, "must be a finite number")
+          for n in ("temperature", "top_p", "min_p", "repetition_penalty")),
         (p.temperature >= 0, "temperature", "must be >= 0"),
         (0 < p.top_p <= 1, "top_p", "must be in (0, 1]"),
         (p.top_k >= 0, "top_k", "must be >= 0"),
@@ -47,6 +51,9 @@ def validate_sampling(p: SamplingParams) -> None:
         (p.repetition_penalty > 0, "repetition_penalty", "must be > 0"),
         (0 <= p.top_logprobs <= 20, "top_logprobs", "must be in [0, 20]"),
         (p.seed is None or p.seed >= 0, "seed", "must be >= 0"),
+        (p.max_tokens is None or p.min_tokens <= p.max_tokens, "min_tokens", "must be <= max_tokens"),
+        (all(p.stop), "stop", "stop strings must not be empty"),
+        (all(t >= 0 for t in p.stop_token_ids), "stop_token_ids", "token ids must be >= 0"),
     ]
     for ok, name, why in checks:
         if not ok:
@@ -72,8 +79,8 @@ class LLMEngine:
 
     # ---- requests --------------------------------------------------------------------------------------------
     def check(self, processed: ProcessedInput, sampling: SamplingParams) -> int:
-        """Validate a request; returns its completion limit (max_tokens capped by the context)."""
-        validate_sampling(sampling)
+        """Check the prompt against the context; returns its completion limit (max_tokens capped by the context).
+        Sampling values were checked by the caller (validate_sampling, once per request)."""
         n = len(processed.input_ids)
         if n == 0:
             raise InvalidInput("the prompt is empty", field="messages")

@@ -22,7 +22,8 @@ from grpc_reflection.v1alpha import reflection
 from vlm_service import types
 from vlm_service._proto.vlm.v1 import vlm_pb2, vlm_pb2_grpc
 from vlm_service.config import Config
-from vlm_service.server import tls
+from vlm_service.pipeline import Pipeline
+from vlm_service.server import auth, tls
 from vlm_service.server.metrics import poll_engine, start_metrics
 from vlm_service.server.servicer import VisionLanguageServicer
 
@@ -55,7 +56,10 @@ class Server:
         self.cfg = cfg
         self._load_runtime = load_runtime
         self.runtime = None
-        self.servicer = VisionLanguageServicer(cfg.server.limits)
+        self.api_keys = auth.ApiKeys.from_config(cfg.server.api_keys, cfg.server.api_keys_file)
+        self.pipeline = Pipeline(cfg.server.limits)  # one request lifecycle under every transport
+        self.servicer = VisionLanguageServicer(cfg.server.limits, pipeline=self.pipeline,
+                                               served_model_name=cfg.model.served_model_name, api_keys=self.api_keys)
         self.health = HealthServicer()
         self.targets: list[str] = []
         self.cert_fetcher = None

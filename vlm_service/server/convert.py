@@ -5,8 +5,6 @@ Also maps user errors (vlm_service/errors.py) to gRPC status codes with google.r
 
 from __future__ import annotations
 
-import math
-
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
@@ -16,7 +14,6 @@ from vlm_service import errors, types
 from vlm_service._proto.vlm.v1 import vlm_pb2
 
 ROLES = ("system", "user", "assistant")
-MAX_TOP_LOGPROBS = 20
 
 _FINISH = {
     types.FinishReason.STOP: vlm_pb2.STOP,
@@ -25,12 +22,6 @@ _FINISH = {
     types.FinishReason.ABORT: vlm_pb2.ABORT,
 }
 
-_CODES = [  # most specific first
-    (errors.DuplicateRequest, grpc.StatusCode.ALREADY_EXISTS),
-    (errors.Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (errors.ShuttingDown, grpc.StatusCode.UNAVAILABLE),
-    (errors.InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
-]
 
 
 def _check(ok: bool, field: str, message: str) -> None:
@@ -38,37 +29,17 @@ def _check(ok: bool, field: str, message: str) -> None:
         raise errors.InvalidInput(f"{field}: {message}", field=field)
 
 
-def _finite(value: float, field: str) -> float:
-    _check(math.isfinite(value), field, "must be a finite number")
-    return value
-
-
 def sampling_from_proto(sp: vlm_pb2.SamplingParams) -> types.SamplingParams:
-    """Validated SamplingParams; unset optional fields take the defaults. Errors name the field (sampling.top_p)."""
+    """SamplingParams; unset optional fields take the defaults. The values are checked once, by the pipeline
+    (engine.validate_sampling), whichever transport they came from."""
     d = types.SamplingParams()
-    temperature = _finite(sp.temperature, "sampling.temperature") if sp.HasField("temperature") else d.temperature
-    top_p = _finite(sp.top_p, "sampling.top_p") if sp.HasField("top_p") else d.top_p
-    top_k = sp.top_k if sp.HasField("top_k") else d.top_k
-    min_p = _finite(sp.min_p, "sampling.min_p") if sp.HasField("min_p") else d.min_p
-    rep = _finite(sp.repetition_penalty, "sampling.repetition_penalty") if sp.HasField("repetition_penalty") \
-        else d.repetition_penalty
-    max_tokens = sp.max_tokens if sp.HasField("max_tokens") else None
-    _check(temperature >= 0, "sampling.temperature", "must be >= 0")
-    _check(0 < top_p <= 1, "sampling.top_p", "must be in (0, 1]")
-    _check(top_k >= 0, "sampling.top_k", "must be >= 0 (0 = off)")
-    _check(0 <= min_p <= 1, "sampling.min_p", "must be in [0, 1]")
-    _check(max_tokens is None or max_tokens >= 1, "sampling.max_tokens", "must be >= 1 when set")
-    _check(sp.min_tokens >= 0, "sampling.min_tokens", "must be >= 0")
-    _check(max_tokens is None or sp.min_tokens <= max_tokens, "sampling.min_tokens", "must be <= max_tokens")
-    _check(rep > 0, "sampling.repetition_penalty", "must be > 0")
-    _check(0 <= sp.top_logprobs <= MAX_TOP_LOGPROBS, "sampling.top_logprobs", f"must be in [0, {MAX_TOP_LOGPROBS}]")
-    _check(all(s for s in sp.stop), "sampling.stop", "stop strings must not be empty")
-    _check(all(t >= 0 for t in sp.stop_token_ids), "sampling.stop_token_ids", "token ids must be >= 0")
+    opt = lambda name, default: getattr(sp, name) if sp.HasField(name) else default  # noqa: E731
     return types.SamplingParams(
-        temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
-        seed=sp.seed if sp.HasField("seed") else None, max_tokens=max_tokens, min_tokens=sp.min_tokens,
-        stop=tuple(sp.stop), stop_token_ids=tuple(sp.stop_token_ids), ignore_eos=sp.ignore_eos,
-        repetition_penalty=rep, logprobs=sp.logprobs or sp.top_logprobs > 0, top_logprobs=sp.top_logprobs)
+        temperature=opt("temperature", d.temperature), top_p=opt("top_p", d.top_p), top_k=opt("top_k", d.top_k),
+        min_p=opt("min_p", d.min_p), seed=opt("seed", None), max_tokens=opt("max_tokens", None),
+        min_tokens=sp.min_tokens, stop=tuple(sp.stop), stop_token_ids=tuple(sp.stop_token_ids),
+        ignore_eos=sp.ignore_eos, repetition_penalty=opt("repetition_penalty", d.repetition_penalty),
+        logprobs=sp.logprobs or sp.top_logprobs > 0, top_logprobs=sp.top_logprobs)
 
 
 def _part_from_proto(part: vlm_pb2.ContentPart, field: str) -> types.ContentPart:
@@ -137,11 +108,8 @@ def model_info_to_proto(info) -> vlm_pb2.ModelInfo:
 
 
 def status_code(exc: errors.ServiceError) -> grpc.StatusCode:
-    """The gRPC status code of a user error."""
-    for cls, code in _CODES:
-        if isinstance(exc, cls):
-            return code
-    return grpc.StatusCode.INTERNAL
+    """The gRPC status code of a service error (its transport-neutral `code` is the gRPC code's name)."""
+    return getattr(grpc.StatusCode, getattr(exc, "code", "INTERNAL"), grpc.StatusCode.INTERNAL)
 
 
 def error_status(exc: errors.ServiceError) -> status_pb2.Status:
