@@ -119,8 +119,10 @@ def load_runtime(cfg: Config) -> Runtime:
     cuda = device.type == "cuda"
     processor = Processor.from_pretrained(processor_dir, max_pixels_limit=cfg.server.limits.max_image_pixels,
                                           max_images=cfg.server.limits.max_images_per_request,
+                                          chat_template=cfg.model.chat_template or None,
                                           pixel_dtype=dtype if cuda else torch.float32, pin_pixels=cuda)
     engine = AsyncEngine(model, processor.tokenizer, cfg.engine, cfg.server.limits, device)
+    model_id = cfg.model.served_model_name or model_id  # what GetModelInfo, /v1/models and responses report
     info = _model_info(model_id, model, cfg, engine.max_model_len, device, dtype, getattr(vit, "name", ""))
     return Runtime(engine=engine, processor=processor, info=info, tokenizer=processor.tokenizer, model=model,
                    vit_backend=vit)

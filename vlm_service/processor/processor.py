@@ -49,10 +49,10 @@ class Processor:
 
     @classmethod
     def from_pretrained(cls, model_dir: Path, max_pixels_limit: int = 40_000_000, max_images: int = 8,
-                        **pixels) -> "Processor":
+                        chat_template: str | Path | None = None, **pixels) -> "Processor":
         """Load the tokenizer and image settings of an HF-format checkpoint directory (pixels: pixel_dtype,
-        pin_pixels)."""
-        return cls(load_tokenizer(model_dir), ImageConfig.from_pretrained(model_dir), max_pixels_limit, max_images,
+        pin_pixels); `chat_template`: a jinja file that replaces the checkpoint's template."""
+        return cls(load_tokenizer(model_dir, chat_template), ImageConfig.from_pretrained(model_dir), max_pixels_limit, max_images,
                    **pixels)
 
     def process(self, messages: tuple[ChatMessage, ...]) -> ProcessedInput:

@@ -135,17 +135,20 @@ def build_demo_tokenizer(out_dir: Path) -> None:
     (out_dir / "tokenizer_config.json").write_text(json.dumps(_tokenizer_config(), indent=2))
 
 
-def load_tokenizer(model_dir: Path):
+def load_tokenizer(model_dir: Path, chat_template: str | Path | None = None):
     """Load a checkpoint's fast tokenizer with the chat template transformers' processor would use.
 
     The processor's sources win over the tokenizer's inline template, in transformers' order: processor_config.json's
-    "chat_template", then the legacy chat_template.json, then chat_template.jinja.
+    "chat_template", then the legacy chat_template.json, then chat_template.jinja. `chat_template` (a jinja file,
+    --chat-template) overrides them all.
     """
     from transformers import AutoTokenizer
 
     model_dir = Path(model_dir)
     tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     template = _read_processor_chat_template(model_dir)
+    if chat_template:
+        template = Path(chat_template).read_text()
     if template:
         tok.chat_template = template
     return tok

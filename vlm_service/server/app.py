@@ -58,8 +58,7 @@ class Server:
         self.runtime = None
         self.api_keys = auth.ApiKeys.from_config(cfg.server.api_keys, cfg.server.api_keys_file)
         self.pipeline = Pipeline(cfg.server.limits)  # one request lifecycle under every transport
-        self.servicer = VisionLanguageServicer(cfg.server.limits, pipeline=self.pipeline,
-                                               served_model_name=cfg.model.served_model_name, api_keys=self.api_keys)
+        self.servicer = VisionLanguageServicer(cfg.server.limits, pipeline=self.pipeline, api_keys=self.api_keys)
         self.health = HealthServicer()
         self.targets: list[str] = []
         self.cert_fetcher = None
@@ -67,6 +66,8 @@ class Server:
         self._stopped = asyncio.Event()
         self._drain_started = False
         self._poller: asyncio.Task | None = None
+        self.http = None  # server/http_serve.HttpListener while the HTTP front door runs (--http-port)
+        self._door = None
 
     async def start(self) -> list[str]:
         """Register the services, bind the listeners and start answering; returns the client targets."""
@@ -77,6 +78,8 @@ class Server:
         self.targets = self._bind()
         self.servicer.metrics = start_metrics(self.cfg.server, self.cfg.model.model)
         await self._server.start()
+        if self.cfg.server.http.port is not None:
+            await self._start_http()
         if self.cfg.server.uds is not None:  # the socket file exists once the server started
             os.chmod(Path(self.cfg.server.uds).resolve(), 0o600)
         await self.health.set("", SERVING)
@@ -112,6 +115,17 @@ class Server:
         log.info("%s on %s", mode, address)
         return self._server.add_secure_port(address, creds)
 
+    async def _start_http(self) -> None:
+        """The OpenAI-compatible front door on the same loop, pipeline and engine (imported lazily: the http extra)."""
+        from vlm_service.metrics import Metrics
+        from vlm_service.server.http_app import FrontDoor, build_app
+        from vlm_service.server.http_serve import start_http
+
+        if self.cfg.server.http.metrics and self.pipeline.metrics is None:  # /metrics on the HTTP port only
+            self.pipeline.metrics = Metrics(self.cfg.model.model)
+        self._door = FrontDoor(self.cfg, self.pipeline, self.api_keys, server=self)
+        self.http = await start_http(build_app(self._door), self.cfg.server)
+
     async def load(self, warmup: bool = True) -> None:
         """Load the runtime off the event loop, start the engine, warm up, then mark the service SERVING."""
         runtime = await asyncio.to_thread(self._load_runtime, self.cfg)
@@ -139,6 +153,9 @@ class Server:
         if self.runtime is not None:
             await self.runtime.stop(drain=False)
         await self._server.stop(grace=1.0)
+        if self.http is not None:
+            await self.http.stop()
+            await self._door.close()
         self._stop_metrics()
         self.servicer.close()
         self._stopped.set()

@@ -11,8 +11,8 @@ import dataclasses
 import os
 from pathlib import Path
 
-from vlm_service.config import (Config, EngineConfig, LimitsConfig, ModelConfig, ServerConfig, TLSConfig,
-                                default_state_dir)
+from vlm_service.config import (Config, EngineConfig, HTTPConfig, LimitsConfig, ModelConfig, ServerConfig,
+                                TLSConfig, default_state_dir)
 
 _TRUE = ("1", "true", "yes", "on")
 _SERVER_FLAGS = [  # (field, type, help) of ServerConfig/TLSConfig, written out for their help texts
@@ -83,6 +83,38 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
     _add_dataclass(parser, LimitsConfig, "limits")
     _add_dataclass(parser, EngineConfig, "engine")
     _add(parser, "log_level", str, "info", "debug | info | warning | error")
+    add_http_flags(parser)
+
+
+def _env_list(dest: str) -> list[str]:
+    raw = os.environ.get(env_name(dest), "")
+    return [v.strip() for v in raw.split(",") if v.strip()]
+
+
+def add_http_flags(parser: argparse.ArgumentParser) -> None:
+    """The OpenAI-compatible HTTP front door and the API keys (both transports)."""
+    g = parser.add_argument_group("HTTP (OpenAI-compatible; off unless --http-port is given) and API keys")
+    _add(g, "http_port", int, None, "serve POST /v1/chat/completions, /v1/models, /health, /health/ready on this "
+                                    "TCP port beside gRPC (same host, TLS and limits; 0 = any free port)")
+    _add(g, "http_metrics", bool, False, "also serve Prometheus /metrics on the HTTP port")
+    g.add_argument("--allowed-media-domains", nargs="+", default=_env_list("allowed_media_domains"),
+                   help="hosts whose http(s) image URLs may be fetched (exact names); none = refused "
+                        "[env VLM_ALLOWED_MEDIA_DOMAINS, comma-separated]")
+    _add(g, "allowed_local_media_path", Path, None, "file:// image URLs allowed under this folder (off when unset)")
+    _add(g, "media_fetch_timeout_s", float, HTTPConfig.media_fetch_timeout_s, "timeout of one image fetch")
+    _add(g, "max_media_bytes", int, HTTPConfig.max_media_bytes, "size cap of one fetched image")
+    g.add_argument("--api-key", dest="api_key", action="append", default=_env_list("api_key"),
+                   help="accepted API key, NAME:KEY or KEY (repeatable), checked on gRPC (authorization metadata) "
+                        "and HTTP (Authorization: Bearer); the name is the caller's identity; health stays open "
+                        "[env VLM_API_KEY, comma-separated]")
+    _add(g, "api_keys_file", Path, None, "file of API keys, one 'NAME KEY' or 'KEY' per line")
+
+
+def _http_config(args: argparse.Namespace) -> HTTPConfig:
+    return HTTPConfig(port=args.http_port, metrics=args.http_metrics,
+                      allowed_media_domains=tuple(args.allowed_media_domains or ()),
+                      allowed_local_media_path=args.allowed_local_media_path,
+                      media_fetch_timeout_s=args.media_fetch_timeout_s, max_media_bytes=args.max_media_bytes)
 
 
 def _pick(cls, args: argparse.Namespace, **extra):
@@ -94,7 +126,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
     """The frozen Config of parsed serve flags (raises ValueError on bad combinations)."""
     tls = TLSConfig(insecure=args.insecure, cert=args.tls_cert, key=args.tls_key, client_ca=args.tls_client_ca)
     limits = _pick(LimitsConfig, args)
-    server = _pick(ServerConfig, args, tls=tls, limits=limits, state_dir=Path(args.state_dir or default_state_dir()))
+    server = _pick(ServerConfig, args, tls=tls, limits=limits, state_dir=Path(args.state_dir or default_state_dir()),
+                   http=_http_config(args), api_keys=tuple(args.api_key or ()), api_keys_file=args.api_keys_file)
     return Config(model=_pick(ModelConfig, args), engine=_pick(EngineConfig, args), server=server)
 
 
@@ -104,6 +137,7 @@ def redacted(cfg: Config) -> dict:
     tls = d["server"]["tls"]
     if tls.get("key"):
         tls["key"] = "<redacted>"
+    d["server"]["api_keys"] = [f"<{len(d['server']['api_keys'])} keys redacted>"] if d["server"]["api_keys"] else []
     return _stringify(d)
 
 

@@ -25,9 +25,8 @@ class VisionLanguageServicer(vlm_pb2_grpc.VisionLanguageServiceServicer):
     """gRPC over a Pipeline (shared with the HTTP app when both run); see the module docstring."""
 
     def __init__(self, limits: LimitsConfig, runtime=None, preprocess_threads: int = PREPROCESS_THREADS, metrics=None,
-                 pipeline: Pipeline | None = None, served_model_name: str = "", api_keys: auth.ApiKeys | None = None):
+                 pipeline: Pipeline | None = None, api_keys: auth.ApiKeys | None = None):
         self.pipeline = pipeline or Pipeline(limits, runtime, preprocess_threads, metrics)
-        self._served_name = served_model_name
         self._keys = api_keys  # None = no key check
 
     # --- RPCs -------------------------------------------------------------------------------------------------
@@ -51,10 +50,7 @@ class VisionLanguageServicer(vlm_pb2_grpc.VisionLanguageServiceServicer):
             info = self.pipeline.model_info()
         except errors.ServiceError as exc:
             await self._fail(context, exc)
-        proto = convert.model_info_to_proto(info)
-        if self._served_name:
-            proto.model_id = self._served_name
-        return proto
+        return convert.model_info_to_proto(info)  # model_id: --served-model-name when given (runtime.py)
 
     async def Abort(self, request: vlm_pb2.AbortRequest, context):
         identity = await self._identity(context)

@@ -1,0 +1,316 @@
+"""OpenAI chat-completions JSON <-> internal types: the only place where HTTP bodies and vlm_service.types meet.
+
+Requests are parsed from the raw JSON (not a permissive model): a field this server does not implement (n > 1, tools,
+response_format, audio, ...) is a 400 naming it, never silently ignored. Sampling values are converted as sent and
+checked once, by the pipeline (engine.validate_sampling); the error's field is renamed to the HTTP name here.
+Images: `data:` URLs are decoded here; http(s) and file:// URLs become `UrlImage`s that server/http_media.py fetches.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+from dataclasses import dataclass, field
+
+from vlm_service import errors, types
+
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+_STATUS = {"INVALID_ARGUMENT": 400, "UNAUTHENTICATED": 401, "NOT_FOUND": 404, "ALREADY_EXISTS": 409,
+           "RESOURCE_EXHAUSTED": 429, "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504}
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error", 409: "conflict_error",
+          413: "invalid_request_error", 429: "rate_limit_error", 503: "service_unavailable", 504: "timeout_error"}
+_FINISH = {types.FinishReason.STOP: "stop", types.FinishReason.STOP_SEQUENCE: "stop",
+           types.FinishReason.LENGTH: "length", types.FinishReason.ABORT: "abort"}
+# what a request may carry: everything else is refused by name
+_SAMPLING = ("temperature", "top_p", "top_k", "min_p", "seed", "max_tokens", "max_completion_tokens", "stop",
+             "logprobs", "top_logprobs", "repetition_penalty", "min_tokens", "ignore_eos", "stop_token_ids")
+_ACCEPTED = {"model", "messages", "stream", "stream_options", "user", *_SAMPLING}
+_NEUTRAL = {"n": 1, "presence_penalty": 0, "frequency_penalty": 0, "parallel_tool_calls": None}  # default values pass
+_MESSAGE_KEYS = {"role", "content", "name"}
+
+
+@dataclass(frozen=True)
+class UrlImage:
+    """An image to fetch (http(s) or file://) before the request can be built; `field` names it for errors."""
+
+    url: str
+    field: str
+
+
+@dataclass
+class ChatCall:
+    """A parsed chat-completions body. `messages` may still hold UrlImages (http_media.resolve replaces them)."""
+
+    messages: list[list]  # per message: [role, [parts: str | ImageInput | UrlImage]]
+    sampling: types.SamplingParams
+    model: str | None = None
+    stream: bool = False
+    include_usage: bool = False
+    urls: list[UrlImage] = field(default_factory=list)
+
+    @property
+    def n_images(self) -> int:
+        return sum(not isinstance(p, str) for _, parts in self.messages for p in parts)
+
+    def build(self, request_id: str, arrival: float) -> types.Request:
+        """The internal Request (every URL resolved by now)."""
+        msgs = tuple(types.ChatMessage(role=r, content=tuple(parts)) for r, parts in self.messages)
+        return types.Request(request_id=request_id, messages=msgs, sampling=self.sampling, arrival_time=arrival)
+
+
+def _bad(field_name: str, message: str) -> errors.InvalidInput:
+    return errors.InvalidInput(f"{field_name}: {message}", field=field_name)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def parse_body(raw: bytes) -> dict:
+    """The JSON object of a request body (400 when it is not one)."""
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise errors.InvalidInput(f"the body is not valid JSON: {str(exc)[:80]}") from None
+    if not isinstance(body, dict):
+        raise errors.InvalidInput("the body must be a JSON object")
+    return body
+
+
+def _refuse_unsupported(body: dict) -> None:
+    for key, value in body.items():
+        if key in _ACCEPTED or value is None or (key in _NEUTRAL and value == _NEUTRAL[key]):
+            continue
+        if key == "n":
+            raise _bad("n", f"only n=1 is supported, not {_short(value)}")
+        raise _bad(key, "is not supported by this server")
+
+
+# --- typed getters -------------------------------------------------------------------------------------------------
+
+def _get(body: dict, name: str, kinds: tuple, what: str):
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+        raise _bad(name, f"must be {what}, not {_short(value)}")
+    return value
+
+
+def _number(body, name):
+    value = _get(body, name, (int, float), "a number")
+    return None if value is None else float(value)
+
+
+def _int(body, name):
+    return _get(body, name, (int,), "an integer")
+
+
+def _flag(body, name) -> bool:
+    return bool(_get(body, name, (bool,), "true or false"))
+
+
+def _stop(body) -> tuple[str, ...]:
+    stop = body.get("stop")
+    if stop is None:
+        return ()
+    stop = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+        raise _bad("stop", "must be a string or a list of strings")
+    return tuple(stop)
+
+
+def _token_ids(body) -> tuple[int, ...]:
+    ids = body.get("stop_token_ids") or []
+    if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+        raise _bad("stop_token_ids", "must be a list of integers")
+    return tuple(ids)
+
+
+def sampling_from_body(body: dict) -> types.SamplingParams:
+    """SamplingParams as sent (unset = defaults); the values are checked by the pipeline."""
+    d = types.SamplingParams()
+    max_tokens = _int(body, "max_completion_tokens")
+    max_tokens = _int(body, "max_tokens") if max_tokens is None else max_tokens
+    top_logprobs = _int(body, "top_logprobs") or 0
+    logprobs = _flag(body, "logprobs")
+    if top_logprobs and not logprobs:
+        raise _bad("top_logprobs", "needs logprobs: true")
+
+    def opt(value, default):
+        return default if value is None else value
+
+    return types.SamplingParams(
+        temperature=opt(_number(body, "temperature"), d.temperature), top_p=opt(_number(body, "top_p"), d.top_p),
+        top_k=opt(_int(body, "top_k"), d.top_k), min_p=opt(_number(body, "min_p"), d.min_p), seed=_int(body, "seed"),
+        max_tokens=max_tokens, min_tokens=opt(_int(body, "min_tokens"), 0), stop=_stop(body),
+        stop_token_ids=_token_ids(body), ignore_eos=_flag(body, "ignore_eos"),
+        repetition_penalty=opt(_number(body, "repetition_penalty"), d.repetition_penalty), logprobs=logprobs,
+        top_logprobs=top_logprobs)
+
+
+# --- messages ------------------------------------------------------------------------------------------------------
+
+def image_from_data_url(url: str, field_name: str) -> types.ImageInput:
+    """`data:<mime>;base64,<payload>` -> ImageInput (decode errors name the field)."""
+    head, sep, payload = url.partition(",")
+    if not sep or not head.endswith(";base64"):
+        raise _bad(field_name, "a data URL must look like data:image/png;base64,<payload>")
+    mime = head[len("data:"):-len(";base64")].strip().lower()
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise _bad(field_name, "the data URL's payload is not valid base64") from None
+    return types.ImageInput(data=data, mime_type=mime)
+
+
+def _image_part(part: dict, field_name: str):
+    spec = part.get("image_url")
+    url = spec.get("url") if isinstance(spec, dict) else spec
+    field_name += ".image_url"
+    if not isinstance(url, str) or not url:
+        raise _bad(field_name, "needs a url (a data: URL, or http(s)/file:// where the server allows them)")
+    if url.startswith("data:"):
+        return image_from_data_url(url, field_name)
+    if url.split(":", 1)[0].lower() in ("http", "https", "file"):
+        return UrlImage(url, field_name)
+    raise _bad(field_name, f"unsupported URL scheme in {_short(url[:30])}")
+
+
+def _part(part, field_name: str):
+    if not isinstance(part, dict):
+        raise _bad(field_name, "a content part must be an object with a type")
+    kind = part.get("type")
+    if kind == "text" and isinstance(part.get("text"), str):
+        return part["text"]
+    if kind == "image_url":
+        return _image_part(part, field_name)
+    if kind == "text":
+        raise _bad(field_name + ".text", "must be a string")
+    raise _bad(field_name + ".type", f"content parts of type {_short(kind)} are not supported (text, image_url)")
+
+
+def _message(msg, i: int) -> list:
+    name = f"messages[{i}]"
+    if not isinstance(msg, dict):
+        raise _bad(name, "must be an object with role and content")
+    extra = sorted(set(msg) - _MESSAGE_KEYS)
+    if extra:
+        raise _bad(f"{name}.{extra[0]}", "is not supported by this server")
+    role = ROLES.get(msg.get("role"))
+    if role is None:
+        raise _bad(f"{name}.role", f"must be one of {', '.join(ROLES)}, not {_short(msg.get('role'))}")
+    content = msg.get("content")
+    if isinstance(content, str):
+        return [role, [content]]
+    if not isinstance(content, list):
+        raise _bad(f"{name}.content", "must be a string or a list of content parts")
+    return [role, [_part(p, f"{name}.content[{j}]") for j, p in enumerate(content)]]
+
+
+def chat_from_body(body: dict) -> ChatCall:
+    """A parsed, type-checked chat-completions request (errors.InvalidInput naming the field)."""
+    _refuse_unsupported(body)
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise _bad("messages", "at least one message is needed")
+    messages = [_message(m, i) for i, m in enumerate(msgs)]
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict) or set(options) - {"include_usage", "continuous_usage_stats"}:
+        raise _bad("stream_options", "only include_usage is supported")
+    model = _get(body, "model", (str,), "a string")
+    call = ChatCall(messages, sampling_from_body(body), model, _flag(body, "stream"),
+                    bool(options.get("include_usage")))
+    call.urls = [p for _, parts in messages for p in parts if isinstance(p, UrlImage)]
+    return call
+
+
+# --- errors --------------------------------------------------------------------------------------------------------
+
+def http_field(name: str | None) -> str | None:
+    """An internal field name as the HTTP client knows it: sampling.top_p -> top_p, ...content[1].image -> image_url."""
+    if not name:
+        return None
+    name = name.removeprefix("sampling.")
+    return name[: -len(".image")] + ".image_url" if name.endswith(".image") else name
+
+
+def http_status(exc: errors.ServiceError) -> int:
+    if isinstance(exc, errors.TooLarge):
+        return 413
+    return _STATUS.get(exc.code, 500)
+
+
+def error_body(exc: errors.ServiceError) -> tuple[int, dict]:
+    """(status, OpenAI-style error object); a 500 never carries internals."""
+    status = http_status(exc)
+    param = http_field(exc.field)
+    message = str(exc) if status != 500 else "internal error"
+    if exc.field and param and message.startswith(exc.field):
+        message = param + message[len(exc.field):]
+    elif param and status != 500 and not message.startswith(param):  # the message names the field too
+        message = f"{param}: {message}"
+    return status, {"error": {"message": message, "type": _TYPES.get(status, "internal_error"), "param": param,
+                              "code": exc.code.lower()}}
+
+
+# --- responses -----------------------------------------------------------------------------------------------------
+
+def usage_json(u: types.Usage) -> dict:
+    return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+            "total_tokens": u.prompt_tokens + u.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": u.cached_tokens}}
+
+
+def logprobs_json(lps, token_text) -> list[dict]:
+    """OpenAI logprobs.content entries; token_text(id) -> the token's text."""
+    def entry(token_id: int, logprob: float) -> dict:
+        text = token_text(token_id)
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+    return [{**entry(lp.token_id, lp.logprob), "top_logprobs": [entry(t, v) for t, v in lp.top]} for lp in lps]
+
+
+class ResponseShape:
+    """The fixed parts of one request's response objects: id, created, model name, how tokens print."""
+
+    def __init__(self, request_id: str, model: str, token_text, logprobs: bool):
+        self.id, self.model, self.created = f"chatcmpl-{request_id}", model, int(time.time())
+        self._token_text, self._logprobs = token_text, logprobs
+
+    def _head(self, obj: str) -> dict:
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
+
+    def _lp(self, lps):
+        return {"content": logprobs_json(lps, self._token_text)} if self._logprobs else None
+
+    def chunk(self, delta: dict, lps=(), finish: str | None = None) -> dict:
+        choice = {"index": 0, "delta": delta, "logprobs": self._lp(lps), "finish_reason": finish}
+        return {**self._head("chat.completion.chunk"), "choices": [choice]}
+
+    def delta_chunk(self, out: types.TokenDelta) -> dict:
+        return self.chunk({"content": out.text}, out.logprobs)
+
+    def final_chunk(self, fin: types.Finished) -> dict:
+        return self.chunk({}, (), _FINISH[fin.finish_reason])
+
+    def usage_chunk(self, fin: types.Finished) -> dict:
+        return {**self._head("chat.completion.chunk"), "choices": [], "usage": usage_json(fin.usage)}
+
+    def completion(self, deltas: list[types.TokenDelta], fin: types.Finished) -> dict:
+        text = "".join(d.text for d in deltas)
+        lps = [lp for d in deltas for lp in d.logprobs]
+        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": self._lp(lps),
+                  "finish_reason": _FINISH[fin.finish_reason]}
+        return {**self._head("chat.completion"), "choices": [choice], "usage": usage_json(fin.usage)}
+
+
+def sse(obj) -> bytes:
+    """One server-sent event carrying a JSON object."""
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+SSE_DONE = b"data: [DONE]\n\n"
