@@ -21,8 +21,9 @@ def state_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def server(state_dir):
-    """Shared server: 2 images/request, 8 MiB receive cap, context 1024 tokens, 8 running, metrics on."""
-    cfg = rel_config(state_dir, metrics_port=free_port())
+    """Shared server: 2 images/request, 8 MiB receive cap, context 1024 tokens, 8 running, metrics on, the HTTP
+    front door on a free port (server.server.http.url)."""
+    cfg = rel_config(state_dir, metrics_port=free_port(), http_port=0)
     with running_server(cfg) as srv:
         yield srv
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from vlm_service.config import Config, EngineConfig, LimitsConfig, ModelConfig, ServerConfig, TLSConfig
+from vlm_service.config import Config, EngineConfig, HTTPConfig, LimitsConfig, ModelConfig, ServerConfig, TLSConfig
 
 MAX_IMAGES = 2
 RECEIVE_CAP = 8 << 20
@@ -17,15 +17,16 @@ CONTEXT = 1024
 
 
 def rel_config(state_dir: Path, tls: TLSConfig | None = None, metrics_port: int = 0, uds: Path | None = None,
-               tcp: bool = True, engine: dict | None = None, **limits) -> Config:
-    """Demo model on CPU, plaintext unless `tls`; limits/engine fields override the suite's defaults."""
+               tcp: bool = True, engine: dict | None = None, http_port: int | None = None, **limits) -> Config:
+    """Demo model on CPU, plaintext unless `tls`; limits/engine fields override the suite's defaults; `http_port`
+    (0 = a free port) turns the OpenAI-compatible HTTP front door on."""
     lim = {"max_images_per_request": MAX_IMAGES, "max_request_bytes": RECEIVE_CAP, **limits}
     eng = {"num_blocks": 256, "max_num_seqs": 8, "max_model_len": CONTEXT, "cuda_graphs": False, **(engine or {})}
     return Config(model=ModelConfig(model="demo", device="cpu", dtype="float32", vit_attention_backend="sdpa"),
                   engine=EngineConfig(**eng),
                   server=ServerConfig(port=0, uds=uds, tcp=tcp, state_dir=state_dir,
                                       tls=tls or TLSConfig(insecure=True), limits=LimitsConfig(**lim),
-                                      metrics_port=metrics_port, drain_timeout_s=10))
+                                      metrics_port=metrics_port, drain_timeout_s=10, http=HTTPConfig(port=http_port)))
 
 
 def png(w: int = 32, h: int = 24, seed: int | None = None, fmt: str = "PNG") -> bytes:
