@@ -85,7 +85,7 @@ def _refuse_unsupported(body: dict) -> None:
         if key in _ACCEPTED or value is None or (key in _NEUTRAL and value == _NEUTRAL[key]):
             continue
         if key == "n":
-            raise _bad("n", f"only n=1 is supported, not {_short(value)}")
+            raise _bad("n", f"n={_short(value)} is not supported (one choice per request: n=1)")
         raise _bad(key, "is not supported by this server")
 
 
