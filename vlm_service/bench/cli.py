@@ -16,7 +16,8 @@ from vlm_service.bench.runner import Run, bench_target, compare, compare_labels
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vlm-service bench", description="TTFT / throughput benchmark over gRPC")
+    p = argparse.ArgumentParser(prog="vlm-service bench",
+                                description="TTFT / throughput benchmark over gRPC or OpenAI-compatible HTTP")
     t = p.add_argument_group("target")
     t.add_argument("--target", help="host:port or unix:PATH of a running server")
     t.add_argument("--insecure", action="store_true", help="plaintext (no TLS)")
@@ -24,6 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tls-cert", type=Path, help="client certificate (mTLS)")
     t.add_argument("--tls-key", type=Path, help="client key (mTLS)")
     t.add_argument("--tls-server-name", help="TLS name to expect when it differs from the host dialled")
+    t.add_argument("--backend", choices=("grpc", "openai"), default="grpc",
+                   help="grpc (vlm.v1) or openai: streaming chat completions with data-URL images to any "
+                        "OpenAI-compatible server (--target is then its URL, e.g. http://127.0.0.1:8000); "
+                        "--compare entries may also say openai:URL")
+    t.add_argument("--api-key", help="sent as 'authorization: Bearer KEY' (HTTP header or gRPC metadata)")
+    t.add_argument("--model", help="openai: the model name to request (default: the first of GET /v1/models)")
     lo = p.add_argument_group("load")
     lo.add_argument("--request-rate", type=float, nargs="+", default=[float("inf")],
                     help="requests/s, Poisson arrivals; inf = all at once; several values = a sweep")
@@ -88,7 +95,7 @@ def _plans(args) -> list[LoadPlan]:
 
 def _target(args, address: str | None) -> Target:
     return Target(address or "", insecure=args.insecure, ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key,
-                  server_name=args.tls_server_name)
+                  server_name=args.tls_server_name, backend=args.backend, api_key=args.api_key, model=args.model)
 
 
 def _validate(args) -> None:

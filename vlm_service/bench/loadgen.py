@@ -34,6 +34,9 @@ class Target:
     cert: Path | None = None
     key: Path | None = None
     server_name: str | None = None  # TLS name override, e.g. when the cert names "localhost" and we dial 127.0.0.1
+    backend: str = "grpc"  # grpc | openai (an OpenAI-compatible HTTP server: address is its URL; bench/openai_client)
+    api_key: str | None = None  # sent as authorization: Bearer (gRPC metadata or HTTP header)
+    model: str | None = None  # openai: the request's model (default: the first of GET /v1/models)
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,14 @@ def build_proto(req: BenchRequest, request_id: str, plan: LoadPlan) -> vlm_pb2.G
                          max_tokens=req.max_tokens, min_tokens=req.min_tokens, ignore_eos=plan.ignore_eos, **sampling)
 
 
-async def send_one(stub, req: BenchRequest, index: int, plan: LoadPlan, t0: float) -> RequestResult:
+async def _send(stub, req: BenchRequest, index: int, plan: LoadPlan, t0: float) -> RequestResult:
+    """A gRPC stub goes through send_one; another backend (GrpcBackend, bench/openai_client.py) brings its send."""
+    send = getattr(stub, "send", None)
+    return await (send(req, index, plan, t0) if send is not None else send_one(stub, req, index, plan, t0))
+
+
+async def send_one(stub, req: BenchRequest, index: int, plan: LoadPlan, t0: float,
+                   metadata=None) -> RequestResult:
     """Stream one Generate call, stamping every chunk on arrival."""
     rid = f"bench-{uuid.uuid4().hex[:12]}-{index}"
     res = RequestResult(index, rid, num_images=len(req.images), pixels=req.pixels)
@@ -119,7 +129,7 @@ async def send_one(stub, req: BenchRequest, index: int, plan: LoadPlan, t0: floa
     res.send_s = start - t0
     last, complete = None, None
     try:
-        async for resp in stub.Generate(build_proto(req, rid, plan), timeout=plan.timeout_s):
+        async for resp in stub.Generate(build_proto(req, rid, plan), timeout=plan.timeout_s, metadata=metadata):
             now = time.perf_counter()
             if resp.HasField("complete"):
                 complete = resp.complete
@@ -207,16 +217,16 @@ def _expired(plan: LoadPlan, t0: float) -> bool:
 
 async def _released(sem, stub, req, index, plan, t0) -> RequestResult:
     try:
-        return await send_one(stub, req, index, plan, t0)
+        return await _send(stub, req, index, plan, t0)
     finally:
         sem.release()
 
 
 async def _capped(sem, stub, req, index, plan, t0) -> RequestResult:
     if sem is None:
-        return await send_one(stub, req, index, plan, t0)
+        return await _send(stub, req, index, plan, t0)
     async with sem:
-        return await send_one(stub, req, index, plan, t0)
+        return await _send(stub, req, index, plan, t0)
 
 
 async def warmup(stub, requests: Sequence[BenchRequest], n: int, plan: LoadPlan) -> list[RequestResult]:
@@ -228,18 +238,49 @@ async def warmup(stub, requests: Sequence[BenchRequest], n: int, plan: LoadPlan)
 
     async def one(i: int) -> RequestResult:
         async with sem:
-            return await send_one(stub, requests[i % len(requests)], -1 - i, plan, t0)
+            return await _send(stub, requests[i % len(requests)], -1 - i, plan, t0)
 
     return list(await asyncio.gather(*(one(i) for i in range(n))))
 
 
-async def model_info(channel, timeout_s: float = 10.0) -> dict:
+class GrpcBackend:
+    """A gRPC target with the backend interface the runner uses: send, info, prepare, close."""
+
+    def __init__(self, target: Target):
+        self.channel = open_channel(target)
+        self.stub = vlm_pb2_grpc.VisionLanguageServiceStub(self.channel)
+        self.address = target.address
+        self._metadata = (("authorization", f"Bearer {target.api_key}"),) if target.api_key else None
+
+    async def send(self, req: BenchRequest, index: int, plan: LoadPlan, t0: float) -> RequestResult:
+        return await send_one(self.stub, req, index, plan, t0, self._metadata)
+
+    async def info(self) -> dict:
+        return await model_info(self.channel, metadata=self._metadata)
+
+    def prepare(self, requests, plan: LoadPlan) -> None:
+        """Nothing to do: the request proto is built in place within the timed span (0.1 ms)."""
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+def make_backend(target: Target):
+    """GrpcBackend, or bench/openai_client.OpenAIBackend for target.backend == "openai"."""
+    if target.backend == "openai":
+        from vlm_service.bench.openai_client import OpenAIBackend
+
+        return OpenAIBackend(target, target.api_key, target.model)
+    return GrpcBackend(target)
+
+
+async def model_info(channel, timeout_s: float = 10.0, metadata=None) -> dict:
     """The server's GetModelInfo as a dict ({} with an "error" key when it fails: the run goes on)."""
     from google.protobuf.json_format import MessageToDict
 
     try:
         info = await vlm_pb2_grpc.VisionLanguageServiceStub(channel).GetModelInfo(
-            vlm_pb2.GetModelInfoRequest(), timeout=timeout_s)
+            vlm_pb2.GetModelInfoRequest(), timeout=timeout_s, metadata=metadata)
         return MessageToDict(info, preserving_proto_field_name=True)
     except grpc.aio.AioRpcError as e:
         return {"error": f"{e.code().name}: {e.details()}"}

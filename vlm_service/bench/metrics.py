@@ -88,7 +88,19 @@ def summarize(results: Sequence[RequestResult], duration_s: float, slos: dict[st
     if slos:
         good = sum(meets_slos(r, slos) for r in ok)
         summary.update(goodput_slos_ms=slos, good_requests=good, request_goodput=per_s(good))
+    summary.update(vllm_flat(summary))
     return summary
+
+
+def vllm_flat(summary: dict) -> dict:
+    """vLLM `bench serve`'s flat result keys (mean_ttft_ms, median_ttft_ms, p99_ttft_ms, std_..., for ttft, tpot,
+    itl, e2el; duration), so tools reading its JSON read ours; completed, request_throughput, output_throughput and
+    total_token_throughput already have its names."""
+    flat = {"duration": summary["duration_s"]}
+    for ours, theirs in (("ttft_ms", "ttft"), ("tpot_ms", "tpot"), ("itl_ms", "itl"), ("e2e_ms", "e2el")):
+        for stat in ("mean", "median", "std", "p90", "p99"):
+            flat[f"{stat}_{theirs}_ms"] = summary[ours][stat]
+    return flat
 
 
 def merge(parts: Sequence[tuple[list[RequestResult], float]]) -> tuple[list[RequestResult], float]:

@@ -7,10 +7,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
-from vlm_service._proto.vlm.v1 import vlm_pb2_grpc
 from vlm_service.bench import launch as launcher
 from vlm_service.bench.dataset import BenchRequest
-from vlm_service.bench.loadgen import LoadPlan, RequestResult, Target, model_info, open_channel, run_load, warmup
+from vlm_service.bench.loadgen import LoadPlan, RequestResult, Target, make_backend, run_load, warmup
+from vlm_service.bench.openai_client import OPENAI_PREFIX
 from vlm_service.bench.metrics import merge
 
 
@@ -36,29 +36,32 @@ def _warm_ok(results: Sequence[RequestResult]) -> dict:
 async def bench_target(target: Target, measured: Sequence[BenchRequest], warm: Sequence[BenchRequest],
                        plans: Sequence[LoadPlan], label_prefix: str = "") -> list[Run]:
     """Warm up once, then run each plan against one server, one after another."""
-    channel = open_channel(target)
+    backend = make_backend(target)
     try:
-        stub = vlm_pb2_grpc.VisionLanguageServiceStub(channel)
-        info = await model_info(channel)
-        warm_results = await warmup(stub, warm, len(warm), plans[0])
+        info = await backend.info()
+        backend.prepare([*measured, *warm], plans[0])
+        warm_results = await warmup(backend, warm, len(warm), plans[0])
         runs = []
         for plan in plans:
-            results, duration = await run_load(stub, measured, plan)
-            extra = {"target": target.address, "server": info, "plan": vars(plan), **_warm_ok(warm_results)}
+            results, duration = await run_load(backend, measured, plan)
+            extra = {"target": target.address, "backend": target.backend, "server": info, "plan": vars(plan),
+                     **_warm_ok(warm_results)}
             runs.append(Run(label_prefix + plan_label(plan), results, duration, extra))
         return runs
     finally:
-        await channel.close()
+        await backend.close()
 
 
 async def bench_interleaved(entries: Sequence[tuple[str, Target]], measured: Sequence[BenchRequest],
                             warm: Sequence[BenchRequest], plan: LoadPlan, rounds: int) -> list[Run]:
     """Several servers, measured in alternation: round r gives every server the same r-th slice of the requests,
-    in an order rotated by r, so drift (thermals, other tenants) falls on all of them alike."""
-    channels = [open_channel(t) for _, t in entries]
+    in an order rotated by r, so drift (thermals, other tenants) falls on all of them alike. Entries may mix backends
+    (a gRPC target and the same server's OpenAI-compatible port: the transports compared on one engine)."""
+    stubs = [make_backend(t) for _, t in entries]
     try:
-        stubs = [vlm_pb2_grpc.VisionLanguageServiceStub(c) for c in channels]
-        infos = [await model_info(c) for c in channels]
+        infos = [await s.info() for s in stubs]
+        for s in stubs:
+            s.prepare([*measured, *warm], plan)
         warm_ok = [_warm_ok(await warmup(s, warm, len(warm), plan)) for s in stubs]
         parts: list[list] = [[] for _ in entries]
         for r in range(rounds):
@@ -69,12 +72,12 @@ async def bench_interleaved(entries: Sequence[tuple[str, Target]], measured: Seq
                           duration_s=plan.duration_s / rounds if plan.duration_s else None, seed=plan.seed + r)
             for k in _rotated(len(entries), r):
                 parts[k].append(await run_load(stubs[k], chunk, sub))
-        return [Run(label, *merge(parts[k]), {"target": t.address, "server": infos[k], "rounds": rounds,
-                                                "plan": vars(plan), **warm_ok[k]})
+        return [Run(label, *merge(parts[k]), {"target": t.address, "backend": t.backend, "server": infos[k],
+                                                "rounds": rounds, "plan": vars(plan), **warm_ok[k]})
                 for k, (label, t) in enumerate(entries)]
     finally:
-        for c in channels:
-            await c.close()
+        for s in stubs:
+            await s.close()
 
 
 def _rotated(n: int, r: int) -> list[int]:
@@ -109,7 +112,7 @@ async def compare(specs: Sequence[str], labels: Sequence[str], base: Target, mea
 
 async def _compare_sequential(specs, labels, base, measured, warm, plan, rounds, log_dir, ready_timeout_s):
     runs: dict[str, Run] = {}
-    plain = [(lb, replace(base, address=s)) for s, lb in zip(specs, labels) if not launcher.is_launch_spec(s)]
+    plain = [(lb, target_of(s, base)) for s, lb in zip(specs, labels) if not launcher.is_launch_spec(s)]
     if plain:
         runs.update((r.label, r) for r in await bench_interleaved(plain, measured, warm, plan, rounds))
     for spec, label in zip(specs, labels):
@@ -126,9 +129,17 @@ async def _compare_sequential(specs, labels, base, measured, warm, plan, rounds,
     return [runs[lb] for lb in labels if lb in runs]
 
 
+def target_of(spec: str, base: Target) -> Target:
+    """A --compare entry that is a running server: host:port / unix:PATH (base's backend, gRPC by default), or
+    "openai:URL" (an OpenAI-compatible server, e.g. ours with --http-port, vLLM, SGLang)."""
+    if spec.startswith(OPENAI_PREFIX):
+        return replace(base, address=spec[len(OPENAI_PREFIX):], backend="openai")
+    return replace(base, address=spec)
+
+
 def _target_for(spec: str, base: Target, launched: list, log_dir: Path, ready_timeout_s: float) -> Target:
     if not launcher.is_launch_spec(spec):
-        return replace(base, address=spec)
+        return target_of(spec, base)
     server = launcher.launch(spec, log_dir, ready_timeout_s)
     launched.append(server)
     return Target(server.address, insecure=True)
