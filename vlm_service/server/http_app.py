@@ -22,6 +22,7 @@ from vlm_service.config import Config
 from vlm_service.pipeline import Pipeline
 from vlm_service.server import http_convert as hc
 from vlm_service.server import http_media
+from vlm_service.server import http_responses as hr
 
 _RETRY_AFTER = {429: "1", 503: "1"}
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
@@ -33,7 +34,7 @@ def json_response(status: int, obj: dict, headers: dict | None = None) -> JSONRe
 
 
 def error_response(exc: errors.ServiceError) -> JSONResponse:
-    status, body = hc.error_body(exc)
+    status, body = hr.error_body(exc)
     retry = _RETRY_AFTER.get(status)
     return json_response(status, body, {"Retry-After": retry} if retry else None)
 
@@ -149,7 +150,7 @@ class ChatResponse(Response):
                 first = await outs.__anext__()
             except errors.ServiceError as exc:
                 return await error_response(exc)(scope, None, send)
-            shape = hc.ResponseShape(first.request_id, self.door.model_name, self.door.token_text,
+            shape = hr.ResponseShape(first.request_id, self.door.model_name, self.door.token_text,
                                      self.call.sampling.logprobs)
             if self.call.stream:
                 await _stream(send, shape, first, outs, self.call.include_usage)
@@ -157,12 +158,12 @@ class ChatResponse(Response):
                 await _collect(scope, send, shape, first, outs)
 
 
-async def _send_start(send, shape: hc.ResponseShape, headers) -> None:
+async def _send_start(send, shape: hr.ResponseShape, headers) -> None:
     rid = shape.id.removeprefix("chatcmpl-").encode()
     await send({"type": "http.response.start", "status": 200, "headers": [*headers, (b"x-request-id", rid)]})
 
 
-async def _stream(send, shape: hc.ResponseShape, first, outs, include_usage: bool) -> None:
+async def _stream(send, shape: hr.ResponseShape, first, outs, include_usage: bool) -> None:
     """SSE: the role chunk, a chunk per non-empty delta, the finish chunk, usage (when asked), [DONE]. A failure
     after the start is an error event (the status line is gone), then [DONE]."""
     await _send_start(send, shape, _SSE_HEADERS)
@@ -170,24 +171,24 @@ async def _stream(send, shape: hc.ResponseShape, first, outs, include_usage: boo
     async def body(data: bytes, more: bool = True):
         await send({"type": "http.response.body", "body": data, "more_body": more})
 
-    await body(hc.sse(shape.chunk({"role": "assistant", "content": ""})))
+    await body(hr.sse(shape.chunk({"role": "assistant", "content": ""})))
     out = first
     try:
         while True:
             if isinstance(out, types.Finished):
-                await body(hc.sse(shape.final_chunk(out)))
+                await body(hr.sse(shape.final_chunk(out)))
                 if include_usage:
-                    await body(hc.sse(shape.usage_chunk(out)))
+                    await body(hr.sse(shape.usage_chunk(out)))
                 break
             if out.text or out.logprobs:
-                await body(hc.sse(shape.delta_chunk(out)))
+                await body(hr.sse(shape.delta_chunk(out)))
             out = await outs.__anext__()
     except errors.ServiceError as exc:
-        await body(hc.sse(hc.error_body(exc)[1]))
-    await body(hc.SSE_DONE, more=False)
+        await body(hr.sse(hr.error_body(exc)[1]))
+    await body(hr.SSE_DONE, more=False)
 
 
-async def _collect(scope, send, shape: hc.ResponseShape, first, outs) -> None:
+async def _collect(scope, send, shape: hr.ResponseShape, first, outs) -> None:
     deltas, out = [], first
     try:
         while not isinstance(out, types.Finished):
@@ -211,7 +212,7 @@ def build_app(door: FrontDoor):
     @app.exception_handler(HTTPException)
     async def _http_error(request, exc):
         code = {404: errors.NotFound, 405: errors.InvalidInput}.get(exc.status_code, errors.InvalidInput)
-        status, body = hc.error_body(code(f"{request.method} {request.url.path}: {exc.detail}"))
+        status, body = hr.error_body(code(f"{request.method} {request.url.path}: {exc.detail}"))
         return json_response(exc.status_code, body)
 
     @app.exception_handler(Exception)

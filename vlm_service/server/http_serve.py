@@ -113,8 +113,9 @@ async def start_http(app, cfg: ServerConfig) -> HttpListener:
             yield
 
     tls_ctx = ssl_context(cfg)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_keep_alive=30,
-                            ssl_context_factory=(lambda c, d: tls_ctx.context) if tls_ctx else None)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_keep_alive=30)
+    config.load()  # loaded now, so serve() keeps the context set here (any uvicorn version)
+    config.ssl = tls_ctx.context if tls_ctx else None
     server = _Embedded(config)
     sock = _bind(cfg.host, cfg.http.port or 0)
     port = sock.getsockname()[1]
