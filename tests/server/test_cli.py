@@ -54,3 +54,18 @@ def test_bench_subcommand_reaches_the_harness(capsys):
         cli.main(["bench", "--help"])
     assert exit_info.value.code == 0
     assert "--max-concurrency" in capsys.readouterr().out
+
+
+def test_http_and_api_key_flags(tmp_path, monkeypatch):
+    cfg = _cfg(["--http-port", "0", "--http-metrics", "--allowed-media-domains", "a.example", "b.example",
+                "--allowed-local-media-path", str(tmp_path), "--api-key", "alice:sk-1", "--api-key", "sk-2",
+                "--served-model-name", "qwen", "--chat-template", str(tmp_path / "t.jinja")])
+    h = cfg.server.http
+    assert (h.port, h.metrics, h.allowed_media_domains, h.allowed_local_media_path) == \
+        (0, True, ("a.example", "b.example"), tmp_path)
+    assert cfg.server.api_keys == ("alice:sk-1", "sk-2")
+    assert (cfg.model.served_model_name, cfg.model.chat_template) == ("qwen", str(tmp_path / "t.jinja"))
+    assert "sk-1" not in json.dumps(redacted(cfg)), "keys never reach the start-up log"
+    assert _cfg([]).server.http.port is None, "HTTP is off unless asked"
+    env = _cfg([], monkeypatch, {"VLM_HTTP_PORT": "8000", "VLM_API_KEY": "k1,k2"})
+    assert env.server.http.port == 8000 and env.server.api_keys == ("k1", "k2")

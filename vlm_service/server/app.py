@@ -118,8 +118,11 @@ class Server:
     async def _start_http(self) -> None:
         """The OpenAI-compatible front door on the same loop, pipeline and engine (imported lazily: the http extra)."""
         from vlm_service.metrics import Metrics
-        from vlm_service.server.http_app import FrontDoor, build_app
-        from vlm_service.server.http_serve import start_http
+        try:
+            from vlm_service.server.http_app import FrontDoor, build_app
+            from vlm_service.server.http_serve import start_http
+        except ImportError as exc:
+            raise RuntimeError(f"--http-port needs the http extra: pip install 'vlm-service[http]' ({exc})") from exc
 
         if self.cfg.server.http.metrics and self.pipeline.metrics is None:  # /metrics on the HTTP port only
             self.pipeline.metrics = Metrics(self.cfg.model.model)
