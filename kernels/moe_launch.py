@@ -77,7 +77,7 @@ def gate_up(x: torch.Tensor, w13: torch.Tensor, layout: SortedPairs, top_k: int,
     moe_gate_up_kernel[grid](
         x, w13, out, layout.sorted_ids, layout.block_expert, layout.num_padded,
         x.shape[0] * top_k, inter, num_m, x.stride(0), w13.stride(0), w13.stride(1), out.stride(0), K=hidden,
-        TOP_K=top_k, IEEE=x.dtype == torch.float32, EVEN_K=hidden % tile.block_k == 0, BLOCK_M=layout.block_m,
+        TOP_K=top_k, PRECISION=_precision(x), EVEN_K=hidden % tile.block_k == 0, BLOCK_M=layout.block_m,
         BLOCK_N=tile.block_n, BLOCK_K=tile.block_k, GROUP_M=tile.group_m, num_warps=tile.num_warps,
         num_stages=tile.num_stages)
 
@@ -93,7 +93,7 @@ def down(inter: torch.Tensor, w2: torch.Tensor, layout: SortedPairs, weights: to
     moe_down_kernel[grid](
         inter, w2, out, layout.sorted_ids, layout.block_expert, layout.num_padded, weights,
         out.shape[0], hidden, num_m, inter.stride(0), w2.stride(0), w2.stride(1), out.stride(0), K=k_dim,
-        IEEE=inter.dtype == torch.float32, EVEN_K=k_dim % tile.block_k == 0, BLOCK_M=layout.block_m,
+        PRECISION=_precision(inter), EVEN_K=k_dim % tile.block_k == 0, BLOCK_M=layout.block_m,
         BLOCK_N=tile.block_n, BLOCK_K=tile.block_k, GROUP_M=tile.group_m, num_warps=tile.num_warps,
         num_stages=tile.num_stages)
 
@@ -106,6 +106,13 @@ def sum_picks(pairs_out: torch.Tensor, top_k: int, out: torch.Tensor) -> None:
     block_n = min(1024, next_pow2(h))
     moe_sum_kernel[(t, triton_cdiv(h, block_n))](pairs_out, out, h, pairs_out.stride(0), out.stride(0),
                                                  TOP_K=top_k, BLOCK_N=block_n, num_warps=4)
+
+
+def _precision(x: torch.Tensor) -> str:
+    """tl.dot's mode (see kernels.triton.moe._dot): CPU tensors only run under the interpreter."""
+    if not x.is_cuda:
+        return "upcast"
+    return "ieee" if x.dtype == torch.float32 else "default"
 
 
 def triton_cdiv(a: int, b: int) -> int:

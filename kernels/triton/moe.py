@@ -95,10 +95,13 @@ def _sigmoid(x):
 
 
 @triton.jit
-def _dot(a, b, acc, IEEE: tl.constexpr):
-    # fp32 inputs use exact fp32 products (the reference's), not TF32
-    if IEEE:
+def _dot(a, b, acc, PRECISION: tl.constexpr):
+    # "ieee": fp32 inputs get exact fp32 products (the reference's), not TF32. "upcast": the CPU interpreter, whose
+    # dot would multiply the raw bits of bf16 operands.
+    if PRECISION == "ieee":
         return tl.dot(a, b, acc, input_precision="ieee")
+    if PRECISION == "upcast":
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
     return tl.dot(a, b, acc)
 
 
@@ -112,7 +115,7 @@ def _load_k(ptrs, k_ok, EVEN_K: tl.constexpr):
 @triton.jit
 def moe_gate_up_kernel(x_ptr, w_ptr, out_ptr, sorted_ptr, block_expert_ptr, num_padded_ptr,
                        P, N, num_m, stride_x, stride_we, stride_wn, stride_out, K: tl.constexpr,
-                       TOP_K: tl.constexpr, IEEE: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr,
+                       TOP_K: tl.constexpr, PRECISION: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr,
                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     """out[slot, n] = silu(x[tok] . gate[e, n]) * (x[tok] . up[e, n]) for the slots of each block.
 
@@ -135,8 +138,8 @@ def moe_gate_up_kernel(x_ptr, w_ptr, out_ptr, sorted_ptr, block_expert_ptr, num_
     for k0 in range(0, K, BLOCK_K):
         k_ok = offs_k < K - k0
         a = _load_k(a_ptrs, k_ok[None, :], EVEN_K)
-        gate = _dot(a, _load_k(g_ptrs, k_ok[:, None], EVEN_K), gate, IEEE)
-        up = _dot(a, _load_k(u_ptrs, k_ok[:, None], EVEN_K), up, IEEE)
+        gate = _dot(a, _load_k(g_ptrs, k_ok[:, None], EVEN_K), gate, PRECISION)
+        up = _dot(a, _load_k(u_ptrs, k_ok[:, None], EVEN_K), up, PRECISION)
         a_ptrs += BLOCK_K
         g_ptrs += BLOCK_K
         u_ptrs += BLOCK_K
@@ -152,7 +155,7 @@ def moe_gate_up_kernel(x_ptr, w_ptr, out_ptr, sorted_ptr, block_expert_ptr, num_
 @triton.jit
 def moe_down_kernel(a_ptr, w_ptr, out_ptr, sorted_ptr, block_expert_ptr, num_padded_ptr, weights_ptr,
                     P, N, num_m, stride_a, stride_we, stride_wn, stride_out, K: tl.constexpr,
-                    IEEE: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                    PRECISION: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     """out[pair, n] = weight[pair] * (a[slot] . w[e, n]) for the real pairs of each block.
 
@@ -169,7 +172,7 @@ def moe_down_kernel(a_ptr, w_ptr, out_ptr, sorted_ptr, block_expert_ptr, num_pad
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k_ok = offs_k < K - k0
-        acc = _dot(_load_k(a_ptrs, k_ok[None, :], EVEN_K), _load_k(b_ptrs, k_ok[:, None], EVEN_K), acc, IEEE)
+        acc = _dot(_load_k(a_ptrs, k_ok[None, :], EVEN_K), _load_k(b_ptrs, k_ok[:, None], EVEN_K), acc, PRECISION)
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K
     dtype = out_ptr.dtype.element_ty

@@ -1,0 +1,168 @@
+"""Fused MoE: the Triton path (interpreted on CPU, tiny shapes) against kernels.reference; GPU shapes of
+Qwen3-VL-30B-A3B on CUDA. The routing is compared as id sets plus close weights; the experts as outputs."""
+
+import pytest
+import torch
+
+from kernels import moe, moe_launch, reference
+from kernels.moe_tuning import GemmTile, MoeConfig, MoeTuner, default_config, pow2
+
+TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.bfloat16: dict(rtol=3e-2, atol=3e-2),
+       torch.float16: dict(rtol=1e-2, atol=1e-2)}
+
+
+def _weights(e, h, i, dtype, seed=0, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    w13 = (torch.randn(e, 2 * i, h, generator=g) / h ** 0.5).to(dtype).to(device)
+    w2 = (torch.randn(e, h, i, generator=g) / i ** 0.5).to(dtype).to(device)
+    return w13, w2
+
+
+def _inputs(t, e, h, dtype, seed=1, device="cpu", hot=None):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(t, h, generator=g).to(dtype).to(device)
+    logits = torch.randn(t, e, generator=g) * 2
+    if hot is not None:
+        logits[:, hot] += 30.0  # every token's first pick
+    return x, logits.to(device)
+
+
+def _check_routing(logits, top_k, renormalize):
+    w, ids = moe.moe_route(logits, top_k, renormalize, impl="triton")
+    rw, rids = reference.moe_route(logits, top_k, renormalize)
+    assert w.dtype == torch.float32 and ids.dtype == torch.int32 and ids.shape == (logits.shape[0], top_k)
+    for row in range(logits.shape[0]):
+        assert set(ids[row].tolist()) == set(rids[row].tolist())
+        order = torch.argsort(ids[row])
+        torch.testing.assert_close(w[row][order], rw[row][torch.argsort(rids[row])], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.usefixtures("interpreter")
+@pytest.mark.parametrize("t,e,k", [(1, 8, 1), (7, 8, 8), (19, 16, 4), (3, 130, 8)])
+@pytest.mark.parametrize("renormalize", [True, False])
+def test_routing_kernel_matches_reference(t, e, k, renormalize):
+    _check_routing(torch.randn(t, e, generator=torch.Generator().manual_seed(t + e)) * 3, k, renormalize)
+
+
+@pytest.mark.usefixtures("interpreter")
+def test_routing_kernel_counts_picks():
+    logits = torch.randn(21, 16, generator=torch.Generator().manual_seed(3))
+    counts = torch.zeros(16, dtype=torch.int32)
+    _, ids = moe_launch.route(logits, 4, True, counts)
+    assert torch.equal(counts, torch.bincount(ids.flatten().long(), minlength=16).int())
+
+
+@pytest.mark.usefixtures("interpreter")
+@pytest.mark.parametrize("block_m", [16, 32])
+def test_align_layout(block_m):
+    ids = torch.tensor([[3, 0], [3, 5], [0, 3], [3, 1], [5, 3]], dtype=torch.int32)  # experts 2, 4 get nothing
+    counts = moe_launch.count_experts(ids, 6)
+    lay = moe_launch.align(ids, counts, 6, block_m)
+    used = int(lay.num_padded.item())
+    padded = (counts + block_m - 1) // block_m * block_m
+    assert used == int(padded.sum()) and used % block_m == 0
+    slots, flat = lay.sorted_ids[:used], ids.flatten()
+    real = slots[slots < ids.numel()]
+    assert sorted(real.tolist()) == list(range(ids.numel()))  # every pair exactly once
+    assert int((slots == ids.numel()).sum()) == used - ids.numel()  # the rest is the sentinel
+    for b in range(used // block_m):
+        block = slots[b * block_m:(b + 1) * block_m]
+        block = block[block < ids.numel()]
+        assert len(block) and set(flat[block.long()].tolist()) == {int(lay.block_expert[b])}
+        assert block.tolist() == sorted(block.tolist())  # stable: pair order within an expert
+
+
+CASES = [  # (T, E, k, hot expert or None): T not multiples of BLOCK_M, experts without tokens, top-k 1 and 8
+    (5, 8, 1, None), (37, 8, 2, None), (3, 16, 8, None), (20, 8, 1, 3), (17, 4, 2, 0), (1, 8, 8, None)]
+
+
+@pytest.mark.usefixtures("interpreter")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("t,e,k,hot", CASES)
+def test_fused_moe_matches_reference(dtype, t, e, k, hot):
+    h, i = 64, 32
+    w13, w2 = _weights(e, h, i, dtype)
+    x, logits = _inputs(t, e, h, dtype, hot=hot)
+    out = moe.fused_moe(x, logits, w13, w2, k, impl="triton")
+    want = moe.fused_moe(x, logits, w13, w2, k, impl="reference")
+    assert out.shape == want.shape and out.dtype == dtype
+    torch.testing.assert_close(out, want, **TOL[dtype])
+
+
+@pytest.mark.usefixtures("interpreter")
+def test_one_expert_takes_every_token_over_several_blocks():
+    # k=1, expert 2 hot: 40 pairs in one expert = 3 blocks of 16, all other experts empty
+    w13, w2 = _weights(4, 32, 16, torch.float32)
+    x, logits = _inputs(40, 4, 32, torch.float32, hot=2)
+    assert set(moe.moe_route(logits, 1)[1].flatten().tolist()) == {2}
+    torch.testing.assert_close(moe.fused_moe(x, logits, w13, w2, 1, impl="triton"),
+                               moe.fused_moe(x, logits, w13, w2, 1, impl="reference"), **TOL[torch.float32])
+
+
+@pytest.mark.usefixtures("interpreter")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fused_experts_with_given_routing_and_other_tiles(dtype):
+    # odd H and I (masked k-steps), a larger BLOCK_M and tiles, routing from the reference
+    h, i, e, k = 48, 40, 6, 3
+    w13, w2 = _weights(e, h, i, dtype, seed=5)
+    x, logits = _inputs(11, e, h, dtype, seed=6)
+    weights, ids = reference.moe_route(logits, k, False)
+    cfg = MoeConfig(32, GemmTile(16, 32, 2, 4, 1), GemmTile(32, 16, 1, 4, 1))
+    out = moe.fused_experts(x, w13, w2, weights, ids, impl="triton", config=cfg)
+    torch.testing.assert_close(out, reference.fused_moe(x, w13, w2, weights, ids), **TOL[dtype])
+
+
+def test_cpu_auto_is_reference_and_checks_inputs():
+    w13, w2 = _weights(4, 16, 8, torch.float32)
+    x, logits = _inputs(3, 4, 16, torch.float32)
+    weights, ids = reference.moe_route(logits, 2, True)
+    torch.testing.assert_close(moe.fused_moe(x, logits, w13, w2, 2), reference.fused_moe(x, w13, w2, weights, ids))
+    with pytest.raises(ValueError, match="top_k"):
+        moe.fused_moe(x, logits, w13, w2, 5)
+    with pytest.raises(ValueError, match="w2 must be"):
+        moe.fused_moe(x, logits, w13, w2[:, :, :4], 2)
+    with pytest.raises(ValueError, match="impl"):
+        moe.fused_moe(x, logits, w13, w2, 2, impl="cuda")
+
+
+def test_tuner_file_round_trip(tmp_path):
+    path = tmp_path / "moe.json"
+    bucket = moe.MoeBucket("NVIDIA H200", "bfloat16", 128, 2048, 768, 512)
+    cfg = default_config(bucket)
+    MoeTuner(str(path)).put(bucket, cfg, {"block_m=16": {}})
+    again = MoeTuner(str(path))
+    assert again.get(bucket) == cfg and again.get(bucket._replace(pairs=1024)) is None
+
+
+# ---- CUDA: Qwen3-VL-30B-A3B shapes ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def qwen3_moe_weights():
+    return _weights(128, 2048, 768, torch.bfloat16, device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("t", [1, 7, 64, 4096])
+def test_gpu_qwen3_vl_moe_shapes(qwen3_moe_weights, t):
+    w13, w2 = qwen3_moe_weights
+    x, logits = _inputs(t, 128, 2048, torch.bfloat16, device="cuda")
+    out = moe.fused_moe(x, logits, w13, w2, 8)  # auto: Triton, tiles measured for this bucket
+    weights, ids = moe.moe_route(logits, 8)
+    rw, rids = reference.moe_route(logits, 8, True)
+    assert torch.equal(torch.sort(ids, dim=1).values, torch.sort(rids, dim=1).values)
+    torch.testing.assert_close(out, reference.fused_moe(x, w13, w2, weights, ids), **TOL[torch.bfloat16])
+    assert any(f"P<={pow2(t * 8)}|" in b or b.endswith(f"P<={pow2(t * 8)}") for b in moe.moe_configs())
+
+
+@pytest.mark.gpu
+def test_gpu_fp32_and_graph_capture(qwen3_moe_weights):
+    w13, w2 = (w.float()[:16].contiguous() for w in qwen3_moe_weights)
+    x, logits = _inputs(33, 16, 2048, torch.float32, device="cuda")
+    moe.tune_fused_moe(w13, w2, 4, [33])
+    want = reference.fused_moe(x, w13, w2, *reference.moe_route(logits, 4, True))
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):  # no host sync may happen in here
+        out = moe.fused_moe(x, logits, w13, w2, 4)
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(out, want, **TOL[torch.float32])
