@@ -130,13 +130,15 @@ def _config(x, w13, w2, weights, ids, counts) -> MoeConfig:
     return chosen
 
 
-def tune_fused_moe(w13: torch.Tensor, w2: torch.Tensor, top_k: int, token_counts, seed: int = 0) -> dict[str, dict]:
+def tune_fused_moe(w13: torch.Tensor, w2: torch.Tensor, top_k: int, token_counts, seed: int = 0,
+                   logits_dtype: torch.dtype | None = None) -> dict[str, dict]:
     """Measure and cache the configs for T in token_counts (random inputs, uniform-ish routing) on CUDA weights,
-    e.g. every decode batch size before capturing its CUDA graph. Returns moe_configs()."""
+    e.g. every decode batch size before capturing its CUDA graph; this also compiles every kernel those calls use
+    (router logits in logits_dtype, default the weights' dtype). Returns moe_configs()."""
     gen = torch.Generator(device=w13.device).manual_seed(seed)
     for t in token_counts:
         x = torch.randn(t, w13.shape[2], generator=gen, device=w13.device).to(w13.dtype)
-        logits = torch.randn(t, w13.shape[0], generator=gen, device=w13.device)
+        logits = torch.randn(t, w13.shape[0], generator=gen, device=w13.device).to(logits_dtype or w13.dtype)
         fused_moe(x, logits, w13, w2, top_k)
     return moe_configs()
 
