@@ -34,7 +34,8 @@ def _check(x: torch.Tensor, router_logits: torch.Tensor, w13: torch.Tensor, w2: 
     e, two_i, h = w13.shape
     check(h == x.shape[1] and two_i % 2 == 0 and e == router_logits.shape[1],
           f"w13 must be [E, 2I, H] = [{router_logits.shape[1]}, 2I, {x.shape[1]}], got {tuple(w13.shape)}")
-    check(tuple(w2.shape) == (e, h, two_i // 2), f"w2 must be [E, H, I] = [{e}, {h}, {two_i // 2}], got {tuple(w2.shape)}")
+    check(tuple(w2.shape) == (e, h, two_i // 2),
+          f"w2 must be [E, H, I] = [{e}, {h}, {two_i // 2}], got {tuple(w2.shape)}")
     check(1 <= top_k <= e, f"top_k must be in [1, {e}], got {top_k}")
     check(w13.dtype == x.dtype and w2.dtype == x.dtype, "x, w13 and w2 must share a dtype")
 

@@ -60,9 +60,10 @@ def align(ids: torch.Tensor, counts: torch.Tensor, experts: int, block_m: int) -
     sorted_ids = torch.empty(slots, dtype=torch.int32, device=ids.device)
     block_expert = torch.empty(triton_cdiv(slots, block_m), dtype=torch.int32, device=ids.device)
     num_padded = torch.empty(1, dtype=torch.int32, device=ids.device)
+    block_p = min(4096, max(16, next_pow2(pairs)))  # pairs scanned per step by each expert's program
     moe_align_kernel[(experts,)](ids, counts, sorted_ids, block_expert, num_padded, pairs, experts,
                                  BLOCK_M=block_m, BLOCK_E=next_pow2(experts),
-                                 BLOCK_P=min(4096, max(16, next_pow2(pairs))), num_warps=4)
+                                 BLOCK_P=block_p, num_warps=8 if block_p >= 2048 else 4)
     return SortedPairs(sorted_ids, block_expert, num_padded, block_m)
 
 
