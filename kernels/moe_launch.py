@@ -37,7 +37,7 @@ def route(logits: torch.Tensor, top_k: int, renormalize: bool,
     ids = torch.empty(t, top_k, dtype=torch.int32, device=logits.device)
     if t:
         block_e = next_pow2(e)
-        block_t = max(1, min(next_pow2(t), 4096 // block_e))
+        block_t = max(1, min(16, 2048 // block_e))  # one tile size for every T: no recompiles per batch
         moe_route_kernel[(triton_cdiv(t, block_t),)](
             logits, weights, ids, ids if counts is None else counts, t, e, logits.stride(0),
             TOP_K=top_k, RENORM=renormalize, COUNT=counts is not None, BLOCK_T=block_t, BLOCK_E=block_e,
@@ -60,7 +60,7 @@ def align(ids: torch.Tensor, counts: torch.Tensor, experts: int, block_m: int) -
     sorted_ids = torch.empty(slots, dtype=torch.int32, device=ids.device)
     block_expert = torch.empty(triton_cdiv(slots, block_m), dtype=torch.int32, device=ids.device)
     num_padded = torch.empty(1, dtype=torch.int32, device=ids.device)
-    block_p = min(4096, max(16, next_pow2(pairs)))  # pairs scanned per step by each expert's program
+    block_p = 256 if pairs <= 256 else 4096  # pairs scanned per step by each expert's program (two variants)
     moe_align_kernel[(experts,)](ids, counts, sorted_ids, block_expert, num_padded, pairs, experts,
                                  BLOCK_M=block_m, BLOCK_E=next_pow2(experts),
                                  BLOCK_P=block_p, num_warps=8 if block_p >= 2048 else 4)

@@ -11,7 +11,8 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+# Counts that change with every batch (T, P, num_m) are not specialised, so a new batch size never recompiles.
+@triton.jit(do_not_specialize=["T"])
 def moe_route_kernel(logits_ptr, weights_ptr, ids_ptr, counts_ptr, T, E, stride_t,
                      TOP_K: tl.constexpr, RENORM: tl.constexpr, COUNT: tl.constexpr,
                      BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -47,7 +48,7 @@ def moe_route_kernel(logits_ptr, weights_ptr, ids_ptr, counts_ptr, T, E, stride_
         tl.atomic_add(counts_ptr + cols, hist, mask=col_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["P"])
 def moe_align_kernel(ids_ptr, counts_ptr, sorted_ptr, block_expert_ptr, num_padded_ptr, P, E,
                      BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_P: tl.constexpr):
     """Program e writes expert e's part of the sorted layout: its pairs in pair order (a stable compaction of
@@ -112,7 +113,7 @@ def _load_k(ptrs, k_ok, EVEN_K: tl.constexpr):
     return tl.load(ptrs, mask=k_ok, other=0.0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["P", "num_m"])
 def moe_gate_up_kernel(x_ptr, w_ptr, out_ptr, sorted_ptr, block_expert_ptr, num_padded_ptr,
                        P, N, num_m, stride_x, stride_we, stride_wn, stride_out, K: tl.constexpr,
                        TOP_K: tl.constexpr, PRECISION: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -152,7 +153,7 @@ def moe_gate_up_kernel(x_ptr, w_ptr, out_ptr, sorted_ptr, block_expert_ptr, num_
              (act * up.to(dtype).to(tl.float32)).to(dtype), mask=cols[None, :] < N)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["P", "num_m"])
 def moe_down_kernel(a_ptr, w_ptr, out_ptr, sorted_ptr, block_expert_ptr, num_padded_ptr, weights_ptr,
                     P, N, num_m, stride_a, stride_we, stride_wn, stride_out, K: tl.constexpr,
                     PRECISION: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,

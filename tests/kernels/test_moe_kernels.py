@@ -155,14 +155,25 @@ def test_gpu_qwen3_vl_moe_shapes(qwen3_moe_weights, t):
 
 
 @pytest.mark.gpu
-def test_gpu_fp32_and_graph_capture(qwen3_moe_weights):
-    w13, w2 = (w.float()[:16].contiguous() for w in qwen3_moe_weights)
-    x, logits = _inputs(33, 16, 2048, torch.float32, device="cuda")
-    moe.tune_fused_moe(w13, w2, 4, [33])
-    want = reference.fused_moe(x, w13, w2, *reference.moe_route(logits, 4, True))
+def test_gpu_graph_capture_uses_the_tuned_config(qwen3_moe_weights):
+    w13, w2 = qwen3_moe_weights
+    x, logits = _inputs(33, 128, 2048, torch.bfloat16, device="cuda", seed=4)
+    moe.tune_fused_moe(w13, w2, 8, [33], logits_dtype=torch.float32)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):  # no host sync may happen in here
-        out = moe.fused_moe(x, logits, w13, w2, 4)
+    with torch.cuda.graph(graph):  # a host sync in here would raise
+        out = moe.fused_moe(x, logits, w13, w2, 8)
+    x.copy_(_inputs(33, 128, 2048, torch.bfloat16, device="cuda", seed=5)[0])  # new inputs, same graph
     graph.replay()
-    torch.cuda.synchronize()
+    want = reference.fused_moe(x, w13, w2, *moe.moe_route(logits, 8))
+    torch.testing.assert_close(out, want, **TOL[torch.bfloat16])
+
+
+@pytest.mark.gpu
+def test_gpu_fp32_exact_products(qwen3_moe_weights):
+    # one forced config (fp32 tiles compile slowly): the ieee dot must match the fp32 reference closely
+    w13, w2 = (w.float()[:16].contiguous() for w in qwen3_moe_weights)
+    x, logits = _inputs(21, 16, 2048, torch.float32, device="cuda")
+    cfg = MoeConfig(16, GemmTile(32, 64, 1, 4, 2), GemmTile(32, 64, 1, 4, 2))
+    out = moe.fused_moe(x, logits, w13, w2, 4, config=cfg)
+    want = reference.fused_moe(x, w13, w2, *reference.moe_route(logits, 4, True))
     torch.testing.assert_close(out, want, **TOL[torch.float32])
