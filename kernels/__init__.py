@@ -14,6 +14,6 @@ from kernels.sampling import gumbel_sample
 
 __all__ = [
     "apply_mrope_", "apply_rotary_", "fused_add_rmsnorm", "fused_add_rmsnorm_", "fused_experts", "fused_moe",
-    "gelu_tanh_and_mul", "gumbel_sample", "layernorm", "moe_configs", "moe_route", "rmsnorm", "silu_and_mul", "store_kv",
-    "tune_fused_moe",
+    "gelu_tanh_and_mul", "gumbel_sample", "layernorm", "moe_configs", "moe_route", "rmsnorm", "silu_and_mul",
+    "store_kv", "tune_fused_moe",
 ]
