@@ -6,7 +6,8 @@ once, then each gate_up tile and each down tile is timed alone (CUDA graph of ba
 L2 flush, minus the flush alone), and the BLOCK_M whose best two GEMMs sum lowest wins. Candidates that fail to
 compile (shared memory) are skipped. Measuring is impossible inside CUDA-graph capture: there the cached choice
 is used, else default_config() (not cached); call kernels.moe.tune_fused_moe before capturing.
-$VLM_MOE_CONFIGS names an optional JSON file: choices are read from it at start and written back after each tune.
+$VLM_MOE_CONFIGS names an optional JSON file (e.g. $VLM_KERNEL_CACHE/moe_configs.json, beside FlashInfer's JIT
+cache): choices are read from it at start and written back after each tune.
 Under TRITON_INTERPRET (CPU tests) one small fixed config, INTERPRET_CONFIG, is used.
 """
 
@@ -87,7 +88,7 @@ def block_m_candidates(pairs: int, experts: int) -> list[int]:
 # tiles (gate_up's two accumulators make 2 x block_n columns) and grouping for L2 reuse of the expert's weights.
 # All fit the H200's 227 KB of shared memory and compile without spills for sm_90 (checked offline with ptxas at
 # H=2048, I=768 bf16); block_m >= 64 runs on wgmma, smaller ones on mma.sync.
-_DECODE_TILES = [(32, 128, 1, 4, 4), (64, 128, 1, 4, 3), (64, 64, 1, 4, 5), (128, 128, 1, 4, 3)]
+_DECODE_TILES = [(32, 128, 1, 4, 4), (64, 128, 1, 4, 3), (64, 64, 1, 4, 5), (32, 64, 1, 4, 5), (128, 128, 1, 4, 3)]
 _MID_TILES = [(64, 128, 8, 4, 3), (128, 64, 8, 4, 4), (128, 64, 8, 8, 4), (64, 64, 8, 4, 4)]
 _LARGE_TILES = [(128, 64, 16, 8, 4), (128, 64, 16, 8, 3), (64, 64, 16, 4, 4), (64, 128, 16, 4, 3)]
 _DOWN_LARGE = [(256, 64, 16, 8, 4), (128, 64, 16, 8, 4), (128, 128, 16, 8, 3), (256, 64, 16, 8, 3)]
