@@ -151,7 +151,7 @@ def test_gpu_qwen3_vl_moe_shapes(qwen3_moe_weights, t):
     rw, rids = reference.moe_route(logits, 8, True)
     assert torch.equal(torch.sort(ids, dim=1).values, torch.sort(rids, dim=1).values)
     torch.testing.assert_close(out, reference.fused_moe(x, w13, w2, weights, ids), **TOL[torch.bfloat16])
-    assert any(f"P<={pow2(t * 8)}|" in b or b.endswith(f"P<={pow2(t * 8)}") for b in moe.moe_configs())
+    assert any(b.endswith(f"|P<={pow2(t * 8)}") for b in moe.moe_configs())  # the bucket was tuned
 
 
 @pytest.mark.gpu
