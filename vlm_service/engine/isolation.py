@@ -54,12 +54,13 @@ def run_isolated(items: Sequence[T], trial: Callable[[Sequence[T]], R]
     try:
         return [(items, trial(items))], []
     except Exception as exc:  # noqa: BLE001 - any failure is attributed, never propagated as is
-        if len(items) == 1:
-            return [], [(items[0], exc)]
-        mid = len(items) // 2
-        ok_a, bad_a = run_isolated(items[:mid], trial)
-        ok_b, bad_b = run_isolated(items[mid:], trial)
-        return ok_a + ok_b, bad_a + bad_b
+        failure = exc
+    if len(items) == 1:  # (outside the except: the halves' tracebacks do not chain onto this one)
+        return [], [(items[0], failure)]
+    mid = len(items) // 2
+    ok_a, bad_a = run_isolated(items[:mid], trial)
+    ok_b, bad_b = run_isolated(items[mid:], trial)
+    return ok_a + ok_b, bad_a + bad_b
 
 
 class PendingGroups:
