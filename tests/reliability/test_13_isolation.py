@@ -142,24 +142,40 @@ def test_named_poison_is_refused_naming_its_field_and_the_bystander_is_exact(tls
     assert_safe_refusal(outcome)
 
 
-_f32 = st.floats(width=32, allow_nan=True, allow_infinity=True) | st.sampled_from(
-    [0.0, 1e-45, 1e-40, 1e-30, 1e-6, 1e-5, 0.5, 1.0, 2.0, 3e38])
+_f32 = st.floats(width=32, allow_nan=True, allow_infinity=True)
 _i32 = st.integers(-(2 ** 31), 2 ** 31 - 1)
+
+
+def _poisons(vocab: int) -> dict:
+    """Per field: values of every kind (in range or not); nasty float32s (nan, inf, subnormals) come often."""
+    return {
+        "temperature": _f32 | st.sampled_from([1e-45, 1e-40, 1e-30, 1e-6, 1e-5, 3e38]),
+        "top_p": _f32, "min_p": _f32, "repetition_penalty": _f32 | st.sampled_from([1e-38, 1e-3, 1e3, 3e38]),
+        "top_k": _i32 | st.sampled_from([vocab - 1, vocab, vocab + 1]),
+        "seed": st.integers(0, 2 ** 64 - 1), "max_tokens": _i32, "min_tokens": _i32, "top_logprobs": _i32,
+        "stop_token_ids": st.lists(_i32 | st.integers(vocab - 2, vocab + 2), min_size=1, max_size=3),
+    }
+
+
+_SANE = {"temperature": st.sampled_from([0.0, 0.7, 1.0]), "top_p": st.sampled_from([1.0, 0.9]),
+         "min_p": st.sampled_from([0.0, 0.05]), "repetition_penalty": st.sampled_from([1.0, 1.2]),
+         "top_k": st.sampled_from([0, 5, 50]), "max_tokens": st.integers(3, 6), "min_tokens": st.integers(1, 3),
+         "top_logprobs": st.integers(0, 3)}
+# the fields whose bad values broke everyone's step before (subnormal temperatures; stop ids past the vocab while
+# min_tokens bans them) are drawn more often
+_FIELDS = ["temperature"] * 3 + ["stop_token_ids"] * 3 + ["top_p", "min_p", "repetition_penalty", "top_k", "seed",
+                                                           "max_tokens", "min_tokens", "top_logprobs"]
 
 
 @st.composite
 def poison_sampling(draw, vocab: int) -> vlm_pb2.SamplingParams:
-    sp = vlm_pb2.SamplingParams(max_tokens=draw(st.integers(-2, 6)), min_tokens=draw(st.integers(-2, 6)))
-    for name in ("temperature", "top_p", "min_p", "repetition_penalty"):
-        if draw(st.booleans()):
-            setattr(sp, name, draw(_f32))
-    if draw(st.booleans()):
-        sp.top_k = draw(_i32 | st.sampled_from([0, 1, vocab - 1, vocab, vocab + 1]))
-    if draw(st.booleans()):
-        sp.seed = draw(st.integers(0, 2 ** 64 - 1))
-    sp.stop_token_ids.extend(draw(st.lists(_i32 | st.integers(vocab - 2, vocab + 2), max_size=3)))
-    sp.ignore_eos, sp.logprobs = draw(st.booleans()), draw(st.booleans())
-    sp.top_logprobs = draw(st.integers(-2, 22))
+    """One field drawn from anything (the poison), the others from sane values, so the poison is what decides."""
+    target = draw(st.sampled_from(_FIELDS))
+    values = {name: draw(strategy) for name, strategy in _SANE.items()}
+    values[target] = draw(_poisons(vocab)[target])
+    stop_ids = values.pop("stop_token_ids", [])
+    sp = vlm_pb2.SamplingParams(**values, logprobs=draw(st.booleans()), ignore_eos=draw(st.booleans()))
+    sp.stop_token_ids.extend(stop_ids)
     return sp
 
 
