@@ -145,3 +145,25 @@ def test_a_reader_stalled_past_the_timeout_is_aborted():
         assert eng.stats().kv_blocks_used == 0 and eng.stats().paused == 0
         await eng.stop(drain=True)
     asyncio.run(main())
+
+
+def test_a_step_failure_outside_isolation_reaches_streams_as_a_generic_internal_error():
+    from vlm_service.engine.isolation import GENERIC_MESSAGE
+    from vlm_service.errors import InternalError
+
+    async def main():
+        eng = make()
+
+        def broken_step():
+            raise RuntimeError("scheduler state: secret 151936")
+
+        eng.engine.step = broken_step
+        eng.reserve("r")
+        try:
+            await read_all(eng.generate("r", build_input(text(1, 5)), SamplingParams(max_tokens=3), 0.0))
+        except InternalError as exc:
+            assert str(exc) == GENERIC_MESSAGE and exc.__cause__ is None
+        else:
+            raise AssertionError("the stream must fail")
+        await eng.stop(drain=True)
+    asyncio.run(main())

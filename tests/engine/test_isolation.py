@@ -216,3 +216,22 @@ def test_a_batch_that_fails_whole_but_not_in_halves_serves_everyone(model, monke
     res = run_to_completion(engine(model), bystanders())
     assert {rid: r[0] for rid, r in res.items()} == expected
     assert all(r[2].finish_reason in (FinishReason.LENGTH, FinishReason.STOP) for r in res.values())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("overlap", [True, False])
+def test_isolation_on_cuda_keeps_bystanders_exact(monkeypatch, overlap):
+    """The same on the GPU: pinned read-back of the re-sampled groups (isolation.PendingGroups), CUDA events."""
+    cuda_model = ToyVLM().to("cuda")
+
+    def cuda_engine(**kw):
+        return engine(cuda_model, overlap_scheduling=overlap, cuda_graphs=False, **kw)
+
+    expected = {rid: run_to_completion(cuda_engine(), [(rid, inp, sp)])[rid][0] for rid, inp, sp in bystanders()}
+    monkeypatch.setattr(engine_module, "sample_async", _raise_for_poison_rows(engine_module.sample_async, 5 + 3))
+    eng = cuda_engine()
+    sp = SamplingParams(temperature=0.5, seed=POISON_SEED, max_tokens=20, ignore_eos=True)
+    res = run_to_completion(eng, bystanders() + [("poison", build_input(text(12, 5)), sp)])
+    assert isinstance(res["poison"][2], Failed)
+    assert {rid: res[rid][0] for rid in expected} == expected
+    assert eng.block_manager.num_used_blocks == 0 and not eng.requests

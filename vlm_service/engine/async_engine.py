@@ -21,9 +21,9 @@ from typing import AsyncIterator
 
 from vlm_service.config import EngineConfig, LimitsConfig
 from vlm_service.engine.engine import LLMEngine
-from vlm_service.engine.isolation import Failed, client_error
+from vlm_service.engine.isolation import GENERIC_MESSAGE, Failed, client_error
 from vlm_service.engine.streams import OutputStream, aborted_before_start
-from vlm_service.errors import DuplicateRequest, InvalidInput, Overloaded, ShuttingDown
+from vlm_service.errors import DuplicateRequest, InternalError, InvalidInput, Overloaded, ServiceError, ShuttingDown
 from vlm_service.types import Finished, ProcessedInput, SamplingParams, TokenDelta
 
 log = logging.getLogger(__name__)
@@ -264,7 +264,8 @@ class AsyncEngine:
         return [fin for fin in map(self.engine.abort, stalled) if fin is not None]
 
     def _fail_all(self, exc: Exception) -> None:
-        failures = [Failed(rid, client_error(exc, rid)) for rid in list(self.engine.requests)]
+        error = exc if isinstance(exc, ServiceError) else InternalError(GENERIC_MESSAGE)  # (logged by the caller)
+        failures = [Failed(rid, error) for rid in list(self.engine.requests)]
         for rid in list(self.engine.requests):
             self.engine.abort(rid)
         self._take_snapshot()
