@@ -218,6 +218,30 @@ def test_a_batch_that_fails_whole_but_not_in_halves_serves_everyone(model, monke
     assert all(r[2].finish_reason in (FinishReason.LENGTH, FinishReason.STOP) for r in res.values())
 
 
+def test_a_failed_read_back_fails_that_launch_only_and_the_engine_serves_on(model, monkeypatch):
+    """A read-back that raises (on CUDA: an asynchronous device fault, which no re-run can pin on one row) fails
+    the rows of that launch; the engine keeps no trace of them and serves the next request exactly."""
+    from vlm_service.engine.sampler import PendingSample
+
+    real, calls = PendingSample.result, []
+
+    def result(self):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real(self)
+
+    monkeypatch.setattr(PendingSample, "result", result)
+    eng = engine(model)
+    eng.add("a", BYSTANDER, SamplingParams(max_tokens=8, ignore_eos=True))
+    tokens, failed = drain(eng)["a"]
+    assert isinstance(failed, Failed) and str(failed.error) == GENERIC_MESSAGE and len(tokens) == 2
+    assert eng.block_manager.num_used_blocks == 0 and not eng.requests and not eng.has_work()
+    monkeypatch.undo()
+    eng.add("b", BYSTANDER, BYSTANDER_SP)
+    assert drain(eng)["b"][0] == REFERENCE(model)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("overlap", [True, False])
 def test_isolation_on_cuda_keeps_bystanders_exact(monkeypatch, overlap):

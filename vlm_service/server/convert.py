@@ -31,6 +31,7 @@ _CODES = [  # most specific first
     (errors.Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.ShuttingDown, grpc.StatusCode.UNAVAILABLE),
     (errors.InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.InternalError, grpc.StatusCode.INTERNAL),
 ]
 
 
