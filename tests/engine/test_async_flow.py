@@ -103,15 +103,18 @@ def test_a_paused_reader_holds_no_blocks_stops_generating_and_resumes_exactly():
         got = [await gen.__anext__()]
         await until(lambda: eng.stats().paused == 1)
         stream, seq = eng._streams["slow"], eng.engine.requests["slow"].seq
-        held = stream.delivered
-        assert 4 <= held <= 4 + 2, "bounded: the buffer, plus the tokens in flight when it paused"
         assert eng.stats().kv_blocks_used == 0 and seq.block_table == []
         # other requests run many steps meanwhile: the paused one does not move and gets no blocks
-        eng.reserve("other")
-        other = await read_all(eng.generate("other", build_input(text(2, 6)), LONG, 0.0))
-        assert len(tokens_of(other)) == 40
-        assert stream.delivered == held and eng.stats().paused == 1 and seq.block_table == []
-        assert eng.stats().kv_blocks_used == 0
+        held = None
+        for rid in ("other", "other2"):
+            eng.reserve(rid)
+            other = await read_all(eng.generate(rid, build_input(text(len(rid), 6)), LONG, 0.0))
+            assert len(tokens_of(other)) == 40
+            if held is None:  # (by now the token that was in flight when it paused has arrived too)
+                held = stream.delivered
+                assert 4 <= held <= 4 + 2, "bounded: the buffer, plus the tokens in flight when it paused"
+            assert stream.delivered == held and eng.stats().paused == 1 and seq.block_table == []
+            assert eng.stats().kv_blocks_used == 0
         got += await read_all(gen)  # catching up resumes it (recomputed from the prefix cache + the tail)
         assert tokens_of(got) == oracle_greedy(ToyVLM(), x, 40)
         assert got[-1].finish_reason == FinishReason.LENGTH and got[-1].usage.completion_tokens == 40
@@ -142,7 +145,7 @@ def test_a_reader_stalled_past_the_timeout_is_aborted():
         await until(lambda: final_queued(eng, "r"))  # aborted by the engine while nobody read
         rest = await read_all(gen)
         assert rest[-1].finish_reason == FinishReason.ABORT and len(tokens_of([first] + rest)) < 40
-        assert eng.stats().kv_blocks_used == 0 and eng.stats().paused == 0
+        await until(lambda: eng.stats().kv_blocks_used == 0 and eng.stats().paused == 0)
         await eng.stop(drain=True)
     asyncio.run(main())
 
