@@ -60,6 +60,10 @@ class LimitsConfig:
     max_waiting_tokens: int = 0  # 0 = unlimited
     default_deadline_s: float = 0.0  # 0 = none
     max_deadline_s: float = 0.0  # 0 = none
+    # backpressure: TokenDeltas a stream may hold unread before its request is paused (KV blocks freed,
+    # recomputed when the reader has taken half of them); 0 = never pause
+    max_buffered_outputs: int = 256
+    stalled_stream_timeout_s: float = 120.0  # a request paused this long is aborted; 0 = wait for the reader
 
 
 @dataclass(frozen=True)

@@ -31,5 +31,10 @@ class ShuttingDown(ServiceError):
     """The server is draining and takes no new work (→ UNAVAILABLE)."""
 
 
+class InternalError(ServiceError):
+    """Something failed inside the server; the client gets a generic message, the log keeps the detail
+    (→ INTERNAL)."""
+
+
 class ModelLoadError(Exception):
     """A checkpoint that cannot be loaded; the message names the file and tensor at fault."""

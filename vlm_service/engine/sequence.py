@@ -18,6 +18,7 @@ PENDING = -1
 class SeqStatus(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
+    PAUSED = "paused"  # not scheduled and holding no blocks: its reader is behind (AsyncEngine backpressure)
     FINISHED = "finished"
 
 

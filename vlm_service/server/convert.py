@@ -17,6 +17,7 @@ from vlm_service._proto.vlm.v1 import vlm_pb2
 
 ROLES = ("system", "user", "assistant")
 MAX_TOP_LOGPROBS = 20
+INTERNAL_MESSAGE = "internal error; the server log has the details"  # what a client sees of an unexpected failure
 
 _FINISH = {
     types.FinishReason.STOP: vlm_pb2.STOP,
@@ -30,6 +31,7 @@ _CODES = [  # most specific first
     (errors.Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.ShuttingDown, grpc.StatusCode.UNAVAILABLE),
     (errors.InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.InternalError, grpc.StatusCode.INTERNAL),
 ]
 
 

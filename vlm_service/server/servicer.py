@@ -54,6 +54,9 @@ class VisionLanguageServicer(vlm_pb2_grpc.VisionLanguageServiceServicer):
             req = await self._admit(request, request_id, arrival, context)
             async for out in self._stream(req, deadline, context, obs):
                 yield convert.output_to_proto(out)
+        except Exception as exc:
+            error = exc
+            await self._fail_unexpected(context, exc)
         except BaseException as exc:
             error = exc
             raise
@@ -183,6 +186,14 @@ class VisionLanguageServicer(vlm_pb2_grpc.VisionLanguageServiceServicer):
         log.debug("request refused: %s (%s)", exc, convert.status_code(exc).name)  # the request line says it too
         await context.abort(convert.status_code(exc), status.message,
                             trailing_metadata=convert.status_metadata(status))
+
+    @staticmethod
+    async def _fail_unexpected(context, exc: Exception):
+        """An error no check foresaw: the client gets INTERNAL with a generic message, the log the traceback."""
+        if isinstance(exc, grpc.aio.AbortError):  # a status already chosen (context.abort)
+            raise exc
+        log.error("Generate failed unexpectedly", exc_info=exc)
+        await context.abort(grpc.StatusCode.INTERNAL, convert.INTERNAL_MESSAGE)
 
     def _enter(self) -> None:
         self._inflight += 1
