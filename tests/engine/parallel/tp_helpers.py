@@ -1,6 +1,6 @@
 """Tiny checkpoints of both dense families whose head counts make tensor parallelism interesting (4 q heads,
-2 KV heads: at TP=4 each KV head is replicated on two ranks; the demo vocab does not divide by 4, so the last
-rank's vocab slice is padded), and a synchronous TP engine driver for the in-process tests."""
+2 KV heads: at TP=4 each KV head is replicated on two ranks; the model vocab is the demo tokenizer's + 3, which
+divides by neither 2 nor 4, so the last rank's vocab slice is padded), and a synchronous TP engine driver for the in-process tests."""
 
 from __future__ import annotations
 
@@ -49,6 +49,7 @@ def _write(out: Path, arch: str) -> None:
 
     build_demo_tokenizer(out)
     ids, vocab = _special_ids(out)
+    vocab += 3  # rows no token uses, as real checkpoints have; the vocab then divides by neither 2 nor 4
     config = (_qwen3 if arch == "qwen3_vl" else _qwen2_5)(ids, vocab)
     cls = Qwen3VLForConditionalGeneration if arch == "qwen3_vl" else Qwen2_5_VLForConditionalGeneration
     model = cls(config).eval()
