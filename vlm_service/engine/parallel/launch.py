@@ -70,8 +70,10 @@ class ParallelContext:
             port = cfg.parallel.master_port or free_port(cfg.parallel.master_addr)
             ep = Endpoint(0, cfg.parallel.tensor_parallel_size, cfg.parallel.master_addr, port)
             self.procs = [_spawn(cfg, ep, r) for r in range(1, ep.size)]
-        elif ep.rank != 0:
-            raise RuntimeError("ParallelContext is rank 0's; other ranks run engine.parallel.worker")
+        elif ep.rank != 0 or ep.size != cfg.parallel.tensor_parallel_size:
+            raise ValueError(f"launched as rank {ep.rank} of WORLD_SIZE {ep.size}: the server is rank 0 and "
+                             f"--tensor-parallel-size must equal WORLD_SIZE "
+                             f"({cfg.parallel.tensor_parallel_size})")
         self.device = rank_device(device, ep.local_rank)
         try:
             self.tp, self.header = init_group(ep, self.device)

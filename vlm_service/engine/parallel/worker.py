@@ -55,18 +55,22 @@ def run_worker(cfg: Config) -> int:
     return 0
 
 
-def main() -> int:
+def serve_rank(cfg: Config) -> int:
+    """A worker's whole life (signals ignored, exits with its parent); the exit status."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s rank" + os.environ.get("RANK", "?")
-                        + " %(name)s: %(message)s")
-    cfg = pickle.loads(base64.b64decode(os.environ["VLM_TP_CONFIG"]))
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     try:
         return run_worker(cfg)
     except Exception:
         log.exception("worker failed")
         return 1
+
+
+def main() -> int:
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s rank" + os.environ.get("RANK", "?")
+                        + " %(name)s: %(message)s")
+    return serve_rank(pickle.loads(base64.b64decode(os.environ["VLM_TP_CONFIG"])))
 
 
 if __name__ == "__main__":
