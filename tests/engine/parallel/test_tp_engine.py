@@ -4,6 +4,8 @@ request, KV heads fewer than ranks at TP=4, and every block free afterwards."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -25,9 +27,11 @@ def images():
     return [make_image(np.random.default_rng(s), 64, 96, "noise", "png").data for s in range(2)]
 
 
-def generate(ckpt, size, root, images):
+def generate(ckpt, size, root, images, vision="data"):
     """Greedy tokens of three requests run together, every logits tensor of the run, and the engine after."""
-    with tp_runtime(tp_config(ckpt, size, root / "state")) as rt:
+    cfg = tp_config(ckpt, size, root / "state")
+    cfg = dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel, vision_parallel=vision))
+    with tp_runtime(cfg) as rt:
         eng = rt.engine.engine
         seen = record_logits(eng)
         for i, msgs in enumerate(chats(images)):
@@ -55,4 +59,14 @@ def test_tp_gives_tp1_tokens_and_logits(reference, size, root, images):
     assert len(logits) == len(logits1)
     for a, b in zip(logits, logits1):
         assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
+
+
+def test_replicated_vision_gives_the_same_tokens(reference, root, images):
+    ckpt, (tokens1, logits1) = reference
+    if "qwen3" not in ckpt.name:
+        pytest.skip("one family is enough for the vision fallback")
+    tokens, logits = generate(ckpt, 2, root, images, vision="replicate")
+    assert tokens == tokens1
+    for a, b in zip(logits, logits1):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-4)

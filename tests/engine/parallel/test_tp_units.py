@@ -85,3 +85,38 @@ def test_step_message_round_trip():
     assert got[2].block_tables == layout.block_tables and torch.equal(got[2].slot_mapping, layout.slot_mapping)
     assert torch.equal(got[4].mask, mask) and torch.equal(got[4].deepstack[0], 2 * torch.ones(1, 4))
     assert got[5] is False
+
+
+def test_tensor_parallel_flags_and_env(monkeypatch):
+    import argparse
+
+    from vlm_service.server.options import add_serve_flags, config_from_args
+
+    def parse(*argv):
+        parser = argparse.ArgumentParser()
+        add_serve_flags(parser)
+        return config_from_args(parser.parse_args(list(argv)))
+
+    assert parse().parallel.tensor_parallel_size == 1
+    monkeypatch.setenv("VLM_TENSOR_PARALLEL_SIZE", "4")
+    cfg = parse("--vision-parallel", "replicate")
+    assert (cfg.parallel.tensor_parallel_size, cfg.parallel.vision_parallel) == (4, "replicate")
+    assert parse("--tensor-parallel-size", "2").parallel.tensor_parallel_size == 2
+    with pytest.raises(ValueError, match="vision_parallel must be data or replicate"):
+        parse("--vision-parallel", "weights")
+
+
+@pytest.mark.parametrize("name, billions", [("random:qwen2_5_vl_72b", 73.41), ("random:qwen3_vl_32b", 33.36)])
+def test_large_presets_split_evenly_over_8_ranks(name, billions):
+    def sizes(model):
+        text = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("model.visual."))
+        return text, sum(p.numel() for p in model.model.visual.parameters())
+
+    full = load_model(name, torch.bfloat16, "meta", vit_backends.create("sdpa"))
+    assert abs(sum(sizes(full)) / 1e9 - billions) < 0.01
+    shard = load_model(name, torch.bfloat16, "meta", vit_backends.create("sdpa"), tp=TensorParallel(5, 8))
+    (text, vis), (text8, vis8) = sizes(full), sizes(shard)
+    norms = sum(p.numel() for n, p in full.named_parameters() if p.dim() == 1 and "visual" not in n
+                and "bias" not in n)  # RMSNorm weights: whole on every rank
+    assert vis8 == vis and (text8 - norms) * 8 == text - norms
+    assert (shard.spec.num_heads, shard.spec.num_kv_heads) == (8, 1)

@@ -75,14 +75,14 @@ class ParallelContext:
                              f"--tensor-parallel-size must equal WORLD_SIZE "
                              f"({cfg.parallel.tensor_parallel_size})")
         self.device = rank_device(device, ep.local_rank)
+        if self.procs:  # watching from the start: a worker that dies before it joins would leave init waiting
+            threading.Thread(target=self._watch, name="vlm-tp-watchdog", daemon=True).start()
         try:
             self.tp, self.header = init_group(ep, self.device)
         except Exception:
             self._kill_workers()
             raise
         self.channel = Channel(self.tp, self.header, self.device)
-        if self.procs:
-            threading.Thread(target=self._watch, name="vlm-tp-watchdog", daemon=True).start()
 
     # ---- what the runtime needs --------------------------------------------------------------------------------
     def make_runner(self, model, cfg, device, num_blocks):
