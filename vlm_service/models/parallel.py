@@ -11,7 +11,8 @@ KV heads: with Hk >= N each rank holds Hk/N of them; with Hk < N (GQA) rank r ho
 read, kv head r // (N / Hk), replicated on N/Hk ranks.
 
 Every sharded parameter records where its slice sits in the checkpoint tensor (`tp_slices`: canonical name ->
-(dim, start, stop, rows): checkpoint rows [start, stop) along dim, into a parameter of `rows` there), so the loader reads that slice straight from safetensors (loader.py, safe_open get_slice).
+(dim, start, stop, rows): checkpoint rows [start, stop) along dim, into a parameter of `rows` there), so the
+loader reads that slice straight from safetensors (loader.py, safe_open get_slice).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Tiny checkpoints of both dense families whose head counts make tensor parallelism interesting (4 q heads,
 2 KV heads: at TP=4 each KV head is replicated on two ranks; the model vocab is the demo tokenizer's + 3, which
-divides by neither 2 nor 4, so the last rank's vocab slice is padded), and a synchronous TP engine driver for the in-process tests."""
+divides by neither 2 nor 4, so the last rank's vocab slice is padded), and helpers for driving a TP engine
+synchronously in the in-process tests."""
 
 from __future__ import annotations
 
