@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -56,8 +57,8 @@ class Runtime:
     async def stop(self, drain: bool) -> None:
         await self.engine.stop(drain)
         parallel = self.extras.get("parallel")
-        if parallel is not None:  # tensor-parallel workers stop after the engine drained
-            parallel.shutdown()
+        if parallel is not None:  # tensor-parallel workers stop after the engine drained (reaping them blocks)
+            await asyncio.to_thread(parallel.shutdown)
 
 
 def resolve_device(name: str) -> torch.device:
