@@ -10,6 +10,8 @@ With size N > 1 each rank holds:
 KV heads: with Hk >= N each rank holds Hk/N of them; with Hk < N (GQA) rank r holds the one KV head its q heads
 read, kv head r // (N / Hk), replicated on N/Hk ranks.
 
+A shard's `spec.num_heads` / `spec.num_kv_heads` are the rank's own (its KV pool is sized for them).
+
 Every sharded parameter records where its slice sits in the checkpoint tensor (`tp_slices`: canonical name ->
 (dim, start, stop, rows): checkpoint rows [start, stop) along dim, into a parameter of `rows` there), so the
 loader reads that slice straight from safetensors (loader.py, safe_open get_slice).
