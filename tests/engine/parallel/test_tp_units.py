@@ -120,3 +120,16 @@ def test_large_presets_split_evenly_over_8_ranks(name, billions):
                 and "bias" not in n)  # RMSNorm weights: whole on every rank
     assert vis8 == vis and (text8 - norms) * 8 == text - norms
     assert (shard.spec.num_heads, shard.spec.num_kv_heads) == (8, 1)
+
+
+def test_a_failure_after_the_workers_joined_fails_the_group():
+    from vlm_service.engine.parallel.runner import fatal_to_group
+
+    reasons = []
+    with pytest.raises(ValueError, match="boom"):
+        with fatal_to_group(reasons.append, "step"):
+            raise ValueError("boom")
+    assert reasons == ["tensor-parallel step failed on rank 0: ValueError: boom"]
+    with fatal_to_group(reasons.append, "step"):
+        pass
+    assert len(reasons) == 1

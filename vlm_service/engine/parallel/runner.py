@@ -8,6 +8,7 @@ prefix cache and vision cache live on rank 0 alone, so an abort or a preemption 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Callable
 
@@ -20,25 +21,34 @@ from vlm_service.engine.parallel.vision import Rank0Model, encode_shared
 log = logging.getLogger(__name__)
 
 
+@contextlib.contextmanager
+def fatal_to_group(on_error: Callable[[str], None] | None, what: str):
+    """Once rank 0 has sent a message, the workers are inside its collectives: an exception on rank 0 from there
+    on (a rank gone, or any failure of its own forward) leaves the ranks out of step, so it fails the whole group
+    (health NOT_SERVING, exit 1: an orchestrator restarts the server) rather than one request."""
+    try:
+        yield
+    except Exception as exc:
+        if on_error is not None:
+            on_error(f"tensor-parallel {what} failed on rank 0: {type(exc).__name__}: {exc}")
+        raise
+
+
 class ParallelModelRunner(ModelRunner):
-    """ModelRunner whose every forward is mirrored on the workers; `on_error` hears of a failed send (a dead
-    rank) before the exception goes up to the engine."""
+    """ModelRunner whose every forward is mirrored on the workers; `on_error(reason)` hears of a failure once the
+    workers are involved (fatal_to_group) before the exception goes up to the engine."""
 
     def __init__(self, model, cfg, device, num_blocks: int, channel, vision_mode: str,
                  on_error: Callable[[str], None] | None = None):
-        super().__init__(Rank0Model(model, channel, vision_mode), cfg, device, num_blocks)
+        super().__init__(Rank0Model(model, channel, vision_mode, lambda: self.on_error), cfg, device, num_blocks)
         self.channel, self.on_error = channel, on_error
 
     @torch.inference_mode()
     def execute(self, ids, positions, layout, sample_idx, mm, graphed) -> torch.Tensor:
         meta, tensors = pack_step(ids, positions, layout, sample_idx, mm, graphed)
-        try:
+        with fatal_to_group(self.on_error, "step"):
             self.channel.send("step", meta, tensors)
             return super().execute(ids, positions, layout, sample_idx, mm, graphed)
-        except RuntimeError as exc:  # gloo/NCCL: a rank went away mid-step
-            if self.on_error is not None:
-                self.on_error(f"tensor-parallel step failed: {exc}")
-            raise
 
 
 def worker_loop(runner: ModelRunner, channel) -> None:

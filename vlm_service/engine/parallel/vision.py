@@ -61,8 +61,9 @@ class Rank0Model:
     """The model as rank 0's runner sees it: everything is the local shard's, except encode_images, which in
     `data` mode first sends the images to the workers and encodes its own share (vision.encode_shared)."""
 
-    def __init__(self, model, channel, mode: str):
-        self.__dict__.update(_model=model, _channel=channel, _mode=mode)
+    def __init__(self, model, channel, mode: str, on_error=lambda: None):
+        # on_error() -> the runner's failure callback (runner.fatal_to_group)
+        self.__dict__.update(_model=model, _channel=channel, _mode=mode, _on_error=on_error)
 
     def __getattr__(self, name):
         return getattr(self._model, name)
@@ -70,5 +71,8 @@ class Rank0Model:
     def encode_images(self, pixels: torch.Tensor, grid: torch.Tensor):
         if self._mode != "data" or grid.shape[0] < 2:
             return self._model.encode_images(pixels, grid)
-        self._channel.send("encode", {"grid": grid.tolist()}, (pixels,))
-        return encode_shared(self._model, pixels, grid, self._channel.tp)
+        from vlm_service.engine.parallel.runner import fatal_to_group
+
+        with fatal_to_group(self._on_error(), "vision encode"):
+            self._channel.send("encode", {"grid": grid.tolist()}, (pixels,))
+            return encode_shared(self._model, pixels, grid, self._channel.tp)
