@@ -10,11 +10,21 @@
 #   bash benchmarks/gpu_next.sh load3w   # third session: the load test again after a warm-up at the run's concurrency
 #   bash benchmarks/gpu_next.sh profile3 # third session: kernel-level profile, ViT encode + prefill
 #   bash benchmarks/gpu_next.sh owed     # third session: kernels GPU suite, 7B decode after the plan fixes, engine tests
+#   bash benchmarks/gpu_next.sh tp       # tensor parallelism: TP=1 7B decode unchanged, NCCL tests (>= 2 GPUs)
 # (device tool, carry .whl (fetch_wheels.sh all + googleapis-common-protos 1.72.0) and vlm_service/_proto)
 source benchmarks/gpu_env.sh >/dev/null || exit 1
 log() { grep -v "leaked\|nanobind\|^ - \|USDT\|Warning:" | tail -n "$1"; }
 preset_dir() { python3 -c "from vlm_service.models.presets import ensure_preset_dir as e; print(e('/tmp/vlm-state','$1'))"; }
 case "${1:-}" in
+  tp)  # tensor parallelism (issue 18): TP=1 unchanged on one GPU; the NCCL tests and the channel cost need >= 2 GPUs
+    timeout 200 python3 benchmarks/bench_decode.py --model random:qwen2_5_vl_7b --vit auto \
+      --out $OUT/decode_qwen2_5_vl_7b_tp1.json 2>&1 | log 30
+    timeout 120 python3 -m pytest -q -m gpu -p no:cacheprovider tests/engine/test_engine_gpu.py \
+      tests/engine/parallel/test_tp_gpu.py 2>&1 | tee $OUT/gpu_tests_tp.log | log 8
+    if [ "$(python3 -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
+      timeout 120 python3 benchmarks/bench_tp_channel.py --size 2 --batch 64 --device cuda \
+        --out $OUT/tp_channel_cuda.json 2>&1 | log 20
+    fi ;;
   tests)  # owed: the kernels GPU suite in full (FlashInfer norm fix, never re-run) and the engine CUDA-graph test
     timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests/kernels 2>&1 | tee $OUT/gpu_tests_kernels.log | log 8
     timeout 360 python3 -m pytest -q -m gpu -p no:cacheprovider tests/engine tests/vit_backends tests/models 2>&1 \

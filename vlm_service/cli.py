@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -46,6 +47,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.error("bad configuration: %s", exc)
         return 2
     log.info("effective config: %s", json.dumps(redacted(cfg)))
+    if cfg.parallel.tensor_parallel_size > 1 and int(os.environ.get("RANK", "0")) != 0:
+        from vlm_service.engine.parallel.worker import serve_rank  # torchrun / LeaderWorkerSet: not rank 0
+
+        return serve_rank(cfg)
     return asyncio.run(serve(cfg))
 
 

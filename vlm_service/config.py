@@ -100,7 +100,26 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class ParallelConfig:
+    """Tensor parallelism (engine/parallel/): this process is rank 0 and spawns N-1 workers on this host, unless
+    it was launched with RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT (torchrun, a LeaderWorkerSet), then it joins."""
+
+    tensor_parallel_size: int = 1
+    vision_parallel: str = "data"  # data: each rank encodes a share of a step's images | replicate: rank 0 all
+    master_addr: str = "127.0.0.1"  # spawned workers only (launched ranks read MASTER_ADDR)
+    master_port: int = 0  # 0 = a free port
+    worker_exit_grace_s: float = 2.0  # a dead worker: health NOT_SERVING at once, the process exits 1 after this
+
+    def __post_init__(self):
+        if self.tensor_parallel_size < 1:
+            raise ValueError("tensor_parallel_size must be >= 1")
+        if self.vision_parallel not in ("data", "replicate"):
+            raise ValueError(f"vision_parallel must be data or replicate, not {self.vision_parallel!r}")
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -55,6 +56,9 @@ class Runtime:
 
     async def stop(self, drain: bool) -> None:
         await self.engine.stop(drain)
+        parallel = self.extras.get("parallel")
+        if parallel is not None:  # tensor-parallel workers stop after the engine drained (reaping them blocks)
+            await asyncio.to_thread(parallel.shutdown)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -113,14 +117,31 @@ def load_runtime(cfg: Config) -> Runtime:
     model_id, weights, processor_dir = resolve_model_path(cfg)
     log.info("loading %s on %s (%s)", model_id, device, dtype)
     vit = vit_backends.create(cfg.model.vit_attention_backend)
-    model = load_model(weights, dtype=dtype, device=device, vit_attention=vit)
+    parallel = _start_parallel(cfg, device)
+    tp = parallel.tp if parallel is not None else None
+    if parallel is not None:
+        device = parallel.device
+    model = load_model(weights, dtype=dtype, device=device, vit_attention=vit, **({"tp": tp} if tp else {}))
     # on CUDA the pixels leave the preprocessing pool in the model dtype and pinned: the engine thread's copy to
     # the device is then asynchronous and half the bytes (a 1024² image was 25 MB of pageable float32)
     cuda = device.type == "cuda"
     processor = Processor.from_pretrained(processor_dir, max_pixels_limit=cfg.server.limits.max_image_pixels,
                                           max_images=cfg.server.limits.max_images_per_request,
                                           pixel_dtype=dtype if cuda else torch.float32, pin_pixels=cuda)
-    engine = AsyncEngine(model, processor.tokenizer, cfg.engine, cfg.server.limits, device)
+    if parallel is None:
+        engine = AsyncEngine(model, processor.tokenizer, cfg.engine, cfg.server.limits, device)
+    else:
+        engine = AsyncEngine(model, processor.tokenizer, parallel.engine_config(model), cfg.server.limits, device,
+                             make_runner=parallel.make_runner)
     info = _model_info(model_id, model, cfg, engine.max_model_len, device, dtype, getattr(vit, "name", ""))
     return Runtime(engine=engine, processor=processor, info=info, tokenizer=processor.tokenizer, model=model,
-                   vit_backend=vit)
+                   vit_backend=vit, extras={"parallel": parallel} if parallel is not None else {})
+
+
+def _start_parallel(cfg: Config, device: torch.device):
+    """Rank 0's ParallelContext (workers spawned or joined) when --tensor-parallel-size > 1, else None."""
+    if cfg.parallel.tensor_parallel_size <= 1:
+        return None
+    from vlm_service.engine.parallel.launch import ParallelContext
+
+    return ParallelContext(cfg, device)

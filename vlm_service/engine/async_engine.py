@@ -46,8 +46,8 @@ class EngineStats:
 class AsyncEngine:
     """The engine API the server codes against (see DESIGN.md, Engine)."""
 
-    def __init__(self, model, tokenizer, engine_cfg: EngineConfig, limits: LimitsConfig, device):
-        self.engine = LLMEngine(model, tokenizer, engine_cfg, device)
+    def __init__(self, model, tokenizer, engine_cfg: EngineConfig, limits: LimitsConfig, device, make_runner=None):
+        self.engine = LLMEngine(model, tokenizer, engine_cfg, device, make_runner)
         self.limits = limits
         self._reserved: set[str] = set()
         self._cancelled: set[str] = set()  # reservations aborted before generate(): their stream ends with ABORT

@@ -40,7 +40,10 @@ class _Launch:
 class LLMEngine:
     """Continuous-batching generation over a paged KV pool (see scheduler.py, model_runner.py)."""
 
-    def __init__(self, model: VLModel, tokenizer, cfg: EngineConfig, device: torch.device | str = "cpu"):
+    def __init__(self, model: VLModel, tokenizer, cfg: EngineConfig, device: torch.device | str = "cpu",
+                 make_runner=None):
+        """make_runner(model, cfg, device, num_blocks): another ModelRunner (engine/parallel/ passes its rank-0
+        runner); default ModelRunner."""
         self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
         self.device = torch.device(device)
         spec = model.spec
@@ -49,7 +52,7 @@ class LLMEngine:
         self.max_model_len = min(cfg.max_model_len or spec.max_position_embeddings, num_blocks * cfg.block_size)
         self.block_manager = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_cache)
         self.scheduler = Scheduler(self.block_manager, cfg.max_num_seqs, cfg.max_batched_tokens)
-        self.runner = ModelRunner(model, cfg, self.device, num_blocks)
+        self.runner = (make_runner or ModelRunner)(model, cfg, self.device, num_blocks)
         self.eos_ids = tuple(spec.eos_token_ids)
         self.requests: dict[str, _Tracked] = {}
         self._pending: _Launch | None = None  # the launched step whose tokens are not read back yet

@@ -132,10 +132,18 @@ class ModelRunner:
             self._planned.synchronize()
         ids, positions, layout = self._flatten(chunks, prev)
         sample_idx = self._sample_indices(chunks)
-        if self.graphs is not None and self.graphs.can_run(chunks):
+        graphed = self.graphs is not None and self.graphs.can_run(chunks)
+        mm = None if graphed else self._multimodal(chunks)
+        return self.execute(ids, positions, layout, sample_idx, mm, graphed)
+
+    @torch.inference_mode()
+    def execute(self, ids: torch.Tensor, positions: torch.Tensor, layout: BatchLayout, sample_idx: torch.Tensor,
+                mm: MultimodalEmbeds | None, graphed: bool) -> torch.Tensor:
+        """The forward of a flat batch -> logits [len(sample_idx), vocab] float32: the part every tensor-parallel
+        rank runs (engine/parallel/ sends these inputs to the workers)."""
+        if graphed:
             hidden = self.graphs.run(ids, positions, layout)
         else:
-            mm = self._multimodal(chunks)
             hidden = self.model.forward(ids, positions, self._attention(layout), mm)
         return self.model.compute_logits(hidden[sample_idx]).float()
 

@@ -111,6 +111,7 @@ class Server:
     async def load(self, warmup: bool = True) -> None:
         """Load the runtime off the event loop, start the engine, warm up, then mark the service SERVING."""
         runtime = await asyncio.to_thread(self._load_runtime, self.cfg)
+        self._watch_parallel(runtime)
         runtime.start()
         if warmup:
             await _warmup(runtime, self.cfg.server.warmup_image_side)
@@ -120,6 +121,20 @@ class Server:
             self._poller = asyncio.ensure_future(poll_engine(self.servicer.metrics, runtime.engine))
         await self.health.set(SERVICE_NAME, SERVING)
         log.info("model %s ready on %s", runtime.info.model_id, runtime.info.device)
+
+    def _watch_parallel(self, runtime) -> None:
+        """A tensor-parallel rank that dies turns health NOT_SERVING at once and refuses new calls; the runtime
+        then exits the process with status 1 (engine/parallel/launch.py)."""
+        parallel = (getattr(runtime, "extras", None) or {}).get("parallel")
+        if parallel is None:
+            return
+        loop = asyncio.get_running_loop()
+        parallel.on_failure(lambda reason: asyncio.run_coroutine_threadsafe(self._fail_health(), loop))
+
+    async def _fail_health(self) -> None:
+        await self.health.set(SERVICE_NAME, NOT_SERVING)
+        await self.health.set("", NOT_SERVING)
+        self.servicer.start_drain()
 
     async def drain(self) -> bool:
         """Stop taking work and let in-flight streams finish; True when they all finished in time."""

@@ -11,8 +11,8 @@ import dataclasses
 import os
 from pathlib import Path
 
-from vlm_service.config import (Config, EngineConfig, LimitsConfig, ModelConfig, ServerConfig, TLSConfig,
-                                default_state_dir)
+from vlm_service.config import (Config, EngineConfig, LimitsConfig, ModelConfig, ParallelConfig, ServerConfig,
+                                TLSConfig, default_state_dir)
 
 _TRUE = ("1", "true", "yes", "on")
 _SERVER_FLAGS = [  # (field, type, help) of ServerConfig/TLSConfig, written out for their help texts
@@ -82,6 +82,7 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
     _add(tls, "insecure", bool, False, "PLAINTEXT listener (a warning is logged); only for trusted networks")
     _add_dataclass(parser, LimitsConfig, "limits")
     _add_dataclass(parser, EngineConfig, "engine")
+    _add_dataclass(parser, ParallelConfig, "tensor parallel")
     _add(parser, "log_level", str, "info", "debug | info | warning | error")
 
 
@@ -95,7 +96,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
     tls = TLSConfig(insecure=args.insecure, cert=args.tls_cert, key=args.tls_key, client_ca=args.tls_client_ca)
     limits = _pick(LimitsConfig, args)
     server = _pick(ServerConfig, args, tls=tls, limits=limits, state_dir=Path(args.state_dir or default_state_dir()))
-    return Config(model=_pick(ModelConfig, args), engine=_pick(EngineConfig, args), server=server)
+    return Config(model=_pick(ModelConfig, args), engine=_pick(EngineConfig, args), server=server,
+                  parallel=_pick(ParallelConfig, args))
 
 
 def redacted(cfg: Config) -> dict:
