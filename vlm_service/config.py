@@ -60,6 +60,7 @@ class LimitsConfig:
     max_waiting_tokens: int = 0  # 0 = unlimited
     default_deadline_s: float = 0.0  # 0 = none
     max_deadline_s: float = 0.0  # 0 = none
+    trust_client_special_tokens: bool = False  # parse <|im_start|> etc. in client text (trusted clients only)
 
 
 @dataclass(frozen=True)

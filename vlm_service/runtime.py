@@ -119,7 +119,8 @@ def load_runtime(cfg: Config) -> Runtime:
     cuda = device.type == "cuda"
     processor = Processor.from_pretrained(processor_dir, max_pixels_limit=cfg.server.limits.max_image_pixels,
                                           max_images=cfg.server.limits.max_images_per_request,
-                                          pixel_dtype=dtype if cuda else torch.float32, pin_pixels=cuda)
+                                          pixel_dtype=dtype if cuda else torch.float32, pin_pixels=cuda,
+                                          trust_client_special_tokens=cfg.server.limits.trust_client_special_tokens)
     engine = AsyncEngine(model, processor.tokenizer, cfg.engine, cfg.server.limits, device)
     info = _model_info(model_id, model, cfg, engine.max_model_len, device, dtype, getattr(vit, "name", ""))
     return Runtime(engine=engine, processor=processor, info=info, tokenizer=processor.tokenizer, model=model,

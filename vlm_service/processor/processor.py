@@ -17,6 +17,7 @@ import torch
 from vlm_service.errors import InvalidInput
 from vlm_service.processor.image import decode_image
 from vlm_service.processor.positions import image_offsets, mrope_positions
+from vlm_service.processor.template import TemplateTokenizer, to_hf_conversation  # noqa: F401 (re-exported)
 from vlm_service.processor.tokenizer import load_tokenizer, special_token_ids
 from vlm_service.processor.vision import ImageConfig, preprocess_image
 from vlm_service.types import ChatMessage, ImageInput, ProcessedImage, ProcessedInput
@@ -35,9 +36,11 @@ class Processor:
     """Turns a chat into a `ProcessedInput` for one checkpoint (tokenizer + image settings)."""
 
     def __init__(self, tokenizer, image_config: ImageConfig, max_pixels_limit: int = 40_000_000,
-                 max_images: int = 8, pixel_dtype: torch.dtype = torch.float32, pin_pixels: bool = False):
+                 max_images: int = 8, pixel_dtype: torch.dtype = torch.float32, pin_pixels: bool = False,
+                 trust_client_special_tokens: bool = False):
         """pixel_dtype / pin_pixels: what a CUDA server wants to copy to the device (the model dtype, pinned
-        memory), written directly by the patch layout copy; float32 (the default) is transformers' layout."""
+        memory), written directly by the patch layout copy; float32 (the default) is transformers' layout.
+        trust_client_special_tokens: parse special tokens inside client text (off: they are plain text)."""
         self.tokenizer = tokenizer
         self.pixel_dtype, self.pin_pixels = pixel_dtype, pin_pixels
         self.image_config = image_config
@@ -46,12 +49,13 @@ class Processor:
         self.token_ids = special_token_ids(tokenizer)
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError("the tokenizer has no chat template")
+        self.template = TemplateTokenizer(tokenizer, trust_client_special_tokens)
 
     @classmethod
     def from_pretrained(cls, model_dir: Path, max_pixels_limit: int = 40_000_000, max_images: int = 8,
                         **pixels) -> "Processor":
         """Load the tokenizer and image settings of an HF-format checkpoint directory (pixels: pixel_dtype,
-        pin_pixels)."""
+        pin_pixels, trust_client_special_tokens)."""
         return cls(load_tokenizer(model_dir), ImageConfig.from_pretrained(model_dir), max_pixels_limit, max_images,
                    **pixels)
 
@@ -90,10 +94,7 @@ class Processor:
         return out
 
     def _tokenize(self, messages) -> list[int]:
-        text = self.tokenizer.apply_chat_template(
-            to_hf_conversation(messages), add_generation_prompt=True, tokenize=False
-        )
-        return list(self.tokenizer(text)["input_ids"])
+        return self.template.encode(messages)
 
     def _expand_pads(self, ids: list[int], grids: list[tuple[int, int, int]]) -> list[int]:
         pad = self.token_ids["image_pad"]
@@ -122,20 +123,6 @@ class Processor:
         ]
         return ProcessedInput(input_ids=input_ids, images=processed, positions=positions, mrope_delta=delta,
                               preprocess_ms=(time.perf_counter() - started) * 1000.0)
-
-
-def to_hf_conversation(messages: tuple[ChatMessage, ...]) -> list[dict]:
-    """Our messages in the shape HF chat templates read: list content of {"type": "text"|"image"} parts."""
-    return [
-        {
-            "role": msg.role,
-            "content": [
-                {"type": "image"} if isinstance(part, ImageInput) else {"type": "text", "text": part}
-                for part in msg.content
-            ],
-        }
-        for msg in messages
-    ]
 
 
 def _validate_message(i: int, msg: ChatMessage) -> None:
