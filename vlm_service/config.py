@@ -61,6 +61,7 @@ class LimitsConfig:
     default_deadline_s: float = 0.0  # 0 = none
     max_deadline_s: float = 0.0  # 0 = none
     trust_client_special_tokens: bool = False  # parse <|im_start|> etc. in client text (trusted clients only)
+    operator_identity: str = ""  # comma list of client-certificate names (subject, CN or SAN) that may abort any request
 
 
 @dataclass(frozen=True)

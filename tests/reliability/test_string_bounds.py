@@ -71,3 +71,11 @@ def test_counts_and_totals_are_bounded(stub, mutate, field):
     err = _refused(stub, req)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert convert.field_violations(rpc_status.from_call(err)) == [field]
+
+
+def test_abort_with_a_megabyte_id_is_invalid_argument(stub):
+    from vlm_service._proto.vlm.v1 import vlm_pb2
+
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Abort(vlm_pb2.AbortRequest(request_id=MEGA), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and len(err.value.details()) < 300

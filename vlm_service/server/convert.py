@@ -147,8 +147,9 @@ def count_images(req: vlm_pb2.GenerateRequest) -> int:
 
 
 def request_from_proto(req: vlm_pb2.GenerateRequest, request_id: str, arrival_time: float) -> types.Request:
-    """A validated internal Request (raises errors.InvalidInput naming the field)."""
-    check_request_id(request_id)
+    """A validated internal Request (raises errors.InvalidInput naming the field); `request_id` is the engine's id
+    (the client's own, or namespaced per identity by vlm_service/ownership.py)."""
+    check_request_id(req.request_id)
     return types.Request(request_id=request_id, messages=messages_from_proto(req.messages),
                          sampling=sampling_from_proto(req.sampling), arrival_time=arrival_time)
 
@@ -168,15 +169,17 @@ def _timings_to_proto(t: types.Timings) -> vlm_pb2.Timings:
                            prefill_ms=t.prefill_ms, ttft_ms=t.ttft_ms, e2e_ms=t.e2e_ms)
 
 
-def output_to_proto(out: types.EngineOutput) -> vlm_pb2.GenerateResponse:
-    """A TokenDelta becomes a Chunk, a Finished becomes the Complete."""
+def output_to_proto(out: types.EngineOutput, request_id: str | None = None) -> vlm_pb2.GenerateResponse:
+    """A TokenDelta becomes a Chunk, a Finished becomes the Complete; `request_id` (the client's id) replaces the
+    engine's, which may be namespaced."""
+    rid = out.request_id if request_id is None else request_id
     if isinstance(out, types.TokenDelta):
         chunk = vlm_pb2.Chunk(token_ids=list(out.token_ids), text=out.text,
                               logprobs=[_logprob_to_proto(lp) for lp in out.logprobs])
-        return vlm_pb2.GenerateResponse(request_id=out.request_id, chunk=chunk)
+        return vlm_pb2.GenerateResponse(request_id=rid, chunk=chunk)
     complete = vlm_pb2.Complete(finish_reason=_FINISH[out.finish_reason], matched_stop=out.matched_stop,
                                 usage=_usage_to_proto(out.usage), timings=_timings_to_proto(out.timings))
-    return vlm_pb2.GenerateResponse(request_id=out.request_id, complete=complete)
+    return vlm_pb2.GenerateResponse(request_id=rid, complete=complete)
 
 
 def model_info_to_proto(info) -> vlm_pb2.ModelInfo:
