@@ -138,9 +138,8 @@ class VisionLanguageServicer(vlm_pb2_grpc.VisionLanguageServiceServicer):
 
     async def _preprocess(self, req: types.Request, context) -> types.ProcessedInput:
         """Image decode + chat template off the event loop; the reservation is released if this fails."""
-        loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._pool, self._rt.processor.process, req.messages)
+            return await self._rt.processor.process_async(req.messages, self._pool)  # waits for decode memory
         except errors.ServiceError as exc:
             self._rt.engine.release(req.request_id)
             await self._fail(context, exc)
