@@ -4,7 +4,6 @@ operator certificate are made by the test, all signed by the server's client CA.
 
 from __future__ import annotations
 
-import shutil
 import threading
 
 import grpc

@@ -17,9 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 
 from vlm_service import errors, types
-from vlm_service.ownership import Ownership, identity_from_auth_context
 from vlm_service._proto.vlm.v1 import vlm_pb2, vlm_pb2_grpc
 from vlm_service.config import LimitsConfig
+from vlm_service.ownership import Ownership, identity_from_auth_context
 from vlm_service.server import convert
 from vlm_service.server.metrics import RequestObserver, status_name
 
