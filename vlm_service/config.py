@@ -62,7 +62,7 @@ class LimitsConfig:
     max_deadline_s: float = 0.0  # 0 = none
     trust_client_special_tokens: bool = False  # parse <|im_start|> etc. in client text (trusted clients only)
     max_request_pixels: int = 80_000_000  # declared pixels summed over a request's images (0 = no limit)
-    max_decode_memory_bytes: int = 1 << 30  # server-wide estimated bytes of image decodes in flight (0 = no limit)
+    max_decode_memory_bytes: int = 2 << 30  # server-wide estimated bytes of image decodes in flight (0 = no limit)
     max_decode_wait_s: float = 10.0  # how long a request may wait for decode memory before RESOURCE_EXHAUSTED
     operator_identity: str = ""  # comma list of client-certificate names (subject, CN or SAN) that may abort any request
 

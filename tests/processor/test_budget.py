@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 
+from vlm_service.config import LimitsConfig
 from vlm_service.errors import InvalidInput, Overloaded
 from vlm_service.processor.budget import DecodeBudget, RequestCost, decode_bytes
 
@@ -81,6 +82,8 @@ def test_unlimited_budget_and_estimates():
 
     _run(main())
     assert decode_bytes(6000, 6000, 3, 1 << 20) > 6000 * 6000 * 9  # at least the frame, its copy and the RGB one
+    biggest = decode_bytes(40_000_000 // 5000, 5000, 4, 16_777_216)  # default max_image_pixels, RGBA, Qwen3-VL max
+    assert biggest < LimitsConfig().max_decode_memory_bytes  # any image the defaults accept can be decoded
     with pytest.raises(InvalidInput) as err:
         RequestCost(images=8, pixels=8 * 36_000_000).check_pixels(80_000_000)
     assert err.value.field == "messages"

@@ -20,14 +20,15 @@ from dataclasses import dataclass
 
 from vlm_service.errors import InvalidInput, Overloaded
 
-# float64 rescale + float32 normalize + the float32 patch rows (temporal patch 2 doubles them): bytes per resized px
-_RESIZED_BYTES_PER_PIXEL = 3 * (8 + 4 + 2 * 4)
+# the resized uint8 frame, its float32 values and the float32 patch rows (temporal patch 2 doubles them), per px
+_RESIZED_BYTES_PER_PIXEL = 3 * (1 + 4 + 2 * 4)
 
 
 def decode_bytes(width: int, height: int, bands: int, resized_pixels: int) -> int:
     """Peak bytes of decoding and preprocessing one image, from its header: the decoded frame, the EXIF-oriented copy
-    and the RGB conversion (w*h*(2*bands + 3)), the resize's horizontal pass (<= w*h*3 bytes) and the float arrays of
-    the resized image."""
+    and the RGB conversion (w*h*(2*bands + 3)), the resize's horizontal pass (<= w*h*3 bytes) and the arrays of the
+    resized image (vision.py _preprocess). The largest image the default limits accept (40M px, resized to Qwen3-VL's
+    16.7M) comes to ~1.2 GB, under the default budget of 2 GiB, so "could never fit" needs a smaller budget."""
     return width * height * (2 * bands + 6) + resized_pixels * _RESIZED_BYTES_PER_PIXEL
 
 
