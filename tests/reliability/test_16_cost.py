@@ -8,7 +8,7 @@ a side) cannot stall other requests or blow up memory.
 - within the pixel limit, the server-wide decode budget admits one 3000x3000 decode at a time (capacity 1.5 of its
   estimate): the requests over the budget wait holding no thread, the bystander (no images) never queues behind
   them, and peak RSS grows by at most the budget plus 200 MiB: the budget covers decode and preprocessing; the
-  200 MiB are the vision tower's activations for one resized image (the demo tower on CPU, ~100 MB measured),
+  200 MiB are for the vision tower's activations on one resized image (not measured on their own),
   allocator slack, gRPC buffers and the bystander (measured here: 231 MiB growth with a 157 MiB budget);
 - refusals: over the per-request pixels -> INVALID_ARGUMENT naming messages; an image that could never fit the
   budget, or a wait longer than max_decode_wait_s -> RESOURCE_EXHAUSTED naming messages.
