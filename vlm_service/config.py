@@ -64,6 +64,11 @@ class LimitsConfig:
     # recomputed when the reader has taken half of them); 0 = never pause
     max_buffered_outputs: int = 256
     stalled_stream_timeout_s: float = 120.0  # a request paused this long is aborted; 0 = wait for the reader
+    trust_client_special_tokens: bool = False  # parse <|im_start|> etc. in client text (trusted clients only)
+    max_request_pixels: int = 80_000_000  # declared pixels summed over a request's images (0 = no limit)
+    max_decode_memory_bytes: int = 2 << 30  # server-wide estimated bytes of image decodes in flight (0 = no limit)
+    max_decode_wait_s: float = 10.0  # how long a request may wait for decode memory before RESOURCE_EXHAUSTED
+    operator_identity: str = ""  # comma list of client-certificate names (subject, CN or SAN) that may abort any request
 
 
 @dataclass(frozen=True)

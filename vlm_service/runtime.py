@@ -104,6 +104,15 @@ def _model_info(model_id: str, model, cfg: Config, max_context: int, device, dty
                      device=str(device), dtype=str(dtype).removeprefix("torch."))
 
 
+def processor_limits(limits) -> dict:
+    """The Processor keyword arguments of the limits: template trust and the image cost limits."""
+    from vlm_service.processor.budget import DecodeBudget
+
+    return dict(trust_client_special_tokens=limits.trust_client_special_tokens,
+                max_request_pixels=limits.max_request_pixels,
+                decode_budget=DecodeBudget(limits.max_decode_memory_bytes, limits.max_decode_wait_s))
+
+
 def load_runtime(cfg: Config) -> Runtime:
     """Resolve device and dtype, load model + processor + tokenizer and build the (not yet started) engine."""
     from vlm_service.engine import AsyncEngine
@@ -127,7 +136,8 @@ def load_runtime(cfg: Config) -> Runtime:
     cuda = device.type == "cuda"
     processor = Processor.from_pretrained(processor_dir, max_pixels_limit=cfg.server.limits.max_image_pixels,
                                           max_images=cfg.server.limits.max_images_per_request,
-                                          pixel_dtype=dtype if cuda else torch.float32, pin_pixels=cuda)
+                                          pixel_dtype=dtype if cuda else torch.float32, pin_pixels=cuda,
+                                          **processor_limits(cfg.server.limits))
     if parallel is None:
         engine = AsyncEngine(model, processor.tokenizer, cfg.engine, cfg.server.limits, device)
     else:

@@ -8,17 +8,21 @@ the same ids as expanding the text, because the pad is a special token the token
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
 from vlm_service.errors import InvalidInput
-from vlm_service.processor.image import decode_image
+from vlm_service.processor.budget import DecodeBudget, RequestCost, decode_bytes
+from vlm_service.processor.image import decode_image, probe_image
 from vlm_service.processor.positions import image_offsets, mrope_positions
+from vlm_service.processor.template import TemplateTokenizer, to_hf_conversation  # noqa: F401 (re-exported)
 from vlm_service.processor.tokenizer import load_tokenizer, special_token_ids
-from vlm_service.processor.vision import ImageConfig, preprocess_image
+from vlm_service.processor.vision import ImageConfig, preprocess_image, smart_resize
 from vlm_service.types import ChatMessage, ImageInput, ProcessedImage, ProcessedInput
 
 ROLES = ("system", "user", "assistant")
@@ -35,9 +39,13 @@ class Processor:
     """Turns a chat into a `ProcessedInput` for one checkpoint (tokenizer + image settings)."""
 
     def __init__(self, tokenizer, image_config: ImageConfig, max_pixels_limit: int = 40_000_000,
-                 max_images: int = 8, pixel_dtype: torch.dtype = torch.float32, pin_pixels: bool = False):
+                 max_images: int = 8, pixel_dtype: torch.dtype = torch.float32, pin_pixels: bool = False,
+                 trust_client_special_tokens: bool = False, max_request_pixels: int = 0,
+                 decode_budget: DecodeBudget | None = None):
         """pixel_dtype / pin_pixels: what a CUDA server wants to copy to the device (the model dtype, pinned
-        memory), written directly by the patch layout copy; float32 (the default) is transformers' layout."""
+        memory), written directly by the patch layout copy; float32 (the default) is transformers' layout.
+        trust_client_special_tokens: parse special tokens inside client text (off: they are plain text).
+        max_request_pixels / decode_budget: the cost limits of processor/budget.py (0 / None = none)."""
         self.tokenizer = tokenizer
         self.pixel_dtype, self.pin_pixels = pixel_dtype, pin_pixels
         self.image_config = image_config
@@ -46,14 +54,50 @@ class Processor:
         self.token_ids = special_token_ids(tokenizer)
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError("the tokenizer has no chat template")
+        self.template = TemplateTokenizer(tokenizer, trust_client_special_tokens)
+        self.max_request_pixels = max_request_pixels
+        self.decode_budget = decode_budget or DecodeBudget(0)
+        self._text_lane: ThreadPoolExecutor | None = None
 
     @classmethod
     def from_pretrained(cls, model_dir: Path, max_pixels_limit: int = 40_000_000, max_images: int = 8,
                         **pixels) -> "Processor":
         """Load the tokenizer and image settings of an HF-format checkpoint directory (pixels: pixel_dtype,
-        pin_pixels)."""
+        pin_pixels, trust_client_special_tokens)."""
         return cls(load_tokenizer(model_dir), ImageConfig.from_pretrained(model_dir), max_pixels_limit, max_images,
                    **pixels)
+
+    async def process_async(self, messages: tuple[ChatMessage, ...], executor: Executor | None) -> ProcessedInput:
+        """`process` on `executor` after the cost checks: the per-request pixel limit, then a wait (holding no
+        thread) for the images' share of the decode budget. Chats without images run on a lane of their own, so
+        they never queue behind image decodes."""
+        self.validate(messages)
+        cost = self.cost(messages)
+        cost.check_pixels(self.max_request_pixels)
+        loop = asyncio.get_running_loop()
+        if cost.images == 0:
+            return await loop.run_in_executor(self._text_executor(), self.process, messages)
+        async with self.decode_budget.hold(cost.decode_bytes):
+            return await loop.run_in_executor(executor, self.process, messages)
+
+    def cost(self, messages: tuple[ChatMessage, ...]) -> RequestCost:
+        """Declared pixels and estimated decode bytes of the images, from their headers (raises InvalidImage for
+        what decode would refuse anyway: bad header, mime mismatch, over max_pixels_limit)."""
+        images = pixels = nbytes = 0
+        cfg = self.image_config
+        for i, msg in enumerate(messages):
+            for j, part in enumerate(msg.content):
+                if isinstance(part, ImageInput):
+                    w, h, bands = probe_image(part.data, part.mime_type, self.max_pixels_limit,
+                                              f"messages[{i}].content[{j}].image")
+                    rh, rw = smart_resize(h, w, cfg.factor, cfg.min_pixels, cfg.max_pixels)
+                    images, pixels, nbytes = images + 1, pixels + w * h, nbytes + decode_bytes(w, h, bands, rh * rw)
+        return RequestCost(images=images, pixels=pixels, decode_bytes=nbytes)
+
+    def _text_executor(self) -> ThreadPoolExecutor:
+        if self._text_lane is None:  # created on first use (the event loop's thread only)
+            self._text_lane = ThreadPoolExecutor(2, thread_name_prefix="preprocess-text")
+        return self._text_lane
 
     def process(self, messages: tuple[ChatMessage, ...]) -> ProcessedInput:
         """Validate, decode and preprocess images, render and tokenize the chat, compute positions.
@@ -90,10 +134,7 @@ class Processor:
         return out
 
     def _tokenize(self, messages) -> list[int]:
-        text = self.tokenizer.apply_chat_template(
-            to_hf_conversation(messages), add_generation_prompt=True, tokenize=False
-        )
-        return list(self.tokenizer(text)["input_ids"])
+        return self.template.encode(messages)
 
     def _expand_pads(self, ids: list[int], grids: list[tuple[int, int, int]]) -> list[int]:
         pad = self.token_ids["image_pad"]
@@ -122,20 +163,6 @@ class Processor:
         ]
         return ProcessedInput(input_ids=input_ids, images=processed, positions=positions, mrope_delta=delta,
                               preprocess_ms=(time.perf_counter() - started) * 1000.0)
-
-
-def to_hf_conversation(messages: tuple[ChatMessage, ...]) -> list[dict]:
-    """Our messages in the shape HF chat templates read: list content of {"type": "text"|"image"} parts."""
-    return [
-        {
-            "role": msg.role,
-            "content": [
-                {"type": "image"} if isinstance(part, ImageInput) else {"type": "text", "text": part}
-                for part in msg.content
-            ],
-        }
-        for msg in messages
-    ]
 
 
 def _validate_message(i: int, msg: ChatMessage) -> None:

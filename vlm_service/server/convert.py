@@ -6,6 +6,7 @@ Also maps user errors (vlm_service/errors.py) to gRPC status codes with google.r
 from __future__ import annotations
 
 import math
+import re
 
 import grpc
 from google.protobuf import any_pb2
@@ -18,6 +19,17 @@ from vlm_service._proto.vlm.v1 import vlm_pb2
 ROLES = ("system", "user", "assistant")
 MAX_TOP_LOGPROBS = 20
 INTERNAL_MESSAGE = "internal error; the server log has the details"  # what a client sees of an unexpected failure
+# Bounds on the strings a client sends (issue 12): each is echoed, logged or kept per request, so each is capped.
+MAX_REQUEST_ID_CHARS = 128
+REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._\-:/]+")  # safe in logs, metrics labels, URLs and file names
+MAX_MIME_TYPE_CHARS = 64
+MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 256
+MAX_STOP_TOKEN_IDS = 64
+MAX_MESSAGES = 1024
+MAX_PARTS = 4096  # content parts over all messages
+MAX_TEXT_CHARS = 1 << 20  # text over all parts; a prompt over the context is refused later, this bounds the work
+QUOTE_CHARS = 32  # errors quote at most this much of what was sent
 
 _FINISH = {
     types.FinishReason.STOP: vlm_pb2.STOP,
@@ -38,6 +50,40 @@ _CODES = [  # most specific first
 def _check(ok: bool, field: str, message: str) -> None:
     if not ok:
         raise errors.InvalidInput(f"{field}: {message}", field=field)
+
+
+def quote(value: str, limit: int = QUOTE_CHARS) -> str:
+    """A short, repr-escaped prefix of client text for error messages ('abc...' (1048576 chars))."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} chars)"
+
+
+def check_request_id(request_id: str) -> str:
+    """A client's request id: at most MAX_REQUEST_ID_CHARS of letters, digits and . _ - : / (empty = generate)."""
+    _check(len(request_id) <= MAX_REQUEST_ID_CHARS, "request_id",
+           f"at most {MAX_REQUEST_ID_CHARS} characters, got {len(request_id)} ({quote(request_id)})")
+    _check(not request_id or REQUEST_ID_RE.fullmatch(request_id) is not None, "request_id",
+           f"only letters, digits and . _ - : / are allowed, got {quote(request_id)}")
+    return request_id
+
+
+def _check_stops(sp: vlm_pb2.SamplingParams) -> None:
+    _check(len(sp.stop) <= MAX_STOP_STRINGS, "sampling.stop", f"at most {MAX_STOP_STRINGS} stop strings")
+    for i, s in enumerate(sp.stop):
+        _check(len(s) <= MAX_STOP_CHARS, f"sampling.stop[{i}]",
+               f"at most {MAX_STOP_CHARS} characters, got {len(s)} ({quote(s)})")
+    _check(len(sp.stop_token_ids) <= MAX_STOP_TOKEN_IDS, "sampling.stop_token_ids",
+           f"at most {MAX_STOP_TOKEN_IDS} token ids")
+
+
+def _check_sizes(messages) -> None:
+    """Counts and total text, before any per-part work (a cheap pass over the proto)."""
+    _check(len(messages) <= MAX_MESSAGES, "messages", f"at most {MAX_MESSAGES} messages, got {len(messages)}")
+    parts = sum(len(m.content) for m in messages)
+    _check(parts <= MAX_PARTS, "messages", f"at most {MAX_PARTS} content parts in all, got {parts}")
+    chars = sum(len(p.text) for m in messages for p in m.content if p.WhichOneof("kind") == "text")
+    _check(chars <= MAX_TEXT_CHARS, "messages", f"at most {MAX_TEXT_CHARS} characters of text in all, got {chars}")
 
 
 def _finite(value: float, field: str) -> float:
@@ -64,6 +110,7 @@ def sampling_from_proto(sp: vlm_pb2.SamplingParams) -> types.SamplingParams:
     _check(max_tokens is None or sp.min_tokens <= max_tokens, "sampling.min_tokens", "must be <= max_tokens")
     _check(rep > 0, "sampling.repetition_penalty", "must be > 0")
     _check(0 <= sp.top_logprobs <= MAX_TOP_LOGPROBS, "sampling.top_logprobs", f"must be in [0, {MAX_TOP_LOGPROBS}]")
+    _check_stops(sp)
     _check(all(s for s in sp.stop), "sampling.stop", "stop strings must not be empty")
     _check(all(t >= 0 for t in sp.stop_token_ids), "sampling.stop_token_ids", "token ids must be >= 0")
     return types.SamplingParams(
@@ -78,15 +125,19 @@ def _part_from_proto(part: vlm_pb2.ContentPart, field: str) -> types.ContentPart
     _check(kind is not None, field, "a content part needs text or image")
     if kind == "text":
         return part.text
+    mime = part.image.mime_type
+    _check(len(mime) <= MAX_MIME_TYPE_CHARS, f"{field}.image.mime_type",
+           f"at most {MAX_MIME_TYPE_CHARS} characters, got {len(mime)} ({quote(mime)})")
     return types.ImageInput(data=part.image.data, mime_type=part.image.mime_type)
 
 
 def messages_from_proto(messages) -> tuple[types.ChatMessage, ...]:
     """Chat messages, roles and parts checked; fields named like messages[1].content[0]."""
     _check(len(messages) > 0, "messages", "at least one message is needed")
+    _check_sizes(messages)
     out = []
     for i, msg in enumerate(messages):
-        _check(msg.role in ROLES, f"messages[{i}].role", f"must be one of {', '.join(ROLES)}, not {msg.role!r}")
+        _check(msg.role in ROLES, f"messages[{i}].role", f"must be one of {', '.join(ROLES)}, not {quote(msg.role)}")
         parts = tuple(_part_from_proto(p, f"messages[{i}].content[{j}]") for j, p in enumerate(msg.content))
         out.append(types.ChatMessage(role=msg.role, content=parts))
     return tuple(out)
@@ -98,7 +149,9 @@ def count_images(req: vlm_pb2.GenerateRequest) -> int:
 
 
 def request_from_proto(req: vlm_pb2.GenerateRequest, request_id: str, arrival_time: float) -> types.Request:
-    """A validated internal Request (raises errors.InvalidInput naming the field)."""
+    """A validated internal Request (raises errors.InvalidInput naming the field); `request_id` is the engine's id
+    (the client's own, or namespaced per identity by vlm_service/ownership.py)."""
+    check_request_id(req.request_id)
     return types.Request(request_id=request_id, messages=messages_from_proto(req.messages),
                          sampling=sampling_from_proto(req.sampling), arrival_time=arrival_time)
 
@@ -118,15 +171,17 @@ def _timings_to_proto(t: types.Timings) -> vlm_pb2.Timings:
                            prefill_ms=t.prefill_ms, ttft_ms=t.ttft_ms, e2e_ms=t.e2e_ms)
 
 
-def output_to_proto(out: types.EngineOutput) -> vlm_pb2.GenerateResponse:
-    """A TokenDelta becomes a Chunk, a Finished becomes the Complete."""
+def output_to_proto(out: types.EngineOutput, request_id: str | None = None) -> vlm_pb2.GenerateResponse:
+    """A TokenDelta becomes a Chunk, a Finished becomes the Complete; `request_id` (the client's id) replaces the
+    engine's, which may be namespaced."""
+    rid = out.request_id if request_id is None else request_id
     if isinstance(out, types.TokenDelta):
         chunk = vlm_pb2.Chunk(token_ids=list(out.token_ids), text=out.text,
                               logprobs=[_logprob_to_proto(lp) for lp in out.logprobs])
-        return vlm_pb2.GenerateResponse(request_id=out.request_id, chunk=chunk)
+        return vlm_pb2.GenerateResponse(request_id=rid, chunk=chunk)
     complete = vlm_pb2.Complete(finish_reason=_FINISH[out.finish_reason], matched_stop=out.matched_stop,
                                 usage=_usage_to_proto(out.usage), timings=_timings_to_proto(out.timings))
-    return vlm_pb2.GenerateResponse(request_id=out.request_id, complete=complete)
+    return vlm_pb2.GenerateResponse(request_id=rid, complete=complete)
 
 
 def model_info_to_proto(info) -> vlm_pb2.ModelInfo:
@@ -177,5 +232,5 @@ def field_violations(status: status_pb2.Status | None) -> list[str]:
     return fields
 
 
-__all__ = ["request_from_proto", "sampling_from_proto", "messages_from_proto", "count_images", "output_to_proto",
+__all__ = ["request_from_proto", "check_request_id", "quote", "sampling_from_proto", "messages_from_proto", "count_images", "output_to_proto",
            "status_code", "error_status", "status_metadata", "field_violations", "model_info_to_proto"]

@@ -19,6 +19,7 @@ import grpc
 from vlm_service import errors, types
 from vlm_service._proto.vlm.v1 import vlm_pb2, vlm_pb2_grpc
 from vlm_service.config import LimitsConfig
+from vlm_service.ownership import Ownership, identity_from_auth_context
 from vlm_service.server import convert
 from vlm_service.server.metrics import RequestObserver, status_name
 
@@ -36,6 +37,7 @@ class VisionLanguageServicer(vlm_pb2_grpc.VisionLanguageServiceServicer):
         self._rt = runtime  # None while the model loads: calls get UNAVAILABLE
         self.metrics = metrics  # vlm_service.metrics.Metrics or None
         self._limits = limits
+        self.owners = Ownership(limits.operator_identity)  # who may abort what (mTLS identities)
         self._pool = ThreadPoolExecutor(preprocess_threads, thread_name_prefix="preprocess")
         self._inflight = 0
         self._idle = asyncio.Event()
@@ -49,11 +51,12 @@ class VisionLanguageServicer(vlm_pb2_grpc.VisionLanguageServiceServicer):
         arrival = time.monotonic()
         deadline = self._deadline(context)
         obs = RequestObserver(request_id, context.peer(), convert.count_images(request), self.metrics)
-        error = None
+        identity, error = identity_from_auth_context(context.auth_context()), None
         try:
-            req = await self._admit(request, request_id, arrival, context)
+            key = self.owners.claim(identity, request_id)  # the engine's id: namespaced per client identity
+            req = await self._admit(request, key, arrival, context)
             async for out in self._stream(req, deadline, context, obs):
-                yield convert.output_to_proto(out)
+                yield convert.output_to_proto(out, request_id)
         except Exception as exc:
             error = exc
             await self._fail_unexpected(context, exc)
@@ -61,6 +64,7 @@ class VisionLanguageServicer(vlm_pb2_grpc.VisionLanguageServiceServicer):
             error = exc
             raise
         finally:
+            self.owners.release(identity, request_id)
             obs.done(status_name(error, context))
 
     async def GetModelInfo(self, request, context):
@@ -71,9 +75,13 @@ class VisionLanguageServicer(vlm_pb2_grpc.VisionLanguageServiceServicer):
     async def Abort(self, request: vlm_pb2.AbortRequest, context):
         if self._rt is None:
             return vlm_pb2.AbortResponse(found=False)
-        if not request.request_id:
-            await self._fail(context, errors.InvalidInput("request_id: must not be empty", field="request_id"))
-        return vlm_pb2.AbortResponse(found=bool(self._rt.engine.abort(request.request_id)))
+        try:
+            if not convert.check_request_id(request.request_id):
+                raise errors.InvalidInput("request_id: must not be empty", field="request_id")
+        except errors.ServiceError as exc:
+            await self._fail(context, exc)
+        keys = self.owners.abortable(identity_from_auth_context(context.auth_context()), request.request_id)
+        return vlm_pb2.AbortResponse(found=any([bool(self._rt.engine.abort(k)) for k in keys]))
 
     # --- drain --------------------------------------------------------------------------------------------------
 
@@ -133,9 +141,8 @@ class VisionLanguageServicer(vlm_pb2_grpc.VisionLanguageServiceServicer):
 
     async def _preprocess(self, req: types.Request, context) -> types.ProcessedInput:
         """Image decode + chat template off the event loop; the reservation is released if this fails."""
-        loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._pool, self._rt.processor.process, req.messages)
+            return await self._rt.processor.process_async(req.messages, self._pool)  # waits for decode memory
         except errors.ServiceError as exc:
             self._rt.engine.release(req.request_id)
             await self._fail(context, exc)
