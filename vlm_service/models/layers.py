@@ -95,7 +95,7 @@ class DecoderLayer(nn.Module):
     """Pre-norm block around the model's attention class and MLP (default GatedMLP; `mlp` picks one per layer, e.g.
     Qwen3-VL-MoE's sparse blocks); the residual stream travels separately so each add fuses into the next norm."""
 
-    def __init__(self, cfg: dict, layer: int, attention: type[nn.Module], mlp: MLPFactory | None = None):
+    def __init__(self, cfg: dict, layer: int, attention: type[nn.Module], *, mlp: MLPFactory | None = None):
         super().__init__()
         eps = cfg.get("rms_norm_eps", 1e-6)
         self.input_layernorm = RMSNorm(cfg["hidden_size"], eps)
@@ -116,10 +116,10 @@ class TextModel(nn.Module):
     """Embedding, decoder layers, final norm. Image embeddings replace the image-pad rows; deepstack features
     (Qwen3-VL) are added after the first layers."""
 
-    def __init__(self, cfg: dict, attention: type[nn.Module], mlp: MLPFactory | None = None):
+    def __init__(self, cfg: dict, attention: type[nn.Module], *, mlp: MLPFactory | None = None):
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg["vocab_size"], cfg["hidden_size"])
-        self.layers = nn.ModuleList(DecoderLayer(cfg, i, attention, mlp) for i in range(cfg["num_hidden_layers"]))
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i, attention, mlp=mlp) for i in range(cfg["num_hidden_layers"]))
         self.norm = RMSNorm(cfg["hidden_size"], cfg.get("rms_norm_eps", 1e-6))
 
     def forward(self, input_ids, positions, ctx: AttentionContext, rope, mm: MultimodalEmbeds | None) -> torch.Tensor:

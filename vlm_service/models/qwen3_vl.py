@@ -56,10 +56,10 @@ class _Rope:
 class _Inner(nn.Module):
     """`model.*` of the canonical layout: visual + language_model."""
 
-    def __init__(self, config: dict, vit_attention, mlp: MLPFactory | None = None):
+    def __init__(self, config: dict, vit_attention, *, mlp: MLPFactory | None = None):
         super().__init__()
         self.visual = Qwen3VLVisionTower(config["vision_config"], vit_attention)
-        self.language_model = TextModel(config["text_config"], TextAttention, mlp)
+        self.language_model = TextModel(config["text_config"], TextAttention, mlp=mlp)
 
 
 class Qwen3VLForConditionalGeneration(VisionLanguageModel):
@@ -79,7 +79,7 @@ class Qwen3VLForConditionalGeneration(VisionLanguageModel):
         self.config = config
         self.tied = bool(config.get("tie_word_embeddings", False))
         with torch.device("meta"):
-            self.model = _Inner(config, vit_attention, self.text_mlp(text))
+            self.model = _Inner(config, vit_attention, mlp=self.text_mlp(text))
             if not self.tied:
                 self.lm_head = nn.Linear(text["hidden_size"], text["vocab_size"], bias=False)
         materialize(self, dtype, device)
