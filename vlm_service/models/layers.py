@@ -7,7 +7,7 @@ time on a throwaway random init before its checkpoint is copied in.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -94,18 +94,25 @@ class GatedMLP(nn.Module):
         return self.down_proj(kernels.silu_and_mul(self.gate_up_proj(x)))
 
 
-class DecoderLayer(nn.Module):
-    """Pre-norm block around the model's attention class; the residual stream travels separately so each add fuses
-    into the next norm."""
+# (text config, layer index) -> that layer's MLP module ([T, hidden] -> [T, hidden]); None = GatedMLP everywhere
+MLPFactory = Callable[[dict, int], nn.Module]
 
-    def __init__(self, cfg: dict, layer: int, attention: type[nn.Module], tp: TensorParallel | None = None):
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm block around the model's attention class and MLP (default GatedMLP; `mlp` picks one per layer, e.g.
+    Qwen3-VL-MoE's sparse blocks); the residual stream travels separately so each add fuses into the next norm."""
+
+    def __init__(self, cfg: dict, layer: int, attention: type[nn.Module], tp: TensorParallel | None = None, *,
+                 mlp: MLPFactory | None = None):
         super().__init__()
         eps = cfg.get("rms_norm_eps", 1e-6)
         self.input_layernorm = RMSNorm(cfg["hidden_size"], eps)
         # attention classes take `tp` only when the model is split (a class without it still serves TP=1)
         self.self_attn = attention(cfg, layer, tp=tp) if active(tp) else attention(cfg, layer)
         self.post_attention_layernorm = RMSNorm(cfg["hidden_size"], eps)
-        self.mlp = GatedMLP(cfg["hidden_size"], cfg["intermediate_size"], tp=tp)
+        self.mlp = (mlp(cfg, layer) if mlp is not None
+                    else GatedMLP(cfg["hidden_size"], cfg["intermediate_size"], tp=tp))
 
     def forward(self, h, residual, positions, ctx, rope):
         if residual is None:
@@ -120,10 +127,12 @@ class TextModel(nn.Module):
     """Embedding, decoder layers, final norm. Image embeddings replace the image-pad rows; deepstack features
     (Qwen3-VL) are added after the first layers."""
 
-    def __init__(self, cfg: dict, attention: type[nn.Module], tp: TensorParallel | None = None):
+    def __init__(self, cfg: dict, attention: type[nn.Module], tp: TensorParallel | None = None, *,
+                 mlp: MLPFactory | None = None):
         super().__init__()
         self.embed_tokens = embedding(cfg["vocab_size"], cfg["hidden_size"], tp)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, i, attention, tp) for i in range(cfg["num_hidden_layers"]))
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i, attention, tp, mlp=mlp)
+                                    for i in range(cfg["num_hidden_layers"]))
         self.norm = RMSNorm(cfg["hidden_size"], cfg.get("rms_norm_eps", 1e-6))
 
     def forward(self, input_ids, positions, ctx: AttentionContext, rope, mm: MultimodalEmbeds | None) -> torch.Tensor:
@@ -187,7 +196,8 @@ def materialize(module: nn.Module, dtype: torch.dtype, device: torch.device) -> 
 def weight_slots(root: nn.Module, skip: Iterable[str] = ()) -> dict[str, torch.Tensor]:
     """Every canonical tensor name the checkpoint must provide -> the tensor (or view) it is copied into.
 
-    A parameter's own name is canonical, except inside MergedLinear, which expands to its parts' names.
+    A parameter's own name is canonical, except inside MergedLinear, which expands to its parts' names, and a
+    module with `checkpoint_slots(prefix)` (e.g. stacked MoE experts), which names its own views.
     Names in `skip` (e.g. a tied lm_head) are left out.
     """
     slots: dict[str, torch.Tensor] = {}
@@ -195,6 +205,9 @@ def weight_slots(root: nn.Module, skip: Iterable[str] = ()) -> dict[str, torch.T
         parent = prefix.rsplit(".", 1)[0] + "." if "." in prefix else ""
         if isinstance(mod, MergedLinear):
             slots.update(mod.slots(parent))
+            continue
+        if hasattr(mod, "checkpoint_slots"):
+            slots.update(mod.checkpoint_slots(prefix))
             continue
         for name, param in mod.named_parameters(recurse=False):
             slots[f"{prefix}.{name}" if prefix else name] = param

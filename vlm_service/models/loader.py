@@ -6,7 +6,8 @@ shards listed in model.safetensors.index.json. Tensors are streamed one at a tim
 (transformers-5) layout and copied into the model, which casts them to its dtype and device.
 
 Key layouts: the hub layout (`model.layers.*`, `model.embed_tokens.*`, `model.norm.*`, `visual.*`) is mapped onto
-the canonical one (`model.language_model.*`, `model.visual.*`); `lm_head.weight` is the same in both.
+the canonical one (`model.language_model.*`, `model.visual.*`); `lm_head.weight` is the same in both. MoE expert
+tensors (per expert, fused, or fused transposed) are told apart by the model's own load_weights (qwen3_vl_moe.py).
 
 Every failure is a ModelLoadError with a one-line message naming the file (and tensor) at fault.
 """

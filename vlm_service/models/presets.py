@@ -57,6 +57,24 @@ PRESETS: dict[str, dict] = {
                           "hidden_act": "gelu_pytorch_tanh", "in_channels": 3},
         "tie_word_embeddings": False, **_QWEN_TOKENS,
     },
+    # Qwen/Qwen3-VL-30B-A3B-Instruct config.json: 48 sparse layers of 128 experts (8 per token), the 8B's vision tower
+    "qwen3_vl_30b_a3b": {
+        "architectures": ["Qwen3VLMoeForConditionalGeneration"], "model_type": "qwen3_vl_moe",
+        "text_config": {"hidden_size": 2048, "intermediate_size": 6144, "num_hidden_layers": 48,
+                        "num_attention_heads": 32, "num_key_value_heads": 4, "head_dim": 128, "vocab_size": 151936,
+                        "max_position_embeddings": 262144, "rms_norm_eps": 1e-6, "hidden_act": "silu",
+                        "rope_theta": 5000000,
+                        "rope_scaling": {"mrope_interleaved": True, "mrope_section": [24, 20, 20],
+                                         "rope_type": "default"},
+                        "num_experts": 128, "num_experts_per_tok": 8, "moe_intermediate_size": 768,
+                        "norm_topk_prob": True, "decoder_sparse_step": 1, "mlp_only_layers": [],
+                        "bos_token_id": 151643, "eos_token_id": 151645, "tie_word_embeddings": False},
+        "vision_config": {"depth": 27, "hidden_size": 1152, "intermediate_size": 4304, "num_heads": 16,
+                          "out_hidden_size": 2048, "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2,
+                          "num_position_embeddings": 2304, "deepstack_visual_indexes": [8, 16, 24],
+                          "hidden_act": "gelu_pytorch_tanh", "in_channels": 3},
+        "tie_word_embeddings": False, **_QWEN_TOKENS,
+    },
 }
 # Larger than one GPU (bf16): served with --tensor-parallel-size (engine/parallel/).
 PRESETS.update({
@@ -76,7 +94,7 @@ PRESETS.update({
         "vision_config": {**PRESETS["qwen3_vl_8b"]["vision_config"], "out_hidden_size": 5120},
     },
 })
-_DEMO_ARCH = {"qwen2_5_vl_7b": "qwen2_5_vl", "qwen3_vl_8b": "qwen3_vl"}
+_DEMO_ARCH = {"qwen2_5_vl_7b": "qwen2_5_vl", "qwen3_vl_8b": "qwen3_vl", "qwen3_vl_30b_a3b": "qwen3_vl"}
 _DEMO_ARCH.update({"qwen2_5_vl_72b": "qwen2_5_vl", "qwen3_vl_32b": "qwen3_vl"})
 
 

@@ -13,7 +13,7 @@ from torch import nn
 import kernels
 from kernels.reference import rope_cos_sin_cache
 from vlm_service.models.common import AttentionContext, ModelSpec
-from vlm_service.models.layers import MergedLinear, RMSNorm, TextModel, VisionLanguageModel, materialize
+from vlm_service.models.layers import MergedLinear, MLPFactory, RMSNorm, TextModel, VisionLanguageModel, materialize
 from vlm_service.models.parallel import TensorParallel, active, head_shard, lm_head, qkv_parts, row_linear
 from vlm_service.models.qwen3_vl_vision import Qwen3VLVisionTower
 from vlm_service.models.vision_graphs import VisionGraphRunner
@@ -60,14 +60,22 @@ class _Rope:
 class _Inner(nn.Module):
     """`model.*` of the canonical layout: visual + language_model."""
 
-    def __init__(self, config: dict, vit_attention, tp: TensorParallel | None):
+    def __init__(self, config: dict, vit_attention, tp: TensorParallel | None, *, mlp: MLPFactory | None = None):
         super().__init__()
         self.visual = Qwen3VLVisionTower(config["vision_config"], vit_attention)  # whole on every rank
-        self.language_model = TextModel(config["text_config"], TextAttention, tp)
+        self.language_model = TextModel(config["text_config"], TextAttention, tp, mlp=mlp)
 
 
 class Qwen3VLForConditionalGeneration(VisionLanguageModel):
-    """Qwen3-VL dense model implementing the VLModel protocol (models/common.py)."""
+    """Qwen3-VL dense model implementing the VLModel protocol (models/common.py). Subclasses (qwen3_vl_moe.py)
+    change the architecture name and the text MLPs only."""
+
+    ARCH = "Qwen3VLForConditionalGeneration"
+
+    @staticmethod
+    def text_mlp(text: dict) -> MLPFactory | None:
+        """The per-layer text MLP factory for this text config; None = the dense GatedMLP."""
+        return None
 
     def __init__(self, config: dict, dtype: torch.dtype, device: torch.device, vit_attention,
                  tp: TensorParallel | None = None):
@@ -77,14 +85,14 @@ class Qwen3VLForConditionalGeneration(VisionLanguageModel):
         self.config = config
         self.tied = bool(config.get("tie_word_embeddings", False))
         with torch.device("meta"):
-            self.model = _Inner(config, vit_attention, self.tp)
+            self.model = _Inner(config, vit_attention, self.tp, mlp=self.text_mlp(text))
             if not self.tied:
                 self.lm_head = lm_head(text["hidden_size"], text["vocab_size"], self.tp)
         materialize(self, dtype, device)
         attn0 = self.model.language_model.layers[0].self_attn
         self.rope = _Rope(text, attn0.head_dim, device)
         self.model.visual.build_caches(device)
-        self.spec = _spec(config, attn0)
+        self.spec = _spec(config, attn0, self.ARCH)
         self.vision_graphs = VisionGraphRunner()
 
     # ---- VLModel ----------------------------------------------------------------------------------------------
@@ -99,10 +107,10 @@ class Qwen3VLForConditionalGeneration(VisionLanguageModel):
         return visual.split(outputs, meta.sizes)
 
 
-def _spec(config: dict, attn: TextAttention) -> ModelSpec:
+def _spec(config: dict, attn: TextAttention, architecture: str) -> ModelSpec:
     text, vision = config["text_config"], config["vision_config"]
     return ModelSpec(
-        architecture="Qwen3VLForConditionalGeneration",
+        architecture=architecture,
         num_layers=text["num_hidden_layers"], num_heads=attn.num_heads, num_kv_heads=attn.num_kv_heads,
         head_dim=attn.head_dim, hidden_size=text["hidden_size"], vocab_size=text["vocab_size"],
         max_position_embeddings=int(text.get("max_position_embeddings", 32768)),
