@@ -37,19 +37,29 @@ class GemmTile:
     num_stages: int
 
 
+PATHS = ("sorted", "pairs")
+
+
 @dataclasses.dataclass(frozen=True)
 class MoeConfig:
-    """block_m is shared by both GEMMs (it fixes the sorted layout); gate_up's block_n counts gate (= up) columns."""
+    """path "sorted": route, align into BLOCK_M blocks per expert, grouped GEMMs, k-sum (kernels/triton/moe.py);
+    block_m is shared by both GEMMs (it fixes the sorted layout). path "pairs" (few tokens): one GEMV program row
+    per token-expert pair, routing fused into gate_up and the k-sum into down (kernels/triton/moe_pairs.py);
+    block_m is unused (1) and group_m too. gate_up's block_n counts gate (= up) columns."""
     block_m: int
     gate_up: GemmTile
     down: GemmTile
+    path: str = "sorted"
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_json(cls, d: dict) -> "MoeConfig":
-        return cls(int(d["block_m"]), GemmTile(**d["gate_up"]), GemmTile(**d["down"]))
+        path = d.get("path", "sorted")  # files written before the pairs path existed
+        if path not in PATHS:
+            raise ValueError(f"unknown fused_moe path {path!r}")
+        return cls(int(d["block_m"]), GemmTile(**d["gate_up"]), GemmTile(**d["down"]), path)
 
 
 INTERPRET_CONFIG = MoeConfig(16, GemmTile(32, 32, 1, 4, 1), GemmTile(32, 32, 1, 4, 1))
@@ -92,6 +102,19 @@ _DECODE_TILES = [(32, 128, 1, 4, 4), (64, 128, 1, 4, 3), (64, 64, 1, 4, 5), (32,
 _MID_TILES = [(64, 128, 8, 4, 3), (128, 64, 8, 4, 4), (128, 64, 8, 8, 4), (64, 64, 8, 4, 4)]
 _LARGE_TILES = [(128, 64, 16, 8, 4), (128, 64, 16, 8, 3), (64, 64, 16, 4, 4), (64, 128, 16, 4, 3)]
 _DOWN_LARGE = [(256, 64, 16, 8, 4), (128, 64, 16, 8, 4), (128, 128, 16, 8, 3), (256, 64, 16, 8, 3)]
+
+
+# The pairs path (P <= PAIRS_MAX_PAIRS): (block_n, block_k, group_m unused, num_warps, num_stages). A GEMV is bound by
+# the weight stream alone: small block_n makes P * I / block_n (gate_up) and T * H / block_n (down) programs, several
+# resident per SM, which keeps enough loads in flight; fp32 accumulators of block_n x block_k stay <= 64 per thread.
+PAIRS_MAX_PAIRS = 64
+_PAIRS_GATE_UP = [(8, 256, 1, 4, 2), (4, 256, 1, 2, 2), (16, 128, 1, 4, 2), (8, 512, 1, 4, 1), (16, 256, 1, 4, 1)]
+_PAIRS_DOWN = [(4, 256, 1, 2, 2), (8, 256, 1, 4, 2), (2, 256, 1, 1, 2), (16, 128, 1, 4, 2), (8, 128, 1, 2, 3)]
+
+
+def pairs_candidates(which: str) -> list[GemmTile]:
+    """Tiles timed for one pairs-path kernel ("gate_up" | "down")."""
+    return [GemmTile(*t) for t in (_PAIRS_GATE_UP if which == "gate_up" else _PAIRS_DOWN)]
 
 
 def tile_candidates(block_m: int, which: str) -> list[GemmTile]:
@@ -163,8 +186,33 @@ def _tile_name(t: GemmTile) -> str:
 
 
 def measure_config(bucket: MoeBucket, x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, weights: torch.Tensor,
-                   ids: torch.Tensor, counts: torch.Tensor, top_k: int) -> tuple[MoeConfig, dict]:
-    """Time the candidates on these very inputs (see the module docstring); returns the winner and the timings."""
+                   ids: torch.Tensor, counts: torch.Tensor, top_k: int,
+                   run: Callable[[MoeConfig], object] | None = None) -> tuple[MoeConfig, dict]:
+    """Time the candidates on these very inputs (see the module docstring); returns the winner and the timings.
+
+    run(config) runs the whole op with a forced config: where the pairs path is eligible, the best sorted config
+    and the best pairs config are timed end to end through it (every launch, routing included) and the faster
+    wins, so the pairs path is only chosen where it measured faster than the sorted one."""
+    best = _measure_sorted(bucket, x, w13, w2, weights, ids, counts, top_k)
+    timings = best[1]
+    if run is None or ids.numel() > PAIRS_MAX_PAIRS:
+        return best[0], timings
+    pairs = _measure_pairs(x, w13, w2, weights, ids, top_k)
+    timings["pairs"] = pairs[1]
+    if pairs[0] is None:
+        return best[0], timings
+    whole = {}
+    for cfg in (best[0], pairs[0]):
+        try:
+            whole[cfg] = time_launch_us(lambda: run(cfg))
+        except Exception as e:  # noqa: BLE001 - a path that cannot run here is no candidate
+            torch.cuda.synchronize()
+            log.info("fused_moe path %s skipped: %s: %s", cfg.path, type(e).__name__, str(e)[:200])
+    timings["end_to_end"] = {c.path: round(us, 2) for c, us in whole.items()}
+    return min(whole, key=whole.get, default=best[0]), timings
+
+
+def _measure_sorted(bucket, x, w13, w2, weights, ids, counts, top_k) -> tuple[MoeConfig, dict]:
     from kernels import moe_launch as launch
 
     pairs, (experts, two_i, hidden) = ids.numel(), w13.shape
@@ -185,6 +233,23 @@ def measure_config(bucket: MoeBucket, x: torch.Tensor, w13: torch.Tensor, w2: to
     if best is None:
         raise RuntimeError(f"no fused_moe tile config could run for {bucket}: {timings}")
     return best[1], timings
+
+
+def _measure_pairs(x, w13, w2, weights, ids, top_k) -> tuple[MoeConfig | None, dict]:
+    """The pairs path's tiles, each kernel alone (gate_up reading the given ids, as fused_experts runs it)."""
+    from kernels import moe_launch as launch
+
+    flat_ids, flat_w = ids.reshape(-1), weights.reshape(-1)
+    inter = torch.empty(ids.numel(), w2.shape[2], dtype=x.dtype, device=x.device)
+    out = torch.empty_like(x)
+    gu, gu_us = _fastest(lambda t: time_launch_us(
+        lambda: launch.pairs_gate_up(x, w13, top_k, t, inter, flat_ids, flat_w)), pairs_candidates("gate_up"))
+    dn, dn_us = _fastest(lambda t: time_launch_us(
+        lambda: launch.pairs_down(inter, w2, flat_ids, flat_w, top_k, t, out)), pairs_candidates("down"))
+    timings = {"gate_up": gu_us, "down": dn_us}
+    if gu is None or dn is None:
+        return None, timings
+    return MoeConfig(1, gu, dn, "pairs"), timings
 
 
 # ---- the cache -----------------------------------------------------------------------------------------------------
