@@ -237,3 +237,33 @@ def test_config_json_keeps_the_path_and_reads_old_files():
     assert MoeConfig.from_json(old).path == "sorted"
     with pytest.raises(ValueError, match="path"):
         MoeConfig.from_json({**old, "path": "magic"})
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("t", [1, 8])
+def test_gpu_pairs_path_every_candidate(qwen3_moe_weights, t):
+    from kernels.moe_tuning import pairs_candidates
+
+    w13, w2 = qwen3_moe_weights
+    x, logits = _inputs(t, 128, 2048, torch.bfloat16, device="cuda", seed=7)
+    want = reference.fused_moe(x, w13, w2, *reference.moe_route(logits, 8, True))
+    for gu, dn in zip(pairs_candidates("gate_up"), pairs_candidates("down")):
+        out = moe.fused_moe(x, logits, w13, w2, 8, config=MoeConfig(1, gu, dn, "pairs"))
+        torch.testing.assert_close(out, want, **TOL[torch.bfloat16])
+
+
+@pytest.mark.gpu
+def test_gpu_pairs_path_in_a_graph(qwen3_moe_weights):
+    from kernels.moe_tuning import pairs_candidates
+
+    w13, w2 = qwen3_moe_weights
+    x, logits = _inputs(2, 128, 2048, torch.bfloat16, device="cuda", seed=8)
+    cfg = MoeConfig(1, pairs_candidates("gate_up")[0], pairs_candidates("down")[0], "pairs")
+    moe.fused_moe(x, logits, w13, w2, 8, config=cfg)  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = moe.fused_moe(x, logits, w13, w2, 8, config=cfg)
+    logits.copy_(_inputs(2, 128, 2048, torch.bfloat16, device="cuda", seed=9)[1])  # new routing, same graph
+    graph.replay()
+    want = reference.fused_moe(x, w13, w2, *reference.moe_route(logits, 8, True))
+    torch.testing.assert_close(out, want, **TOL[torch.bfloat16])
