@@ -267,3 +267,16 @@ def test_gpu_pairs_path_in_a_graph(qwen3_moe_weights):
     graph.replay()
     want = reference.fused_moe(x, w13, w2, *reference.moe_route(logits, 8, True))
     torch.testing.assert_close(out, want, **TOL[torch.bfloat16])
+
+
+@pytest.mark.gpu
+def test_gpu_tuner_keeps_the_faster_path_end_to_end(qwen3_moe_weights):
+    w13, w2 = qwen3_moe_weights
+    x, logits = _inputs(3, 128, 2048, torch.bfloat16, device="cuda", seed=10)
+    moe.tune_fused_moe(w13, w2, 8, [3], logits_dtype=torch.float32)
+    bucket = str(moe.bucket_of(x, w13, 3 * 8))
+    whole = moe.tuner().timings()[bucket]["end_to_end"]
+    assert set(whole) == {"sorted", "pairs"}  # both paths ran as the whole op
+    assert moe.moe_configs()[bucket]["path"] == min(whole, key=whole.get)
+    want = reference.fused_moe(x, w13, w2, *reference.moe_route(logits.float(), 8, True))
+    torch.testing.assert_close(moe.fused_moe(x, logits, w13, w2, 8), want, **TOL[torch.bfloat16])
