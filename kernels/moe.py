@@ -10,7 +10,8 @@ The Triton path (kernels/moe_launch.py, bodies in kernels/triton/moe.py), with P
   5. the sum over each token's k picks in fp32 -> [T, H] (skipped for k = 1: step 4 writes the output).
 For few pairs (P <= moe_tuning.PAIRS_MAX_PAIRS, decode) the tuner also times the "pairs" path
 (kernels/triton/moe_pairs.py): 2 launches, routing fused into a GEMV-style gate_up over each pair, the k-sum into
-the down kernel; the faster path end to end is kept per bucket (MoeConfig.path).
+the down kernel; for k > 1 also "sorted_atomic" (the down kernel adds each pair into an fp32 [T, H] instead of
+step 5); the faster path end to end is kept per bucket (MoeConfig.path).
 No step reads a device value on the host, so the op runs inside CUDA graphs. Tile configs: kernels.moe_tuning
 (measured per shape bucket on first use; call tune_fused_moe before capturing CUDA graphs).
 """
@@ -119,6 +120,10 @@ def _sorted(x, w13, w2, weights, ids, counts, config: MoeConfig) -> torch.Tensor
     layout = launch.align(ids, counts, w13.shape[0], config.block_m)
     inter = torch.empty(layout.sorted_ids.shape[0], w2.shape[2], dtype=x.dtype, device=x.device)
     launch.gate_up(x, w13, layout, top_k, config.gate_up, inter)
+    if top_k > 1 and config.path == "sorted_atomic":  # the k-sum fused: fp32 adds into [T, H], no [P, H]
+        acc = torch.zeros(t, x.shape[1], dtype=torch.float32, device=x.device)
+        launch.down(inter, w2, layout, weights.view(-1), config.down, acc, atomic_top_k=top_k)
+        return out.copy_(acc)
     pairs_out = out if top_k == 1 else torch.empty(t * top_k, x.shape[1], dtype=x.dtype, device=x.device)
     launch.down(inter, w2, layout, weights.view(-1), config.down, pairs_out)
     if top_k > 1:

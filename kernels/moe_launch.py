@@ -84,8 +84,9 @@ def gate_up(x: torch.Tensor, w13: torch.Tensor, layout: SortedPairs, top_k: int,
 
 
 def down(inter: torch.Tensor, w2: torch.Tensor, layout: SortedPairs, weights: torch.Tensor, tile: GemmTile,
-         out: torch.Tensor) -> None:
-    """out [P, H] = weight * (inter [slots, I] through w2 [E, H, I]) for each real pair."""
+         out: torch.Tensor, atomic_top_k: int = 0) -> None:
+    """out [P, H] = weight * (inter [slots, I] through w2 [E, H, I]) for each real pair; with atomic_top_k = k,
+    out is a zeroed fp32 [T, H] that each pair adds into (the k-sum fused)."""
     from kernels.triton.moe import moe_down_kernel
 
     hidden, k_dim = w2.shape[1], w2.shape[2]
@@ -93,10 +94,11 @@ def down(inter: torch.Tensor, w2: torch.Tensor, layout: SortedPairs, weights: to
     grid = (num_m * triton_cdiv(hidden, tile.block_n),)
     moe_down_kernel[grid](
         inter, w2, out, layout.sorted_ids, layout.block_expert, layout.num_padded, weights,
-        out.shape[0], hidden, num_m, inter.stride(0), w2.stride(0), w2.stride(1), out.stride(0), K=k_dim,
+        weights.shape[0], hidden, num_m, inter.stride(0), w2.stride(0), w2.stride(1),
+        out.stride(0), K=k_dim,
         PRECISION=_precision(inter), EVEN_K=k_dim % tile.block_k == 0, BLOCK_M=layout.block_m,
-        BLOCK_N=tile.block_n, BLOCK_K=tile.block_k, GROUP_M=tile.group_m, num_warps=tile.num_warps,
-        num_stages=tile.num_stages)
+        BLOCK_N=tile.block_n, BLOCK_K=tile.block_k, GROUP_M=tile.group_m, ATOMIC=atomic_top_k > 0,
+        TOP_K=max(atomic_top_k, 1), num_warps=tile.num_warps, num_stages=tile.num_stages)
 
 
 def sum_picks(pairs_out: torch.Tensor, top_k: int, out: torch.Tensor) -> None:

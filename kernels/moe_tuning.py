@@ -37,7 +37,7 @@ class GemmTile:
     num_stages: int
 
 
-PATHS = ("sorted", "pairs")
+PATHS = ("sorted", "sorted_atomic", "pairs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +45,9 @@ class MoeConfig:
     """path "sorted": route, align into BLOCK_M blocks per expert, grouped GEMMs, k-sum (kernels/triton/moe.py);
     block_m is shared by both GEMMs (it fixes the sorted layout). path "pairs" (few tokens): one GEMV program row
     per token-expert pair, routing fused into gate_up and the k-sum into down (kernels/triton/moe_pairs.py);
-    block_m is unused (1) and group_m too. gate_up's block_n counts gate (= up) columns."""
+    block_m is unused (1) and group_m too. path "sorted_atomic": as "sorted", but for k > 1 the down kernel adds
+    each pair into an fp32 [T, H] (no [P, H] intermediate, no k-sum launch; the fp32 add order is not fixed).
+    gate_up's block_n counts gate (= up) columns."""
     block_m: int
     gate_up: GemmTile
     down: GemmTile
@@ -196,26 +198,25 @@ def measure_config(bucket: MoeBucket, x: torch.Tensor, w13: torch.Tensor, w2: to
                    run: Callable[[MoeConfig], object] | None = None) -> tuple[MoeConfig, dict]:
     """Time the candidates on these very inputs (see the module docstring); returns the winner and the timings.
 
-    run(config) runs the whole op with a forced config: where the pairs path is eligible, the best sorted config
-    and the best pairs config are timed end to end through it (every launch, routing included) and the faster
-    wins, so the pairs path is only chosen where it measured faster than the sorted one."""
-    best = _measure_sorted(bucket, x, w13, w2, weights, ids, counts, top_k)
-    timings = best[1]
-    if run is None or ids.numel() > PAIRS_MAX_PAIRS:
-        return best[0], timings
-    pairs = _measure_pairs(x, w13, w2, weights, ids, top_k)
-    timings["pairs"] = pairs[1]
-    if pairs[0] is None:
-        return best[0], timings
+    run(config) runs the whole op with a forced config: the best sorted config, the same tiles as "sorted_atomic"
+    (k > 1) and, where eligible, the best pairs config are timed end to end through it (every launch, routing
+    included) and the fastest wins, so another path is only chosen where it measured faster than "sorted"."""
+    best, timings = _measure_sorted(bucket, x, w13, w2, weights, ids, counts, top_k)
+    if run is None:
+        return best, timings
+    paths = [best] + ([dataclasses.replace(best, path="sorted_atomic")] if top_k > 1 else [])
+    if ids.numel() <= PAIRS_MAX_PAIRS:
+        pairs, timings["pairs"] = _measure_pairs(x, w13, w2, weights, ids, top_k)
+        paths += [pairs] if pairs is not None else []
     whole = {}
-    for cfg in (best[0], pairs[0]):
+    for cfg in paths:
         try:
             whole[cfg] = time_launch_us(lambda: run(cfg))
         except Exception as e:  # noqa: BLE001 - a path that cannot run here is no candidate
             torch.cuda.synchronize()
             log.info("fused_moe path %s skipped: %s: %s", cfg.path, type(e).__name__, str(e)[:200])
     timings["end_to_end"] = {c.path: round(us, 2) for c, us in whole.items()}
-    return min(whole, key=whole.get, default=best[0]), timings
+    return min(whole, key=whole.get, default=best), timings
 
 
 def _measure_sorted(bucket, x, w13, w2, weights, ids, counts, top_k) -> tuple[MoeConfig, dict]:

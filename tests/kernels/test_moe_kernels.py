@@ -230,6 +230,19 @@ def test_pairs_path_with_given_routing_and_masked_k(dtype):
                                    **TOL[dtype])
 
 
+@pytest.mark.usefixtures("interpreter")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("t,e,k,hot", [(37, 8, 2, None), (3, 16, 8, None), (17, 4, 2, 0), (5, 8, 1, None)])
+def test_sorted_atomic_path_matches_reference(dtype, t, e, k, hot):
+    # the down kernel adds each pair into its token's fp32 row (k = 1: the plain sorted path)
+    h, i = 64, 32
+    w13, w2 = _weights(e, h, i, dtype, seed=11)
+    x, logits = _inputs(t, e, h, dtype, seed=12, hot=hot)
+    cfg = dataclasses.replace(INTERPRET_CONFIG, path="sorted_atomic")
+    out = moe.fused_moe(x, logits, w13, w2, k, impl="triton", config=cfg)
+    torch.testing.assert_close(out, moe.fused_moe(x, logits, w13, w2, k, impl="reference"), **TOL[dtype])
+
+
 def test_config_json_keeps_the_path_and_reads_old_files():
     cfg = MoeConfig.from_json(PAIRS_CFG.to_json())
     assert cfg == PAIRS_CFG and cfg.path == "pairs"
@@ -276,7 +289,7 @@ def test_gpu_tuner_keeps_the_faster_path_end_to_end(qwen3_moe_weights):
     moe.tune_fused_moe(w13, w2, 8, [3], logits_dtype=torch.float32)
     bucket = str(moe.bucket_of(x, w13, 3 * 8))
     whole = moe.tuner().timings()[bucket]["end_to_end"]
-    assert set(whole) == {"sorted", "pairs"}  # both paths ran as the whole op
+    assert set(whole) == {"sorted", "sorted_atomic", "pairs"}  # every path ran as the whole op
     assert moe.moe_configs()[bucket]["path"] == min(whole, key=whole.get)
     want = reference.fused_moe(x, w13, w2, *reference.moe_route(logits.float(), 8, True))
     torch.testing.assert_close(moe.fused_moe(x, logits, w13, w2, 8), want, **TOL[torch.bfloat16])
