@@ -1,7 +1,7 @@
 """Fused-MoE op benchmark (run on the GPU host): `python benchmarks/bench_moe.py --out moe.json`.
 
 Qwen3-VL-30B-A3B's MoE layer: E=128 experts, k=8, H=2048, I=768, bf16. Prefill (T = 4096, 16384 tokens) reports
-TFLOP/s, flops = T*k*(2*H*2I + 2*I*H), against 790 TFLOP/s; decode (T = 1, 64) reports GB/s, bytes = the experts
+TFLOP/s, flops = T*k*(2*H*2I + 2*I*H), against 790 TFLOP/s; decode (T = 1, 8, 64) reports GB/s, bytes = the experts
 actually touched (distinct experts * (2I*H + H*I) * 2) + activations in and out, against 4.3 TB/s. The Triton op
 (after its per-bucket tuning, which is reported) is timed as a CUDA-graph replay of one fused_moe call with
 do_bench's L2 flush before each replay (weights come from HBM, as in a 48-layer step); the torch reference (a loop

@@ -293,3 +293,28 @@ def test_gpu_tuner_keeps_the_faster_path_end_to_end(qwen3_moe_weights):
     assert moe.moe_configs()[bucket]["path"] == min(whole, key=whole.get)
     want = reference.fused_moe(x, w13, w2, *reference.moe_route(logits.float(), 8, True))
     torch.testing.assert_close(moe.fused_moe(x, logits, w13, w2, 8), want, **TOL[torch.bfloat16])
+
+
+@pytest.mark.usefixtures("interpreter")
+def test_measure_config_times_every_path_and_keeps_the_fastest(monkeypatch):
+    # the selection logic on CPU: a fake clock that calls the launch (so every candidate really runs) and reports
+    # ever smaller times, so the last path timed end to end (pairs) must be the one kept
+    from kernels import moe_tuning
+
+    clock = iter(range(1000, 0, -1))
+    monkeypatch.setattr(moe_tuning, "time_launch_us", lambda fn: (fn(), float(next(clock)))[1])
+    monkeypatch.setattr(moe_tuning, "_DECODE_TILES", [(32, 32, 1, 4, 1)])
+    monkeypatch.setattr(moe_tuning, "_PAIRS_GATE_UP", [(8, 32, 1, 4, 1), (16, 16, 1, 4, 1)])
+    monkeypatch.setattr(moe_tuning, "_PAIRS_DOWN", [(16, 16, 1, 2, 1)])
+    e, h, i, k, t = 8, 64, 32, 2, 3
+    w13, w2 = _weights(e, h, i, torch.float32)
+    x, logits = _inputs(t, e, h, torch.float32)
+    weights, ids = moe.moe_route(logits, k, impl="triton")
+    counts = moe_launch.count_experts(ids, e)
+    runs = []
+    bucket = moe.MoeBucket("cpu", "float32", e, h, i, pow2(t * k))
+    cfg, timings = moe_tuning.measure_config(bucket, x, w13, w2, weights, ids, counts, k,
+                                             run=lambda c: runs.append(c.path))
+    assert runs == ["sorted", "sorted_atomic", "pairs"] and cfg.path == "pairs"
+    assert cfg.gate_up == GemmTile(16, 16, 1, 4, 1)  # the faster (later) of the two pairs gate_up tiles
+    assert set(timings["end_to_end"]) == {"sorted", "sorted_atomic", "pairs"} and "block_m=16" in timings
