@@ -6,8 +6,9 @@ once, then each gate_up tile and each down tile is timed alone (CUDA graph of ba
 L2 flush, minus the flush alone), and the BLOCK_M whose best two GEMMs sum lowest wins. Then the paths
 (MoeConfig.path) are timed as the whole op, every launch included: that "sorted" winner, the same tiles with the
 k-sum fused by atomics ("sorted_atomic", k > 1) and, for P <= PAIRS_MAX_PAIRS, the best "pairs" tiles (each of its
-two kernels timed alone first); the fastest is cached. Candidates that fail to compile (shared memory) are skipped. Measuring is impossible inside CUDA-graph capture: there the cached choice
-is used, else default_config() (not cached); call kernels.moe.tune_fused_moe before capturing.
+two kernels timed alone first); the fastest is cached. Candidates that fail to compile (shared memory) are
+skipped. Measuring is impossible inside CUDA-graph capture: there the cached choice is used, else
+default_config() (not cached); call kernels.moe.tune_fused_moe before capturing.
 $VLM_MOE_CONFIGS names an optional JSON file (e.g. $VLM_KERNEL_CACHE/moe_configs.json, beside FlashInfer's JIT
 cache): choices are read from it at start and written back after each tune.
 Under TRITON_INTERPRET (CPU tests) one small fixed config, INTERPRET_CONFIG, is used.
