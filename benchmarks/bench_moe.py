@@ -1,12 +1,13 @@
 """Fused-MoE op benchmark (run on the GPU host): `python benchmarks/bench_moe.py --out moe.json`.
 
 Qwen3-VL-30B-A3B's MoE layer: E=128 experts, k=8, H=2048, I=768, bf16. Prefill (T = 4096, 16384 tokens) reports
-TFLOP/s, flops = T*k*(2*H*2I + 2*I*H), against 790 TFLOP/s; decode (T = 1, 64) reports GB/s, bytes = the experts
+TFLOP/s, flops = T*k*(2*H*2I + 2*I*H), against 790 TFLOP/s; decode (T = 1, 8, 64) reports GB/s, bytes = the experts
 actually touched (distinct experts * (2I*H + H*I) * 2) + activations in and out, against 4.3 TB/s. The Triton op
 (after its per-bucket tuning, which is reported) is timed as a CUDA-graph replay of one fused_moe call with
 do_bench's L2 flush before each replay (weights come from HBM, as in a 48-layer step); the torch reference (a loop
 over experts with host syncs, not capturable) is timed by do_bench on the eager call. Each row also checks the
-Triton output against the reference.
+Triton output against the reference. "path" names the variant the tuner kept for the row's bucket: "sorted"
+(route, align, grouped GEMMs, k-sum) or "pairs" (few tokens: 2 launches, see kernels/triton/moe_pairs.py).
 """
 
 from __future__ import annotations
@@ -78,8 +79,9 @@ def bench_case(w13, w2, t: int, kind: str) -> dict:
     ref_us = bench_us(ref_fn, rep=20 if t > 1024 else 100)
     touched = int(torch.unique(ids).numel())
     bucket = str(moe.bucket_of(x, w13, t * K))
+    config = moe.moe_configs().get(bucket)
     return _row(f"fused_moe_{kind}", t, us, ref_us, err, touched, tune_s=round(tune_s, 1),
-                config=moe.moe_configs().get(bucket), bucket=bucket)
+                path=(config or {}).get("path"), config=config, bucket=bucket)
 
 
 def environment() -> dict:
@@ -95,7 +97,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", required=True, help="path of the JSON results file")
     ap.add_argument("--prefill", type=int, nargs="*", default=[4096, 16384], help="prefill token counts")
-    ap.add_argument("--decode", type=int, nargs="*", default=[1, 64], help="decode batch sizes")
+    ap.add_argument("--decode", type=int, nargs="*", default=[1, 8, 64], help="decode batch sizes")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)

@@ -8,6 +8,10 @@ The Triton path (kernels/moe_launch.py, bodies in kernels/triton/moe.py), with P
   3. gate_up: a grouped GEMM over the blocks, SiLU-and-mul in its epilogue -> [slots, I];
   4. down: the grouped GEMM through w2, times the routing weight, written per pair -> [P, H];
   5. the sum over each token's k picks in fp32 -> [T, H] (skipped for k = 1: step 4 writes the output).
+For few pairs (P <= moe_tuning.PAIRS_MAX_PAIRS, decode) the tuner also times the "pairs" path
+(kernels/triton/moe_pairs.py): 2 launches, routing fused into a GEMV-style gate_up over each pair, the k-sum into
+the down kernel; for k > 1 also "sorted_atomic" (the down kernel adds each pair into an fp32 [T, H] instead of
+step 5); the faster path end to end is kept per bucket (MoeConfig.path).
 No step reads a device value on the host, so the op runs inside CUDA graphs. Tile configs: kernels.moe_tuning
 (measured per shape bucket on first use; call tune_fused_moe before capturing CUDA graphs).
 """
@@ -68,9 +72,18 @@ def fused_moe(x: torch.Tensor, router_logits: torch.Tensor, w13: torch.Tensor, w
     if not use_triton(impl, x):
         weights, ids = reference.moe_route(router_logits, top_k, renormalize)
         return reference.fused_moe(x, w13, w2, weights, ids)
+    x, logits, w13, w2 = _rows(x), _rows(router_logits), _rows(w13), _rows(w2)
+    config = config or _config(x, w13, w2, top_k, lambda cfg: _routed(x, logits, w13, w2, top_k, renormalize, cfg),
+                               logits=logits, renormalize=renormalize)
+    return _routed(x, logits, w13, w2, top_k, renormalize, config)
+
+
+def _routed(x, logits, w13, w2, top_k: int, renormalize: bool, config: MoeConfig) -> torch.Tensor:
+    if config.path == "pairs":
+        return _pairs(x, w13, w2, top_k, config, logits=logits, renormalize=renormalize)
     counts = torch.zeros(w13.shape[0], dtype=torch.int32, device=x.device)
-    weights, ids = launch.route(_rows(router_logits), top_k, renormalize, counts)
-    return _experts(_rows(x), _rows(w13), _rows(w2), weights, ids, counts, config)
+    weights, ids = launch.route(logits, top_k, renormalize, counts)
+    return _sorted(x, w13, w2, weights, ids, counts, config)
 
 
 def fused_experts(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
@@ -82,28 +95,56 @@ def fused_experts(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_wei
     _check(x, torch.empty(x.shape[0], w13.shape[0], device=x.device), w13, w2, topk_ids.shape[1])
     if not use_triton(impl, x):
         return reference.fused_moe(x, w13, w2, topk_weights, topk_ids)
-    ids = topk_ids.to(torch.int32).contiguous()
-    counts = launch.count_experts(ids, w13.shape[0])
-    return _experts(_rows(x), _rows(w13), _rows(w2), topk_weights.float().contiguous(), ids, counts, config)
+    x, w13, w2 = _rows(x), _rows(w13), _rows(w2)
+    ids, weights = topk_ids.to(torch.int32).contiguous(), topk_weights.float().contiguous()
+    config = config or _config(x, w13, w2, ids.shape[1], lambda cfg: _given(x, w13, w2, weights, ids, cfg),
+                               weights, ids)
+    return _given(x, w13, w2, weights, ids, config)
+
+
+def _given(x, w13, w2, weights, ids, config: MoeConfig) -> torch.Tensor:
+    if config.path == "pairs":
+        return _pairs(x, w13, w2, ids.shape[1], config, ids=ids, weights=weights)
+    return _sorted(x, w13, w2, weights, ids, launch.count_experts(ids, w13.shape[0]), config)
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _experts(x, w13, w2, weights, ids, counts, config: MoeConfig | None) -> torch.Tensor:
+def _sorted(x, w13, w2, weights, ids, counts, config: MoeConfig) -> torch.Tensor:
     t, top_k = ids.shape
     out = torch.empty_like(x)
     if t == 0:
         return out
-    config = config or _config(x, w13, w2, weights, ids, counts)
     layout = launch.align(ids, counts, w13.shape[0], config.block_m)
     inter = torch.empty(layout.sorted_ids.shape[0], w2.shape[2], dtype=x.dtype, device=x.device)
     launch.gate_up(x, w13, layout, top_k, config.gate_up, inter)
+    if top_k > 1 and config.path == "sorted_atomic":  # the k-sum fused: fp32 adds into [T, H], no [P, H]
+        acc = torch.zeros(t, x.shape[1], dtype=torch.float32, device=x.device)
+        launch.down(inter, w2, layout, weights.view(-1), config.down, acc, atomic_top_k=top_k)
+        return out.copy_(acc)
     pairs_out = out if top_k == 1 else torch.empty(t * top_k, x.shape[1], dtype=x.dtype, device=x.device)
     launch.down(inter, w2, layout, weights.view(-1), config.down, pairs_out)
     if top_k > 1:
         launch.sum_picks(pairs_out, top_k, out)
+    return out
+
+
+def _pairs(x, w13, w2, top_k: int, config: MoeConfig, *, logits=None, renormalize=True, ids=None,
+           weights=None) -> torch.Tensor:
+    """The pairs path: 2 launches; with logits the gate_up kernel routes (ids / weights are its scratch)."""
+    t = x.shape[0]
+    out = torch.empty_like(x)
+    if t == 0:
+        return out
+    if logits is not None:
+        ids = torch.empty(t, top_k, dtype=torch.int32, device=x.device)
+        weights = torch.empty(t, top_k, dtype=torch.float32, device=x.device)
+    flat_ids, flat_w = ids.view(-1), weights.view(-1)
+    inter = torch.empty(t * top_k, w2.shape[2], dtype=x.dtype, device=x.device)
+    launch.pairs_gate_up(x, w13, top_k, config.gate_up, inter, flat_ids, flat_w, logits, renormalize)
+    launch.pairs_down(inter, w2, flat_ids, flat_w, top_k, config.down, out)
     return out
 
 
@@ -118,15 +159,24 @@ def bucket_of(x: torch.Tensor, w13: torch.Tensor, pairs: int) -> MoeBucket:
     return MoeBucket(_device_name(x.device), str(x.dtype).removeprefix("torch."), e, h, two_i // 2, pow2(pairs))
 
 
-def _config(x, w13, w2, weights, ids, counts) -> MoeConfig:
+def _config(x, w13, w2, top_k: int, run, weights=None, ids=None, logits=None, renormalize=True) -> MoeConfig:
+    """The bucket's cached config, else measured now on these inputs (routed here when the caller routes in-op);
+    run(config) runs the caller's whole op with that config (the end-to-end path comparison)."""
     if not x.is_cuda:
         return INTERPRET_CONFIG  # TRITON_INTERPRET on CPU tensors: nothing to measure
-    bucket = bucket_of(x, w13, ids.numel())
+    bucket = bucket_of(x, w13, x.shape[0] * top_k)
     chosen = tuner().get(bucket)
     if chosen is None:
         if torch.cuda.is_current_stream_capturing():
             return default_config(bucket)  # measuring needs syncs; tune_fused_moe before capture avoids this
-        chosen, timings = measure_config(bucket, x, w13, w2, weights, ids, counts, ids.shape[1])
+        if x.shape[0] == 0:
+            return default_config(bucket)
+        if ids is None:  # fused_moe: measure on the routing its logits give
+            counts = torch.zeros(w13.shape[0], dtype=torch.int32, device=x.device)
+            weights, ids = launch.route(logits, top_k, renormalize, counts)
+        else:
+            counts = launch.count_experts(ids, w13.shape[0])
+        chosen, timings = measure_config(bucket, x, w13, w2, weights, ids, counts, top_k, run)
         tuner().put(bucket, chosen, timings)
     return chosen
 

@@ -84,8 +84,9 @@ def gate_up(x: torch.Tensor, w13: torch.Tensor, layout: SortedPairs, top_k: int,
 
 
 def down(inter: torch.Tensor, w2: torch.Tensor, layout: SortedPairs, weights: torch.Tensor, tile: GemmTile,
-         out: torch.Tensor) -> None:
-    """out [P, H] = weight * (inter [slots, I] through w2 [E, H, I]) for each real pair."""
+         out: torch.Tensor, atomic_top_k: int = 0) -> None:
+    """out [P, H] = weight * (inter [slots, I] through w2 [E, H, I]) for each real pair; with atomic_top_k = k,
+    out is a zeroed fp32 [T, H] that each pair adds into (the k-sum fused)."""
     from kernels.triton.moe import moe_down_kernel
 
     hidden, k_dim = w2.shape[1], w2.shape[2]
@@ -93,10 +94,11 @@ def down(inter: torch.Tensor, w2: torch.Tensor, layout: SortedPairs, weights: to
     grid = (num_m * triton_cdiv(hidden, tile.block_n),)
     moe_down_kernel[grid](
         inter, w2, out, layout.sorted_ids, layout.block_expert, layout.num_padded, weights,
-        out.shape[0], hidden, num_m, inter.stride(0), w2.stride(0), w2.stride(1), out.stride(0), K=k_dim,
+        weights.shape[0], hidden, num_m, inter.stride(0), w2.stride(0), w2.stride(1),
+        out.stride(0), K=k_dim,
         PRECISION=_precision(inter), EVEN_K=k_dim % tile.block_k == 0, BLOCK_M=layout.block_m,
-        BLOCK_N=tile.block_n, BLOCK_K=tile.block_k, GROUP_M=tile.group_m, num_warps=tile.num_warps,
-        num_stages=tile.num_stages)
+        BLOCK_N=tile.block_n, BLOCK_K=tile.block_k, GROUP_M=tile.group_m, ATOMIC=atomic_top_k > 0,
+        TOP_K=max(atomic_top_k, 1), num_warps=tile.num_warps, num_stages=tile.num_stages)
 
 
 def sum_picks(pairs_out: torch.Tensor, top_k: int, out: torch.Tensor) -> None:
@@ -107,6 +109,37 @@ def sum_picks(pairs_out: torch.Tensor, top_k: int, out: torch.Tensor) -> None:
     block_n = min(1024, next_pow2(h))
     moe_sum_kernel[(t, triton_cdiv(h, block_n))](pairs_out, out, h, pairs_out.stride(0), out.stride(0),
                                                  TOP_K=top_k, BLOCK_N=block_n, num_warps=4)
+
+
+def pairs_gate_up(x: torch.Tensor, w13: torch.Tensor, top_k: int, tile: GemmTile, out: torch.Tensor,
+                  ids: torch.Tensor, weights: torch.Tensor, logits: torch.Tensor | None = None,
+                  renormalize: bool = True) -> None:
+    """The pairs path's step 1 (kernels/triton/moe_pairs.py): out [P, I] = silu(gate) * up of each pair. With
+    logits [T, E] the kernel routes too and fills ids [P] int32 / weights [P] fp32; without, it reads ids."""
+    from kernels.triton.moe_pairs import moe_pairs_gate_up_kernel
+
+    inter, hidden = w13.shape[1] // 2, w13.shape[2]
+    experts = w13.shape[0]
+    route = logits is not None
+    grid = (out.shape[0], triton_cdiv(inter, tile.block_n))
+    moe_pairs_gate_up_kernel[grid](
+        x, w13, out, logits if route else x, ids, weights, inter, experts, x.stride(0), w13.stride(0),
+        w13.stride(1), logits.stride(0) if route else 0, out.stride(0), K=hidden, TOP_K=top_k, ROUTE=route,
+        RENORM=renormalize, EVEN_K=hidden % tile.block_k == 0, BLOCK_E=next_pow2(experts), BLOCK_N=tile.block_n,
+        BLOCK_K=tile.block_k, num_warps=tile.num_warps, num_stages=tile.num_stages)
+
+
+def pairs_down(inter: torch.Tensor, w2: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, top_k: int,
+               tile: GemmTile, out: torch.Tensor) -> None:
+    """The pairs path's step 2: out [T, H] = sum over each token's k pairs of weight * (inter [P, I] through w2)."""
+    from kernels.triton.moe_pairs import moe_pairs_down_kernel
+
+    hidden, k_dim = w2.shape[1], w2.shape[2]
+    grid = (out.shape[0], triton_cdiv(hidden, tile.block_n))
+    moe_pairs_down_kernel[grid](
+        inter, w2, out, ids, weights, hidden, inter.stride(0), w2.stride(0), w2.stride(1), out.stride(0), K=k_dim,
+        TOP_K=top_k, EVEN_K=k_dim % tile.block_k == 0, BLOCK_N=tile.block_n, BLOCK_K=tile.block_k,
+        num_warps=tile.num_warps, num_stages=tile.num_stages)
 
 
 def _precision(x: torch.Tensor) -> str:

@@ -3,9 +3,12 @@
 A bucket is (device name, dtype, E, H, I, P) with P = T*k pairs rounded up to a power of two. The first call in a
 bucket (kernels.moe) times a few candidates on its own inputs: for each BLOCK_M candidate the tokens are aligned
 once, then each gate_up tile and each down tile is timed alone (CUDA graph of back-to-back launches, each after an
-L2 flush, minus the flush alone), and the BLOCK_M whose best two GEMMs sum lowest wins. Candidates that fail to
-compile (shared memory) are skipped. Measuring is impossible inside CUDA-graph capture: there the cached choice
-is used, else default_config() (not cached); call kernels.moe.tune_fused_moe before capturing.
+L2 flush, minus the flush alone), and the BLOCK_M whose best two GEMMs sum lowest wins. Then the paths
+(MoeConfig.path) are timed as the whole op, every launch included: that "sorted" winner, the same tiles with the
+k-sum fused by atomics ("sorted_atomic", k > 1) and, for P <= PAIRS_MAX_PAIRS, the best "pairs" tiles (each of its
+two kernels timed alone first); the fastest is cached. Candidates that fail to compile (shared memory) are
+skipped. Measuring is impossible inside CUDA-graph capture: there the cached choice is used, else
+default_config() (not cached); call kernels.moe.tune_fused_moe before capturing.
 $VLM_MOE_CONFIGS names an optional JSON file (e.g. $VLM_KERNEL_CACHE/moe_configs.json, beside FlashInfer's JIT
 cache): choices are read from it at start and written back after each tune.
 Under TRITON_INTERPRET (CPU tests) one small fixed config, INTERPRET_CONFIG, is used.
@@ -37,19 +40,31 @@ class GemmTile:
     num_stages: int
 
 
+PATHS = ("sorted", "sorted_atomic", "pairs")
+
+
 @dataclasses.dataclass(frozen=True)
 class MoeConfig:
-    """block_m is shared by both GEMMs (it fixes the sorted layout); gate_up's block_n counts gate (= up) columns."""
+    """path "sorted": route, align into BLOCK_M blocks per expert, grouped GEMMs, k-sum (kernels/triton/moe.py);
+    block_m is shared by both GEMMs (it fixes the sorted layout). path "pairs" (few tokens): one GEMV program row
+    per token-expert pair, routing fused into gate_up and the k-sum into down (kernels/triton/moe_pairs.py);
+    block_m is unused (1) and group_m too. path "sorted_atomic": as "sorted", but for k > 1 the down kernel adds
+    each pair into an fp32 [T, H] (no [P, H] intermediate, no k-sum launch; the fp32 add order is not fixed).
+    gate_up's block_n counts gate (= up) columns."""
     block_m: int
     gate_up: GemmTile
     down: GemmTile
+    path: str = "sorted"
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_json(cls, d: dict) -> "MoeConfig":
-        return cls(int(d["block_m"]), GemmTile(**d["gate_up"]), GemmTile(**d["down"]))
+        path = d.get("path", "sorted")  # files written before the pairs path existed
+        if path not in PATHS:
+            raise ValueError(f"unknown fused_moe path {path!r}")
+        return cls(int(d["block_m"]), GemmTile(**d["gate_up"]), GemmTile(**d["down"]), path)
 
 
 INTERPRET_CONFIG = MoeConfig(16, GemmTile(32, 32, 1, 4, 1), GemmTile(32, 32, 1, 4, 1))
@@ -88,10 +103,29 @@ def block_m_candidates(pairs: int, experts: int) -> list[int]:
 # tiles (gate_up's two accumulators make 2 x block_n columns) and grouping for L2 reuse of the expert's weights.
 # All fit the H200's 227 KB of shared memory and compile without spills for sm_90 (checked offline with ptxas at
 # H=2048, I=768 bf16); block_m >= 64 runs on wgmma, smaller ones on mma.sync.
-_DECODE_TILES = [(32, 128, 1, 4, 4), (64, 128, 1, 4, 3), (64, 64, 1, 4, 5), (32, 64, 1, 4, 5), (128, 128, 1, 4, 3)]
+# The later entries of each list (second round, after the first H200 run) add narrower / deeper decode tiles and
+# other grouping and pipeline depths for prefill; the first entries are the previous lists, so the measured winner
+# can only be as fast or faster than before.
+_DECODE_TILES = [(32, 128, 1, 4, 4), (64, 128, 1, 4, 3), (64, 64, 1, 4, 5), (32, 64, 1, 4, 5), (128, 128, 1, 4, 3),
+                 (16, 128, 1, 4, 4), (16, 256, 1, 4, 4), (32, 256, 1, 4, 3)]
 _MID_TILES = [(64, 128, 8, 4, 3), (128, 64, 8, 4, 4), (128, 64, 8, 8, 4), (64, 64, 8, 4, 4)]
-_LARGE_TILES = [(128, 64, 16, 8, 4), (128, 64, 16, 8, 3), (64, 64, 16, 4, 4), (64, 128, 16, 4, 3)]
-_DOWN_LARGE = [(256, 64, 16, 8, 4), (128, 64, 16, 8, 4), (128, 128, 16, 8, 3), (256, 64, 16, 8, 3)]
+_LARGE_TILES = [(128, 64, 16, 8, 4), (128, 64, 16, 8, 3), (64, 64, 16, 4, 4), (64, 128, 16, 4, 3),
+                (128, 64, 8, 8, 4), (128, 64, 32, 8, 4), (128, 32, 16, 8, 5)]
+_DOWN_LARGE = [(256, 64, 16, 8, 4), (128, 64, 16, 8, 4), (128, 128, 16, 8, 3), (256, 64, 16, 8, 3),
+               (256, 64, 8, 8, 4), (256, 64, 32, 8, 4), (128, 64, 16, 4, 5)]
+
+
+# The pairs path (P <= PAIRS_MAX_PAIRS): (block_n, block_k, group_m unused, num_warps, num_stages). A GEMV is bound by
+# the weight stream alone: small block_n makes P * I / block_n (gate_up) and T * H / block_n (down) programs, several
+# resident per SM, which keeps enough loads in flight; fp32 accumulators of block_n x block_k stay <= 64 per thread.
+PAIRS_MAX_PAIRS = 64
+_PAIRS_GATE_UP = [(8, 256, 1, 4, 2), (4, 256, 1, 2, 2), (16, 128, 1, 4, 2), (8, 512, 1, 4, 1), (16, 256, 1, 4, 1)]
+_PAIRS_DOWN = [(4, 256, 1, 2, 2), (8, 256, 1, 4, 2), (2, 256, 1, 1, 2), (16, 128, 1, 4, 2), (8, 128, 1, 2, 3)]
+
+
+def pairs_candidates(which: str) -> list[GemmTile]:
+    """Tiles timed for one pairs-path kernel ("gate_up" | "down")."""
+    return [GemmTile(*t) for t in (_PAIRS_GATE_UP if which == "gate_up" else _PAIRS_DOWN)]
 
 
 def tile_candidates(block_m: int, which: str) -> list[GemmTile]:
@@ -163,8 +197,32 @@ def _tile_name(t: GemmTile) -> str:
 
 
 def measure_config(bucket: MoeBucket, x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, weights: torch.Tensor,
-                   ids: torch.Tensor, counts: torch.Tensor, top_k: int) -> tuple[MoeConfig, dict]:
-    """Time the candidates on these very inputs (see the module docstring); returns the winner and the timings."""
+                   ids: torch.Tensor, counts: torch.Tensor, top_k: int,
+                   run: Callable[[MoeConfig], object] | None = None) -> tuple[MoeConfig, dict]:
+    """Time the candidates on these very inputs (see the module docstring); returns the winner and the timings.
+
+    run(config) runs the whole op with a forced config: the best sorted config, the same tiles as "sorted_atomic"
+    (k > 1) and, where eligible, the best pairs config are timed end to end through it (every launch, routing
+    included) and the fastest wins, so another path is only chosen where it measured faster than "sorted"."""
+    best, timings = _measure_sorted(bucket, x, w13, w2, weights, ids, counts, top_k)
+    if run is None:
+        return best, timings
+    paths = [best] + ([dataclasses.replace(best, path="sorted_atomic")] if top_k > 1 else [])
+    if ids.numel() <= PAIRS_MAX_PAIRS:
+        pairs, timings["pairs"] = _measure_pairs(x, w13, w2, weights, ids, top_k)
+        paths += [pairs] if pairs is not None else []
+    whole = {}
+    for cfg in paths:
+        try:
+            whole[cfg] = time_launch_us(lambda: run(cfg))
+        except Exception as e:  # noqa: BLE001 - a path that cannot run here is no candidate
+            torch.cuda.synchronize()
+            log.info("fused_moe path %s skipped: %s: %s", cfg.path, type(e).__name__, str(e)[:200])
+    timings["end_to_end"] = {c.path: round(us, 2) for c, us in whole.items()}
+    return min(whole, key=whole.get, default=best), timings
+
+
+def _measure_sorted(bucket, x, w13, w2, weights, ids, counts, top_k) -> tuple[MoeConfig, dict]:
     from kernels import moe_launch as launch
 
     pairs, (experts, two_i, hidden) = ids.numel(), w13.shape
@@ -185,6 +243,23 @@ def measure_config(bucket: MoeBucket, x: torch.Tensor, w13: torch.Tensor, w2: to
     if best is None:
         raise RuntimeError(f"no fused_moe tile config could run for {bucket}: {timings}")
     return best[1], timings
+
+
+def _measure_pairs(x, w13, w2, weights, ids, top_k) -> tuple[MoeConfig | None, dict]:
+    """The pairs path's tiles, each kernel alone (gate_up reading the given ids, as fused_experts runs it)."""
+    from kernels import moe_launch as launch
+
+    flat_ids, flat_w = ids.reshape(-1), weights.reshape(-1)
+    inter = torch.empty(ids.numel(), w2.shape[2], dtype=x.dtype, device=x.device)
+    out = torch.empty_like(x)
+    gu, gu_us = _fastest(lambda t: time_launch_us(
+        lambda: launch.pairs_gate_up(x, w13, top_k, t, inter, flat_ids, flat_w)), pairs_candidates("gate_up"))
+    dn, dn_us = _fastest(lambda t: time_launch_us(
+        lambda: launch.pairs_down(inter, w2, flat_ids, flat_w, top_k, t, out)), pairs_candidates("down"))
+    timings = {"gate_up": gu_us, "down": dn_us}
+    if gu is None or dn is None:
+        return None, timings
+    return MoeConfig(1, gu, dn, "pairs"), timings
 
 
 # ---- the cache -----------------------------------------------------------------------------------------------------

@@ -157,10 +157,13 @@ def moe_gate_up_kernel(x_ptr, w_ptr, out_ptr, sorted_ptr, block_expert_ptr, num_
 def moe_down_kernel(a_ptr, w_ptr, out_ptr, sorted_ptr, block_expert_ptr, num_padded_ptr, weights_ptr,
                     P, N, num_m, stride_a, stride_we, stride_wn, stride_out, K: tl.constexpr,
                     PRECISION: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                    BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+                    BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, ATOMIC: tl.constexpr = False,
+                    TOP_K: tl.constexpr = 1):
     """out[pair, n] = weight[pair] * (a[slot] . w[e, n]) for the real pairs of each block.
 
-    a [slots, K=I] (moe_gate_up_kernel's output); w [E, N=H, K]; weights [P] fp32; out [P, N]. Grid as gate_up."""
+    a [slots, K=I] (moe_gate_up_kernel's output); w [E, N=H, K]; weights [P] fp32; out [P, N]. Grid as gate_up.
+    ATOMIC: out is fp32 [T, N] (zeroed) and each pair adds into its token's row, out[pair // TOP_K, n] += ...
+    (the k-sum fused; the order of the k fp32 adds is not fixed)."""
     pid_m, pid_n = _tile(num_m, tl.cdiv(N, BLOCK_N), GROUP_M)
     if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
         return
@@ -180,10 +183,15 @@ def moe_down_kernel(a_ptr, w_ptr, out_ptr, sorted_ptr, block_expert_ptr, num_pad
     pairs = tl.load(sorted_ptr + slots)
     real = pairs < P
     weight = tl.load(weights_ptr + pairs, mask=real, other=0.0)
-    res = acc.to(dtype).to(tl.float32) * weight[:, None]  # the projection rounded to dtype, as the reference
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    tl.store(out_ptr + pairs[:, None].to(tl.int64) * stride_out + cols[None, :], res.to(dtype),
-             mask=real[:, None] & (cols[None, :] < N))
+    ok = real[:, None] & (cols[None, :] < N)
+    if ATOMIC:
+        res = acc.to(a_ptr.dtype.element_ty).to(tl.float32) * weight[:, None]
+        rows = (pairs // TOP_K).to(tl.int64)
+        tl.atomic_add(out_ptr + rows[:, None] * stride_out + cols[None, :], res, mask=ok, sem="relaxed")
+    else:
+        res = acc.to(dtype).to(tl.float32) * weight[:, None]  # the projection rounded to dtype, as the reference
+        tl.store(out_ptr + pairs[:, None].to(tl.int64) * stride_out + cols[None, :], res.to(dtype), mask=ok)
 
 
 @triton.jit

@@ -1,11 +1,13 @@
 """Fused MoE: the Triton path (interpreted on CPU, tiny shapes) against kernels.reference; GPU shapes of
 Qwen3-VL-30B-A3B on CUDA. The routing is compared as id sets plus close weights; the experts as outputs."""
 
+import dataclasses
+
 import pytest
 import torch
 
 from kernels import moe, moe_launch, reference
-from kernels.moe_tuning import GemmTile, MoeConfig, MoeTuner, default_config, pow2
+from kernels.moe_tuning import INTERPRET_CONFIG, GemmTile, MoeConfig, MoeTuner, default_config, pow2
 
 TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.bfloat16: dict(rtol=3e-2, atol=3e-2),
        torch.float16: dict(rtol=1e-2, atol=1e-2)}
@@ -177,3 +179,142 @@ def test_gpu_fp32_exact_products(qwen3_moe_weights):
     out = moe.fused_moe(x, logits, w13, w2, 4, config=cfg)
     want = reference.fused_moe(x, w13, w2, *reference.moe_route(logits, 4, True))
     torch.testing.assert_close(out, want, **TOL[torch.float32])
+
+
+# ---- the pairs path (few tokens: GEMV per pair, routing fused into gate_up, k-sum into down) -----------------------
+
+PAIRS_CFG = MoeConfig(1, GemmTile(8, 32, 1, 4, 1), GemmTile(16, 16, 1, 2, 1), "pairs")
+
+
+@pytest.mark.usefixtures("interpreter")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("t,e,k,hot", CASES)
+def test_pairs_path_matches_reference(dtype, t, e, k, hot):
+    h, i = 64, 48  # I not a multiple of gate_up's block_n: wrapped, unstored columns
+    w13, w2 = _weights(e, h, i, dtype, seed=2)
+    x, logits = _inputs(t, e, h, dtype, seed=3, hot=hot)
+    out = moe.fused_moe(x, logits, w13, w2, k, impl="triton", config=PAIRS_CFG)
+    torch.testing.assert_close(out, moe.fused_moe(x, logits, w13, w2, k, impl="reference"), **TOL[dtype])
+
+
+@pytest.mark.usefixtures("interpreter")
+@pytest.mark.parametrize("renormalize", [True, False])
+def test_pairs_path_routes_like_the_route_kernel(renormalize):
+    # the fused routing must pick the same experts with the same weights: compare the scratch ids / weights
+    t, e, k, h, i = 3, 130, 8, 32, 16  # E not a power of two
+    w13, w2 = _weights(e, h, i, torch.float32)
+    x, logits = _inputs(t, e, h, torch.float32, seed=9)
+    ids, weights = torch.empty(t * k, dtype=torch.int32), torch.empty(t * k, dtype=torch.float32)
+    inter = torch.empty(t * k, i)
+    moe_launch.pairs_gate_up(x, w13, k, PAIRS_CFG.gate_up, inter, ids, weights, logits, renormalize)
+    rw, rids = moe.moe_route(logits, k, renormalize, impl="triton")
+    assert torch.equal(ids.view(t, k), rids)
+    torch.testing.assert_close(weights.view(t, k), rw, rtol=1e-6, atol=1e-7)
+    want = moe.fused_moe(x, logits, w13, w2, k, renormalize, impl="reference")
+    torch.testing.assert_close(moe.fused_moe(x, logits, w13, w2, k, renormalize, impl="triton", config=PAIRS_CFG),
+                               want, **TOL[torch.float32])
+
+
+@pytest.mark.usefixtures("interpreter")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_pairs_path_with_given_routing_and_masked_k(dtype):
+    # odd H and I: both kernels' k-steps are masked (H=48 over block_k 32, I=40 over 16 then 32)
+    h, i, e, k = 48, 40, 6, 3
+    w13, w2 = _weights(e, h, i, dtype, seed=5)
+    x, logits = _inputs(5, e, h, dtype, seed=6)
+    weights, ids = reference.moe_route(logits, k, False)
+    want = reference.fused_moe(x, w13, w2, weights, ids)
+    for down in (GemmTile(16, 16, 1, 2, 1), GemmTile(4, 32, 1, 1, 1)):
+        cfg = dataclasses.replace(PAIRS_CFG, down=down)
+        torch.testing.assert_close(moe.fused_experts(x, w13, w2, weights, ids, impl="triton", config=cfg), want,
+                                   **TOL[dtype])
+
+
+@pytest.mark.usefixtures("interpreter")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("t,e,k,hot", [(37, 8, 2, None), (3, 16, 8, None), (17, 4, 2, 0), (5, 8, 1, None)])
+def test_sorted_atomic_path_matches_reference(dtype, t, e, k, hot):
+    # the down kernel adds each pair into its token's fp32 row (k = 1: the plain sorted path)
+    h, i = 64, 32
+    w13, w2 = _weights(e, h, i, dtype, seed=11)
+    x, logits = _inputs(t, e, h, dtype, seed=12, hot=hot)
+    cfg = dataclasses.replace(INTERPRET_CONFIG, path="sorted_atomic")
+    out = moe.fused_moe(x, logits, w13, w2, k, impl="triton", config=cfg)
+    torch.testing.assert_close(out, moe.fused_moe(x, logits, w13, w2, k, impl="reference"), **TOL[dtype])
+
+
+def test_config_json_keeps_the_path_and_reads_old_files():
+    cfg = MoeConfig.from_json(PAIRS_CFG.to_json())
+    assert cfg == PAIRS_CFG and cfg.path == "pairs"
+    old = {k: v for k, v in INTERPRET_CONFIG.to_json().items() if k != "path"}
+    assert MoeConfig.from_json(old).path == "sorted"
+    with pytest.raises(ValueError, match="path"):
+        MoeConfig.from_json({**old, "path": "magic"})
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("t", [1, 8])
+def test_gpu_pairs_path_every_candidate(qwen3_moe_weights, t):
+    from kernels.moe_tuning import pairs_candidates
+
+    w13, w2 = qwen3_moe_weights
+    x, logits = _inputs(t, 128, 2048, torch.bfloat16, device="cuda", seed=7)
+    want = reference.fused_moe(x, w13, w2, *reference.moe_route(logits, 8, True))
+    for gu, dn in zip(pairs_candidates("gate_up"), pairs_candidates("down")):
+        out = moe.fused_moe(x, logits, w13, w2, 8, config=MoeConfig(1, gu, dn, "pairs"))
+        torch.testing.assert_close(out, want, **TOL[torch.bfloat16])
+
+
+@pytest.mark.gpu
+def test_gpu_pairs_path_in_a_graph(qwen3_moe_weights):
+    from kernels.moe_tuning import pairs_candidates
+
+    w13, w2 = qwen3_moe_weights
+    x, logits = _inputs(2, 128, 2048, torch.bfloat16, device="cuda", seed=8)
+    cfg = MoeConfig(1, pairs_candidates("gate_up")[0], pairs_candidates("down")[0], "pairs")
+    moe.fused_moe(x, logits, w13, w2, 8, config=cfg)  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = moe.fused_moe(x, logits, w13, w2, 8, config=cfg)
+    logits.copy_(_inputs(2, 128, 2048, torch.bfloat16, device="cuda", seed=9)[1])  # new routing, same graph
+    graph.replay()
+    want = reference.fused_moe(x, w13, w2, *reference.moe_route(logits, 8, True))
+    torch.testing.assert_close(out, want, **TOL[torch.bfloat16])
+
+
+@pytest.mark.gpu
+def test_gpu_tuner_keeps_the_faster_path_end_to_end(qwen3_moe_weights):
+    w13, w2 = qwen3_moe_weights
+    x, logits = _inputs(3, 128, 2048, torch.bfloat16, device="cuda", seed=10)
+    moe.tune_fused_moe(w13, w2, 8, [3], logits_dtype=torch.float32)
+    bucket = str(moe.bucket_of(x, w13, 3 * 8))
+    whole = moe.tuner().timings()[bucket]["end_to_end"]
+    assert set(whole) == {"sorted", "sorted_atomic", "pairs"}  # every path ran as the whole op
+    assert moe.moe_configs()[bucket]["path"] == min(whole, key=whole.get)
+    want = reference.fused_moe(x, w13, w2, *reference.moe_route(logits.float(), 8, True))
+    torch.testing.assert_close(moe.fused_moe(x, logits, w13, w2, 8), want, **TOL[torch.bfloat16])
+
+
+@pytest.mark.usefixtures("interpreter")
+def test_measure_config_times_every_path_and_keeps_the_fastest(monkeypatch):
+    # the selection logic on CPU: a fake clock that calls the launch (so every candidate really runs) and reports
+    # ever smaller times, so the last path timed end to end (pairs) must be the one kept
+    from kernels import moe_tuning
+
+    clock = iter(range(1000, 0, -1))
+    monkeypatch.setattr(moe_tuning, "time_launch_us", lambda fn: (fn(), float(next(clock)))[1])
+    monkeypatch.setattr(moe_tuning, "_DECODE_TILES", [(32, 32, 1, 4, 1)])
+    monkeypatch.setattr(moe_tuning, "_PAIRS_GATE_UP", [(8, 32, 1, 4, 1), (16, 16, 1, 4, 1)])
+    monkeypatch.setattr(moe_tuning, "_PAIRS_DOWN", [(16, 16, 1, 2, 1)])
+    e, h, i, k, t = 8, 64, 32, 2, 3
+    w13, w2 = _weights(e, h, i, torch.float32)
+    x, logits = _inputs(t, e, h, torch.float32)
+    weights, ids = moe.moe_route(logits, k, impl="triton")
+    counts = moe_launch.count_experts(ids, e)
+    runs = []
+    bucket = moe.MoeBucket("cpu", "float32", e, h, i, pow2(t * k))
+    cfg, timings = moe_tuning.measure_config(bucket, x, w13, w2, weights, ids, counts, k,
+                                             run=lambda c: runs.append(c.path))
+    assert runs == ["sorted", "sorted_atomic", "pairs"] and cfg.path == "pairs"
+    assert cfg.gate_up == GemmTile(16, 16, 1, 4, 1)  # the faster (later) of the two pairs gate_up tiles
+    assert set(timings["end_to_end"]) == {"sorted", "sorted_atomic", "pairs"} and "block_m=16" in timings
