@@ -27,7 +27,7 @@ def resize_like_pil(pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     """uint8 (or integral float) [C, H, W] -> float32 [C, h, w] holding integers in [0, 255]: PIL's bicubic
     resize to size = (h, w), within one level on rare pixels (see the module docstring). Returns the input as
     float32 when the size is unchanged (PIL then copies the image as is)."""
-    x = pixels.to(torch.float32)[None]  # [1, C, H, W]
+    x = pixels.to(torch.float32).contiguous()[None]  # [1, C, H, W]; host uploads arrive as an HWC view
     src_h, src_w = x.shape[-2:]
     dst_h, dst_w = size
     # PIL resizes very tall images vertically first (see vision.resize_banded); the rounding in between makes the
