@@ -57,14 +57,15 @@ def test_corpus_within_the_bounds(pre32):
         assert got.is_cuda and got.dtype == torch.float32 and grid == want_grid, name
         on_gpu = pre32.images["gpu_jpeg"] > before
         gpu_jpegs += on_gpu
-        assert on_gpu == (name in GPU_DECODED or name.startswith("jpeg-") and name[5].isdigit()), name
+        eligible = name in GPU_DECODED or name.startswith("jpeg-") and name[5].isdigit()
+        assert on_gpu <= eligible, name  # (an eligible one nvJPEG refuses, e.g. 5 px wide, falls back to the host)
         d = _level_diff(got, want, CFG)
         stats = f"{name}: mean {d.mean():.3f} p99 {np.percentile(d, 99):.2f} max {d.max():.2f} levels"
         if on_gpu and (d.mean() > 2.0 or np.percentile(d, 99) > 20):
             failures.append(stats)
         if not on_gpu and (d.max() > 1.01 or (d > 0.01).mean() > 0.01):
             failures.append(stats)
-    assert gpu_jpegs >= 10 and not failures, failures
+    assert gpu_jpegs >= 10 and not failures, (gpu_jpegs, failures)  # 13 are eligible
 
 
 @pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl"])
