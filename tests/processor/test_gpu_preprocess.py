@@ -147,3 +147,21 @@ def test_processor_uses_the_gpu_preprocessor(model_dir):
     step = 1 / (255 * min(host.image_config.image_std))
     assert (ia.pixel_values - ib.pixel_values).abs().max().item() <= 1.001 * step
     assert dev.gpu_preprocessor.images["host_decode"] == 1
+
+
+def test_flag_and_env(monkeypatch):
+    import argparse
+
+    from vlm_service.server.options import add_serve_flags, config_from_args
+
+    def parse(argv):
+        parser = argparse.ArgumentParser()
+        add_serve_flags(parser)
+        return config_from_args(parser.parse_args(argv)).model.preprocess_device
+
+    assert parse([]) == "auto"
+    assert parse(["--preprocess-device", "cpu"]) == "cpu"
+    monkeypatch.setenv("VLM_PREPROCESS_DEVICE", "cuda")
+    assert parse([]) == "cuda" and parse(["--preprocess-device", "cpu"]) == "cpu"
+    with pytest.raises(ValueError, match="preprocess_device"):
+        parse(["--preprocess-device", "tpu"])
