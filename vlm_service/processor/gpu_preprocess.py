@@ -132,7 +132,7 @@ class GpuPreprocessor:
         try:
             raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)  # a writable copy: torch wants one
             pixels = decode_jpeg(raw, mode=getattr(modes, mode), device=self.device)
-        except RuntimeError as exc:
+        except Exception as exc:  # torchvision raises RuntimeError for what nvJPEG refuses; any other: the host too
             self._warn("nvJPEG could not decode a JPEG (%s); decoding it on the host", exc)
             return None
         channels = 3 if mode == "RGB" else 1
