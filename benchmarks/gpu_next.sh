@@ -13,6 +13,8 @@
 #   bash benchmarks/gpu_next.sh tp       # tensor parallelism: TP=1 7B decode unchanged, NCCL tests (>= 2 GPUs)
 #   bash benchmarks/gpu_next.sh moe_engine  # issue 14: MoE GPU tests, 30B-A3B decode rates + 1024² TTFT (~6 min)
 #   bash benchmarks/gpu_next.sh moe      # issue 14: the seed's load test on 30B-A3B, fa3 / cudnn / auto x 3 (~7-9 min)
+#   bash benchmarks/gpu_next.sh preprocess4  # issue 17: GPU vs host image preprocessing, in process and 1024² TTFT
+#                                            # through gRPC (both presets, JPEG + PNG); < 8 min; $OUT/preprocess4.json
 # (device tool, carry .whl (fetch_wheels.sh all + googleapis-common-protos 1.72.0) and vlm_service/_proto)
 source benchmarks/gpu_env.sh >/dev/null || exit 1
 log() { grep -v "leaked\|nanobind\|^ - \|USDT\|Warning:" | tail -n "$1"; }
@@ -136,4 +138,34 @@ case "${1:-}" in
     cp /tmp/moe_server_*.log /tmp/ttft_moe_b/
     tar czf $OUT/ttft_load_qwen3_vl_30b_a3b_b.tgz -C /tmp ttft_moe_b ;;
   *) echo "usage: $0 tests|engine|load|single|final|owed|load3|load3w|profile3|moe_engine|moe" >&2; exit 2 ;;
+  preprocess4)  # issue 17: --preprocess-device cuda vs cpu. Two servers per preset (started once, kept for both
+    # formats), measured interleaved one request at a time; every step is bounded by what is left of 470 s
+    end=$((SECONDS + 470))
+    left() { local l=$((end - SECONDS)); [ "$l" -gt "$1" ] && echo "$1" || echo $((l > 5 ? l : 5)); }
+    for m in qwen3_vl_8b qwen2_5_vl_7b; do
+      dir=$(preset_dir $m) pids=() ports=()
+      for dev in cpu cuda; do
+        port=$(python3 -c "from vlm_service.bench.launch import free_port as f; print(f())")
+        python3 -m vlm_service.cli serve --model random:$m --preprocess-device $dev --num-blocks 2048 \
+          --host 127.0.0.1 --port $port --insecure > $OUT/server_${m}_$dev.log 2>&1 &
+        pids+=($!) ports+=($port)
+        deadline=$((SECONDS + $(left 240)))
+        until python3 -m vlm_service.cli health --target 127.0.0.1:$port --insecure \
+            --service vlm.v1.VisionLanguageService >/dev/null 2>&1; do
+          [ $SECONDS -ge $deadline ] && { echo "$m $dev server not ready" >&2; break; }; sleep 1
+        done
+      done
+      for fmt in jpeg png; do
+        timeout $(left 80) python3 benchmarks/ttft.py --compare 127.0.0.1:${ports[0]} 127.0.0.1:${ports[1]} \
+          --insecure --compare-labels cpu cuda --compare-rounds 2 --num-prompts 12 --max-concurrency 1 \
+          --image-resolution 1024x1024 --image-format $fmt --input-len 60 --output-len 4 --tokenizer $dir \
+          --no-plots --result-dir $OUT/ttft_pre4_${m}_$fmt 2>&1 | log 14
+      done
+      for pid in "${pids[@]}"; do kill $pid; done; wait "${pids[@]}" 2>/dev/null
+    done
+    timeout $(left 60) python3 benchmarks/bench_preprocess.py --out $OUT/preprocess_inproc.json 2>&1 | log 10
+    timeout $(left 60) python3 -m pytest -q -m gpu -p no:cacheprovider tests/processor/test_gpu_preprocess_gpu.py \
+      -k "corpus or bf16 or threads" 2>&1 | tee $OUT/gpu_tests_preprocess_quick.log | log 6
+    python3 benchmarks/summarize_preprocess.py $OUT | tee $OUT/preprocess4.json ;;
+  *) echo "usage: $0 tests|engine|load|single|final|owed|load3|load3w|profile3|preprocess4" >&2; exit 2 ;;
 esac

@@ -25,10 +25,13 @@ class ModelConfig:
     dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16
     vit_attention_backend: str = "auto"  # auto | sdpa | fa3 | flashinfer_cudnn
     seed: int = 0
+    preprocess_device: str = "auto"  # auto (cuda when the model is on CUDA) | cpu | cuda: image decode + preprocess
 
     def __post_init__(self):
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, not {self.dtype!r}")
+        if self.preprocess_device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"preprocess_device must be auto, cpu or cuda, not {self.preprocess_device!r}")
 
 
 @dataclass(frozen=True)

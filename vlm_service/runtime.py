@@ -116,6 +116,7 @@ def processor_limits(limits) -> dict:
 def load_runtime(cfg: Config) -> Runtime:
     """Resolve device and dtype, load model + processor + tokenizer and build the (not yet started) engine."""
     from vlm_service.engine import AsyncEngine
+    from vlm_service.processor.gpu_preprocess import resolve_preprocess_device
     from vlm_service.processor.processor import Processor
 
     import vit_backends
@@ -134,10 +135,12 @@ def load_runtime(cfg: Config) -> Runtime:
     # on CUDA the pixels leave the preprocessing pool in the model dtype and pinned: the engine thread's copy to
     # the device is then asynchronous and half the bytes (a 1024² image was 25 MB of pageable float32)
     cuda = device.type == "cuda"
+    # --preprocess-device: on CUDA the pixels are decoded (JPEG) and laid out on the device itself (gpu_preprocess)
+    preprocess_device = resolve_preprocess_device(cfg.model.preprocess_device, device)
     processor = Processor.from_pretrained(processor_dir, max_pixels_limit=cfg.server.limits.max_image_pixels,
                                           max_images=cfg.server.limits.max_images_per_request,
                                           pixel_dtype=dtype if cuda else torch.float32, pin_pixels=cuda,
-                                          **processor_limits(cfg.server.limits))
+                                          preprocess_device=preprocess_device, **processor_limits(cfg.server.limits))
     if parallel is None:
         engine = AsyncEngine(model, processor.tokenizer, cfg.engine, cfg.server.limits, device)
     else:

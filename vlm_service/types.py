@@ -63,7 +63,8 @@ class Request:
 class ProcessedImage:
     """One preprocessed image, in the exact layout transformers' Qwen2VL image processor produces."""
 
-    pixel_values: torch.Tensor  # [num_patches, C * temporal_patch * patch * patch], float32
+    pixel_values: torch.Tensor  # [num_patches, C * temporal_patch * patch * patch]: float32 (CPU), or the
+    # model dtype on the host (pinned) or already on the device (--preprocess-device cuda, gpu_preprocess.py)
     grid_thw: tuple[int, int, int]  # (t, h, w) in patches, before the 2x2 merge
     content_hash: str  # sha256 of the image bytes: keys the vision and prefix caches
     offset: int  # index in input_ids of this image's first pad token

@@ -261,6 +261,9 @@ class ModelRunner:
         images = list(todo.values())
         # one copy per image: each is asynchronous when the processor pinned it (a host-side cat would not be)
         parts = [img.pixel_values.to(self.device, non_blocking=True) for img in images]
+        for part, img in zip(parts, images):
+            if part is img.pixel_values and part.is_cuda:  # made on a preprocessing thread's stream (gpu_preprocess)
+                part.record_stream(torch.cuda.current_stream(self.device))  # no reuse before the tower read it
         pixels = (parts[0] if len(parts) == 1 else torch.cat(parts)).to(self.dtype)
         grid = torch.tensor([img.grid_thw for img in images], dtype=torch.long)  # the towers read it on the host
         results = self.model.encode_images(pixels, grid)

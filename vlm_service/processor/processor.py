@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
@@ -25,6 +26,7 @@ from vlm_service.processor.tokenizer import load_tokenizer, special_token_ids
 from vlm_service.processor.vision import ImageConfig, preprocess_image, smart_resize
 from vlm_service.types import ChatMessage, ImageInput, ProcessedImage, ProcessedInput
 
+log = logging.getLogger(__name__)
 ROLES = ("system", "user", "assistant")
 # Markup a user's text may not contain: it would be read as image placeholders and break the image alignment.
 _RESERVED_TEXT = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>")
@@ -41,13 +43,15 @@ class Processor:
     def __init__(self, tokenizer, image_config: ImageConfig, max_pixels_limit: int = 40_000_000,
                  max_images: int = 8, pixel_dtype: torch.dtype = torch.float32, pin_pixels: bool = False,
                  trust_client_special_tokens: bool = False, max_request_pixels: int = 0,
-                 decode_budget: DecodeBudget | None = None):
+                 decode_budget: DecodeBudget | None = None, preprocess_device: torch.device | None = None):
         """pixel_dtype / pin_pixels: what a CUDA server wants to copy to the device (the model dtype, pinned
         memory), written directly by the patch layout copy; float32 (the default) is transformers' layout.
         trust_client_special_tokens: parse special tokens inside client text (off: they are plain text).
-        max_request_pixels / decode_budget: the cost limits of processor/budget.py (0 / None = none)."""
+        max_request_pixels / decode_budget: the cost limits of processor/budget.py (0 / None = none).
+        preprocess_device: decode and preprocess images there (gpu_preprocess.py) instead of on the host."""
         self.tokenizer = tokenizer
         self.pixel_dtype, self.pin_pixels = pixel_dtype, pin_pixels
+        self.gpu_preprocessor = _gpu_preprocessor(image_config, preprocess_device, pixel_dtype)
         self.image_config = image_config
         self.max_pixels_limit = max_pixels_limit
         self.max_images = max_images
@@ -128,10 +132,16 @@ class Processor:
             for j, part in enumerate(msg.content):
                 if isinstance(part, ImageInput):
                     field = f"messages[{i}].content[{j}].image"
-                    img = decode_image(part.data, part.mime_type, self.max_pixels_limit, field)
-                    pixel_values, grid = preprocess_image(img, self.image_config, self.pixel_dtype, self.pin_pixels)
+                    pixel_values, grid = self._image_pixels(part, field)
                     out.append((pixel_values, grid, hashlib.sha256(part.data).hexdigest()))
         return out
+
+    def _image_pixels(self, part: ImageInput, field: str) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        """(pixel_values, grid_thw) of one image: on the GPU preprocessor when there is one, else on the host."""
+        if self.gpu_preprocessor is not None:
+            return self.gpu_preprocessor(part.data, part.mime_type, self.max_pixels_limit, field)
+        img = decode_image(part.data, part.mime_type, self.max_pixels_limit, field)
+        return preprocess_image(img, self.image_config, self.pixel_dtype, self.pin_pixels)
 
     def _tokenize(self, messages) -> list[int]:
         return self.template.encode(messages)
@@ -163,6 +173,19 @@ class Processor:
         ]
         return ProcessedInput(input_ids=input_ids, images=processed, positions=positions, mrope_delta=delta,
                               preprocess_ms=(time.perf_counter() - started) * 1000.0)
+
+
+def _gpu_preprocessor(image_config: ImageConfig, device: torch.device | None, dtype: torch.dtype):
+    """A GpuPreprocessor on `device`, or None for the host path (also, logged, when it cannot start there)."""
+    if device is None:
+        return None
+    from vlm_service.processor.gpu_preprocess import GpuPreprocessor
+
+    try:
+        return GpuPreprocessor(image_config, device, dtype)
+    except Exception:  # serve with the host path rather than not at all
+        log.exception("GPU preprocessing on %s failed to start; images are preprocessed on the host", device)
+        return None
 
 
 def _validate_message(i: int, msg: ChatMessage) -> None:
