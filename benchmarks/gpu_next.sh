@@ -137,7 +137,6 @@ case "${1:-}" in
     kill $SRV_flashinfer_cudnn $SRV_auto; wait
     cp /tmp/moe_server_*.log /tmp/ttft_moe_b/
     tar czf $OUT/ttft_load_qwen3_vl_30b_a3b_b.tgz -C /tmp ttft_moe_b ;;
-  *) echo "usage: $0 tests|engine|load|single|final|owed|load3|load3w|profile3|moe_engine|moe" >&2; exit 2 ;;
   preprocess4)  # issue 17: --preprocess-device cuda vs cpu. Two servers per preset (started once, kept for both
     # formats), measured interleaved one request at a time; every step is bounded by what is left of 470 s
     end=$((SECONDS + 470))
@@ -167,5 +166,5 @@ case "${1:-}" in
     timeout $(left 60) python3 -m pytest -q -m gpu -p no:cacheprovider tests/processor/test_gpu_preprocess_gpu.py \
       -k "corpus or bf16 or threads" 2>&1 | tee $OUT/gpu_tests_preprocess_quick.log | log 6
     python3 benchmarks/summarize_preprocess.py $OUT | tee $OUT/preprocess4.json ;;
-  *) echo "usage: $0 tests|engine|load|single|final|owed|load3|load3w|profile3|preprocess4" >&2; exit 2 ;;
+  *) echo "usage: $0 tp|tests|engine|load|single|final|owed|load3|load3w|profile3|moe_engine|moe|preprocess4" >&2; exit 2 ;;
 esac
