@@ -60,6 +60,14 @@ class LimitsConfig:
     max_waiting_tokens: int = 0  # 0 = unlimited
     default_deadline_s: float = 0.0  # 0 = none
     max_deadline_s: float = 0.0  # 0 = none
+    max_videos_per_request: int = 4
+    max_video_bytes: int = 256 << 20  # encoded size of one video (RESOURCE_EXHAUSTED over it)
+    max_video_frames: int = 256  # frames sampled from one video (a request's max_frames is capped by it)
+    max_video_duration_s: float = 3600.0  # declared by the container header, checked before decoding
+    max_video_frame_pixels: int = 3840 * 2160  # width * height of one video frame, from the header
+    max_video_fps: float = 8.0  # a request's sampling fps is capped by it
+    video_decode_timeout_s: float = 30.0  # demux + decode of one video
+    max_visual_tokens: int = 0  # image + video tokens of one request; 0 = bounded by the prompt limit only
 
 
 @dataclass(frozen=True)

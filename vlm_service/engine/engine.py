@@ -13,7 +13,7 @@ from vlm_service.engine.kv_cache import BlockManager
 from vlm_service.engine.model_runner import ModelRunner, PrevTokens, model_dtype, pool_num_blocks
 from vlm_service.engine.sampler import PendingSample, SampleRow, sample_async
 from vlm_service.engine.scheduler import Scheduler, SchedulerOutput
-from vlm_service.engine.sequence import PENDING, ImageSpan, Sequence
+from vlm_service.engine.sequence import PENDING, Sequence, visual_spans
 from vlm_service.errors import DuplicateRequest, InvalidInput
 from vlm_service.models.common import VLModel
 from vlm_service.types import (EngineOutput, Finished, FinishReason, ProcessedInput, SamplingParams, Timings,
@@ -88,7 +88,7 @@ class LLMEngine:
         if request_id in self.requests:
             raise DuplicateRequest(f"request {request_id!r} is already in flight", field="request_id")
         max_tokens = self.check(processed, sampling)
-        spans = tuple(ImageSpan(img.content_hash, img.offset, img.num_tokens) for img in processed.images)
+        spans = visual_spans(processed)
         seq = Sequence(request_id, list(processed.input_ids), sampling, max_tokens, spans, processed)
         seq.times.arrival = arrival_time or time.monotonic()  # 0.0 / None: unknown, count from now
         gen = None

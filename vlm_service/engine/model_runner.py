@@ -214,8 +214,9 @@ class ModelRunner:
                 a, b = max(c.start, span.offset), min(c.end, span.end)
                 m[a - c.start:b - c.start] = True
                 emb, deep = embeds[span.content_hash]
-                parts.append(emb[a - span.offset:b - span.offset])
-                deep_parts.append([d[a - span.offset:b - span.offset] for d in deep])
+                lo, hi = span.embed_start + a - span.offset, span.embed_start + b - span.offset  # item's rows
+                parts.append(emb[lo:hi])
+                deep_parts.append([d[lo:hi] for d in deep])
             mask.append(m)
         if not parts:
             return None
@@ -225,13 +226,13 @@ class ModelRunner:
         return MultimodalEmbeds(torch.cat(parts), flat, deepstack, index)
 
     def _vision_embeds(self, chunks: list[ScheduledChunk]) -> dict[str, VisionEmbeds]:
-        """Embeddings of every image this step touches; the not-yet-computed images of this step's prefills
-        that the cache lacks are encoded together in one encode_images call."""
+        """Embeddings of every visual item (image or video) this step touches; the not-yet-computed items of this
+        step's prefills that the cache lacks are encoded together in one encode_images call."""
         found: dict[str, VisionEmbeds] = {}
-        todo: dict[str, object] = {}  # content hash -> ProcessedImage
+        todo: dict[str, object] = {}  # content hash -> ProcessedVisual
         owners: dict[str, list[Sequence]] = {}
         for c in chunks:
-            for i, span in enumerate(c.seq.images):
+            for span in c.seq.images:
                 key = span.content_hash
                 if span.end <= c.start or key in found:
                     continue
@@ -242,7 +243,7 @@ class ModelRunner:
                 if hit is not None:
                     found[key] = hit
                 else:
-                    todo[key], owners[key] = c.seq.processed.images[i], [c.seq]
+                    todo[key], owners[key] = c.seq.processed.images[span.item], [c.seq]
         if todo:
             found.update(self._encode(todo, owners))
         return found
