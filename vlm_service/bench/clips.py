@@ -4,11 +4,14 @@ H.264 in MP4 / VP9 in WebM, optionally with a variable frame rate or an audio-on
 from __future__ import annotations
 
 import io
+import os
+import tempfile
 from fractions import Fraction
 
 import numpy as np
 
-_CODECS = {"mp4": ("libx264", "yuv420p"), "mov": ("libx264", "yuv420p"), "webm": ("libvpx-vp9", "yuv420p")}
+_CODECS = {"mp4": ("libx264", "yuv420p"), "mov": ("libx264", "yuv420p"), "webm": ("libvpx-vp9", "yuv420p"),
+           "mjpeg": ("mjpeg", "yuvj420p")}  # mjpeg (in MP4): every frame a keyframe, fast to encode at any size
 
 
 def frame_pixels(k: int, width: int, height: int, seed: int = 0) -> np.ndarray:
@@ -21,16 +24,30 @@ def frame_pixels(k: int, width: int, height: int, seed: int = 0) -> np.ndarray:
 
 
 def make_clip(seconds: float = 2.0, width: int = 96, height: int = 64, fps: float = 10.0, fmt: str = "mp4",
-              seed: int = 0, gop: int = 12, vfr_ms: list[int] | None = None) -> bytes:
+              seed: int = 0, gop: int = 12, vfr_ms: list[int] | None = None, codec: str | None = None,
+              faststart: bool = False) -> bytes:
     """An encoded clip of about `seconds` at `fps` (or, with vfr_ms, one frame per listed pts in milliseconds).
 
-    gop: frames between keyframes (so seeking has keyframes to land on). Odd sizes are fine with libx264/VP9 in
-    yuv420p only when even: odd sides are rounded up by one pixel here (the decoder reports the encoded size)."""
+    gop: frames between keyframes (so seeking has keyframes to land on). yuv420p needs even sides: odd ones are
+    rounded up by one pixel here (the decoder reports the encoded size). codec "mjpeg" (MP4 only) instead of the
+    format's own; faststart: the MP4 index before the media data (a truncated file still opens); seed < 0: flat
+    frames (fast to make at 8K)."""
+    if faststart:  # the muxer rewrites the file to move the index: it needs a real file
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, f"clip.{fmt}")
+            _encode(path, seconds, width, height, fps, fmt, seed, gop, vfr_ms, codec, {"movflags": "faststart"})
+            with open(path, "rb") as f:
+                return f.read()
+    buf = io.BytesIO()
+    _encode(buf, seconds, width, height, fps, fmt, seed, gop, vfr_ms, codec, {})
+    return buf.getvalue()
+
+
+def _encode(target, seconds, width, height, fps, fmt, seed, gop, vfr_ms, codec, options) -> None:
     import av
 
-    codec, pix_fmt = _CODECS[fmt]
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format=fmt) as out:
+    codec, pix_fmt = _CODECS[codec or fmt]
+    with av.open(target, mode="w", format=fmt, options=options) as out:
         rate = Fraction(fps).limit_denominator(1001)
         stream = out.add_stream(codec, rate=rate)
         stream.width, stream.height, stream.pix_fmt = width + width % 2, height + height % 2, pix_fmt
@@ -39,14 +56,15 @@ def make_clip(seconds: float = 2.0, width: int = 96, height: int = 64, fps: floa
             stream.codec_context.time_base = Fraction(1, 1000)
         stamps = vfr_ms if vfr_ms is not None else range(max(int(round(seconds * fps)), 1))
         for k, stamp in enumerate(stamps):
-            frame = av.VideoFrame.from_ndarray(frame_pixels(k, stream.width, stream.height, seed), format="rgb24")
+            pixels = frame_pixels(k, stream.width, stream.height, seed) if seed >= 0 else \
+                np.full((stream.height, stream.width, 3), 16 * k % 256, dtype=np.uint8)  # seed < 0: flat frames
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
             if vfr_ms is not None:
                 frame.pts, frame.time_base = stamp, Fraction(1, 1000)
             for packet in stream.encode(frame):
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)
-    return buf.getvalue()
 
 
 def make_audio_only(seconds: float = 1.0, fmt: str = "mp4") -> bytes:

@@ -65,7 +65,10 @@ def decode_video(data: bytes, mime_type: str, limits: VideoLimits, sampler: Samp
     expected = _expected_demuxer(mime_type, field)
     _refuse_images(data, field)
     deadline = time.monotonic() + limits.decode_timeout_s
-    import av
+    try:
+        import av
+    except ImportError:
+        raise InvalidInput("this server has no video decoder (install vlm-service[video])", field=field) from None
 
     try:
         with av.open(io.BytesIO(data), mode="r") as container:
