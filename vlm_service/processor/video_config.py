@@ -95,9 +95,16 @@ class VideoConfig:
     def from_pretrained(cls, model_dir: Path) -> "VideoConfig":
         model_dir = Path(model_dir)
         model_cfg = _read(model_dir / "config.json") or {}
-        family = video_family(str(model_cfg.get("model_type", "qwen3_vl")))
-        tps = (model_cfg.get("vision_config") or {}).get("tokens_per_second") or 2
-        return cls.from_dict(_video_processor_dict(model_dir), family, tps)
+        d = _video_processor_dict(model_dir)
+        family = video_family(str(model_cfg.get("model_type") or _type_of_processor(d)))
+        # Qwen2_5_VLVisionConfig's default is 4 (the hub checkpoints say 2)
+        tps = (model_cfg.get("vision_config") or {}).get("tokens_per_second") or 4
+        return cls.from_dict(d, family, tps)
+
+
+def _type_of_processor(d: dict) -> str:
+    """A model_type from a processor config alone (directories without config.json, e.g. processor tests)."""
+    return "qwen2_5_vl" if "Qwen2_5" in str(d.get("processor_class", "")) else "qwen3_vl"
 
 
 def _read(path: Path) -> dict | None:
