@@ -109,6 +109,7 @@ class ProcessedInput:
     positions: torch.Tensor  # [3, len(input_ids)] int64 MRoPE positions (t, h, w)
     mrope_delta: int  # decode position of token at index i is i + mrope_delta on all three axes
     preprocess_ms: float = 0.0
+    decode_ms: float = 0.0  # the part of preprocess_ms spent decoding images and videos
 
     @property
     def num_image_tokens(self) -> int:
@@ -153,6 +154,7 @@ class Timings:
     prefill_ms: float = 0.0
     ttft_ms: float = 0.0
     e2e_ms: float = 0.0
+    decode_ms: float = 0.0  # part of preprocess_ms
 
 
 @dataclass(frozen=True)

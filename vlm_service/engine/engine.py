@@ -207,5 +207,6 @@ class LLMEngine:
         timings = Timings(queue_ms=ms(tm.arrival, tm.first_scheduled),
                           preprocess_ms=seq.processed.preprocess_ms if seq.processed else 0.0,
                           vision_ms=tm.vision_ms, prefill_ms=ms(tm.first_scheduled, tm.first_token),
-                          ttft_ms=ms(tm.arrival, tm.first_token), e2e_ms=ms(tm.arrival, now))
+                          ttft_ms=ms(tm.arrival, tm.first_token), e2e_ms=ms(tm.arrival, now),
+                          decode_ms=seq.processed.decode_ms if seq.processed else 0.0)
         return Finished(seq.request_id, reason, matched_stop, usage, timings)

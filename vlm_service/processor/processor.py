@@ -108,9 +108,12 @@ class Processor:
             for j, part in enumerate(msg.content):
                 if isinstance(part, ImageInput):
                     field = f"messages[{i}].content[{j}].image"
+                    started = time.perf_counter()
                     img = decode_image(part.data, part.mime_type, self.max_pixels_limit, field)
+                    decode_ms = (time.perf_counter() - started) * 1000.0
                     pixel_values, grid = preprocess_image(img, self.image_config, self.pixel_dtype, self.pin_pixels)
-                    out.append(PreparedVisual(pixel_values, grid, hashlib.sha256(part.data).hexdigest()))
+                    out.append(PreparedVisual(pixel_values, grid, hashlib.sha256(part.data).hexdigest(),
+                                              decode_ms=decode_ms))
                 elif isinstance(part, VideoInput):
                     out.append(prepare_video(part, self.video_config, self.video_limits,
                                              f"messages[{i}].content[{j}].video", self.pixel_dtype, self.pin_pixels))
@@ -140,7 +143,8 @@ class Processor:
             for it, rs in zip(items, runs)
         ]
         return ProcessedInput(input_ids=input_ids, images=processed, positions=positions, mrope_delta=delta,
-                              preprocess_ms=(time.perf_counter() - started) * 1000.0)
+                              preprocess_ms=(time.perf_counter() - started) * 1000.0,
+                              decode_ms=sum(it.decode_ms for it in items))
 
 
 def to_hf_conversation(messages: tuple[ChatMessage, ...]) -> list[dict]:

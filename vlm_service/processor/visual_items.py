@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +37,7 @@ class PreparedVisual:
     grid: tuple[int, int, int]
     content_hash: str
     kind: str = "image"
+    decode_ms: float = 0.0  # container + codec (or image) decode time
     group_times: tuple[float, ...] = ()  # Qwen3-VL videos: seconds of each temporal group
     time_interval: int = 1  # Qwen2.5-VL videos: temporal MRoPE step between groups
 
@@ -73,7 +75,9 @@ def prepare_video(part: VideoInput, cfg: VideoConfig, limits: VideoLimits, field
                   out_dtype: torch.dtype = torch.float32, pin: bool = False) -> PreparedVisual:
     """Decode (file or frames), sample, resize and patchify one video; InvalidInput / TooLarge name `field`."""
     fps, max_frames = sampling_of(part, cfg, limits)
+    started = time.perf_counter()
     decoded = _decode(part, cfg, limits, field, fps, max_frames)
+    decode_ms = (time.perf_counter() - started) * 1000.0
     tp = cfg.temporal_patch_size
     if len(decoded.frames) < tp:
         raise InvalidInput(f"video yields {len(decoded.frames)} frame(s); at least {tp} are needed", field=field)
@@ -81,7 +85,7 @@ def prepare_video(part: VideoInput, cfg: VideoConfig, limits: VideoLimits, field
         pixels, grid = preprocess_video(decoded.frames, cfg, out_dtype, pin)
     except ValueError as exc:  # smart_resize's aspect-ratio refusal
         raise InvalidInput(f"video frames cannot be resized: {exc}", field=field) from None
-    item = PreparedVisual(pixels, grid, video_hash(part, fps, max_frames), kind="video")
+    item = PreparedVisual(pixels, grid, video_hash(part, fps, max_frames), kind="video", decode_ms=decode_ms)
     if cfg.family == "qwen3_vl":
         item.group_times = tuple(_group_times(decoded, tp))
     else:

@@ -143,7 +143,8 @@ def _usage_to_proto(u: types.Usage) -> vlm_pb2.Usage:
 
 def _timings_to_proto(t: types.Timings) -> vlm_pb2.Timings:
     return vlm_pb2.Timings(queue_ms=t.queue_ms, preprocess_ms=t.preprocess_ms, vision_ms=t.vision_ms,
-                           prefill_ms=t.prefill_ms, ttft_ms=t.ttft_ms, e2e_ms=t.e2e_ms)
+                           prefill_ms=t.prefill_ms, ttft_ms=t.ttft_ms, e2e_ms=t.e2e_ms,
+                           decode_ms=getattr(t, "decode_ms", 0.0))
 
 
 def output_to_proto(out: types.EngineOutput) -> vlm_pb2.GenerateResponse:
