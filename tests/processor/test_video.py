@@ -16,7 +16,7 @@ from vlm_service.errors import InvalidInput, TooLarge
 from vlm_service.processor import video as video_mod
 from vlm_service.processor.video import VideoLimits, decode_video
 from vlm_service.processor.video_config import VideoConfig, group_timestamps, resize_size, sample_indices
-from vlm_service.processor.visual_items import prepare_video
+from vlm_service.processor.visual_items import prepare_video, video_tokens
 from vlm_service.types import ImageInput, VideoInput
 
 FIELD = "messages[0].content[1].video"
@@ -63,7 +63,7 @@ def test_qwen3_clip_resize_matches_transformers(t, h, w):
 
 
 def _sampler(cfg, fps=2.0, max_frames=768, seen=None):
-    def sampler(total, src_fps):
+    def sampler(total, src_fps, *_size):
         idx = sample_indices(cfg, total, src_fps, fps, max_frames)
         if seen is not None:
             seen.extend(idx)
@@ -125,6 +125,20 @@ def test_frames_route_equals_file_route(model_dir):
     assert from_frames.content_hash != from_file.content_hash
 
 
+@pytest.mark.parametrize("family", ["qwen3_vl", "qwen2_5_vl"])
+def test_visual_token_budget_is_checked_before_decoding(family, monkeypatch):
+    cfg, data = VideoConfig(family=family, patch_size=14 if family == "qwen2_5_vl" else 16), \
+        make_clip(seconds=3.0, width=97, height=61, fps=10.0)
+    item = prepare_video(VideoInput(data=data), cfg, VideoLimits(), FIELD)
+    n = item.num_tokens(cfg.merge_size)
+    assert video_tokens(cfg, 6, 62, 98) == n  # the header-based count is the grid's
+    assert prepare_video(VideoInput(data=data), cfg, VideoLimits(), FIELD, max_tokens=n).grid == item.grid
+    monkeypatch.setattr(video_mod, "_decode_at", lambda *a: pytest.fail("decoded frames over the budget"))
+    with pytest.raises(InvalidInput, match="visual tokens") as err:
+        prepare_video(VideoInput(data=data), cfg, VideoLimits(), FIELD, max_tokens=n - 1)
+    assert err.value.field == FIELD
+
+
 def test_cache_key_depends_on_sampling():
     cfg, data = VideoConfig(), make_clip(seconds=3.0, width=64, height=48, fps=10.0)
     a = prepare_video(VideoInput(data=data), cfg, VideoLimits(), FIELD)
@@ -176,3 +190,21 @@ def test_too_few_frames_and_bad_frames_input():
     assert err.value.field == FIELD + ".frames[0]"
     with pytest.raises(InvalidInput, match="timestamps or a source fps"):
         prepare_video(VideoInput(frames=(ImageInput(b"x"),)), cfg, VideoLimits(), FIELD)
+
+
+def test_processor_limits_videos_and_visual_tokens(model_dir):
+    from vlm_service.processor.processor import Processor
+    from vlm_service.types import ChatMessage
+
+    clip = make_clip(seconds=2.0, width=64, height=48, fps=10.0)
+    two = (ChatMessage("user", (VideoInput(data=clip), "and", VideoInput(data=clip))),)
+    with pytest.raises(InvalidInput, match="2 videos") as err:
+        Processor.from_pretrained(model_dir, max_videos=1).process(two)
+    assert err.value.field == "messages"
+    out = Processor.from_pretrained(model_dir).process(two)
+    assert [it.kind for it in out.images] == ["video", "video"] and out.images[0].content_hash == \
+        out.images[1].content_hash
+    one_video = out.images[0].num_tokens
+    with pytest.raises(InvalidInput, match="visual tokens") as err:  # the second video is over what is left
+        Processor.from_pretrained(model_dir, max_visual_tokens=one_video + 1).process(two)
+    assert err.value.field == "messages[0].content[2].video"

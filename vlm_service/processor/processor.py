@@ -103,7 +103,7 @@ class Processor:
 
     def _preprocess_visuals(self, messages) -> list[PreparedVisual]:
         """Every image and video, decoded and preprocessed, in prompt order."""
-        out = []
+        out: list[PreparedVisual] = []
         for i, msg in enumerate(messages):
             for j, part in enumerate(msg.content):
                 if isinstance(part, ImageInput):
@@ -115,9 +115,16 @@ class Processor:
                     out.append(PreparedVisual(pixel_values, grid, hashlib.sha256(part.data).hexdigest(),
                                               decode_ms=decode_ms))
                 elif isinstance(part, VideoInput):
+                    left = self._tokens_left(out) if self.max_visual_tokens else 0
                     out.append(prepare_video(part, self.video_config, self.video_limits,
-                                             f"messages[{i}].content[{j}].video", self.pixel_dtype, self.pin_pixels))
+                                             f"messages[{i}].content[{j}].video", self.pixel_dtype, self.pin_pixels,
+                                             max_tokens=left))
         return out
+
+    def _tokens_left(self, items: list[PreparedVisual]) -> int:
+        """Visual tokens the rest of the request may take (at least 1: 0 would mean no limit downstream)."""
+        used = sum(it.num_tokens(self.image_config.merge_size) for it in items)
+        return max(self.max_visual_tokens - used, 1)
 
     def _check_visual_tokens(self, items: list[PreparedVisual]) -> None:
         total = sum(it.num_tokens(self.image_config.merge_size) for it in items)

@@ -48,8 +48,9 @@ class DecodedVideo:
     sampled_fps: float  # kept frames per second of video (transformers' VideoMetadata.sampled_fps)
 
 
-# sampler(total_frames, source_fps) -> indices of the frames to keep, in presentation order
-Sampler = Callable[[int, float], list[int]]
+# sampler(total_frames, source_fps, width, height) -> indices of the frames to keep, in presentation order; it may
+# raise InvalidInput (e.g. a visual-token budget the sampled frames would exceed), before any frame is decoded
+Sampler = Callable[[int, float, int, int], list[int]]
 
 
 def supported_video_mime_types() -> tuple[str, ...]:
@@ -108,7 +109,7 @@ def _decode(container, expected, limits: VideoLimits, sampler: Sampler, field: s
     _check_header(container, stream, limits, field)
     pts, keyframes = _demux(container, stream, deadline, field, limits)
     src_fps = _source_fps(stream, pts)
-    indices = sampler(len(pts), src_fps)
+    indices = sampler(len(pts), src_fps, stream.codec_context.width, stream.codec_context.height)
     if not indices:
         raise InvalidInput(f"video has {len(pts)} frames: too few to sample", field=field)
     frames = _decode_at(container, stream, [pts[i] for i in indices], keyframes, deadline, field)

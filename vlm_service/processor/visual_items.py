@@ -21,8 +21,7 @@ import torch
 from vlm_service.errors import InvalidInput
 from vlm_service.processor.positions import VisualRun
 from vlm_service.processor.video import DecodedVideo, VideoLimits, decode_frames, decode_video
-from vlm_service.processor.video_config import (VideoConfig, group_timestamps, sample_indices,
-                                                second_per_grid)
+from vlm_service.processor.video_config import VideoConfig, group_timestamps, resize_size, sample_indices
 from vlm_service.processor.video_preprocess import preprocess_video
 from vlm_service.types import VideoInput
 
@@ -72,11 +71,13 @@ def video_hash(part: VideoInput, fps: float, max_frames: int) -> str:
 
 
 def prepare_video(part: VideoInput, cfg: VideoConfig, limits: VideoLimits, field: str,
-                  out_dtype: torch.dtype = torch.float32, pin: bool = False) -> PreparedVisual:
-    """Decode (file or frames), sample, resize and patchify one video; InvalidInput / TooLarge name `field`."""
+                  out_dtype: torch.dtype = torch.float32, pin: bool = False, max_tokens: int = 0) -> PreparedVisual:
+    """Decode (file or frames), sample, resize and patchify one video; InvalidInput / TooLarge name `field`.
+
+    max_tokens (> 0): the visual tokens this video may take, checked from the header before frames are decoded."""
     fps, max_frames = sampling_of(part, cfg, limits)
     started = time.perf_counter()
-    decoded = _decode(part, cfg, limits, field, fps, max_frames)
+    decoded = _decode(part, cfg, limits, field, fps, max_frames, max_tokens)
     decode_ms = (time.perf_counter() - started) * 1000.0
     tp = cfg.temporal_patch_size
     if len(decoded.frames) < tp:
@@ -94,8 +95,15 @@ def prepare_video(part: VideoInput, cfg: VideoConfig, limits: VideoLimits, field
     return item
 
 
+def video_tokens(cfg: VideoConfig, num_frames: int, height: int, width: int) -> int:
+    """Merged tokens of `num_frames` sampled frames of height x width (frames padded to temporal groups)."""
+    h, w = resize_size(cfg, num_frames, height, width)
+    groups = -(-num_frames // cfg.temporal_patch_size)
+    return groups * (h // cfg.factor) * (w // cfg.factor)
+
+
 def _decode(part: VideoInput, cfg: VideoConfig, limits: VideoLimits, field: str, fps: float,
-            max_frames: int) -> DecodedVideo:
+            max_frames: int, max_tokens: int = 0) -> DecodedVideo:
     if part.data and part.frames:
         raise InvalidInput("give either data or frames, not both", field=field)
     if part.frames:
@@ -104,8 +112,14 @@ def _decode(part: VideoInput, cfg: VideoConfig, limits: VideoLimits, field: str,
         return decode_frames([f.data for f in part.frames], [f.mime_type for f in part.frames],
                              list(part.timestamps), part.frames_fps, limits, field)
 
-    def sampler(total: int, src_fps: float) -> list[int]:
-        return sample_indices(cfg, total, src_fps, fps, max_frames)
+    def sampler(total: int, src_fps: float, width: int, height: int) -> list[int]:
+        indices = sample_indices(cfg, total, src_fps, fps, max_frames)
+        if max_tokens > 0 and len(indices) >= cfg.temporal_patch_size:
+            n = video_tokens(cfg, len(indices), height, width)
+            if n > max_tokens:
+                raise InvalidInput(f"video would take {n} visual tokens, over the {max_tokens} left of the "
+                                   "request's limit (lower fps or max_frames)", field=field)
+        return indices
 
     return decode_video(part.data, part.mime_type, limits, sampler, field)
 
