@@ -16,7 +16,7 @@ from video_parity_helpers import chat, clip, hf_model_inputs, our_embeds, png
 from vlm_service.config import EngineConfig
 from vlm_service.engine.engine import LLMEngine
 from vlm_service.models.generate import DenseKVContext
-from vlm_service.types import SamplingParams
+from vlm_service.types import SamplingParams, VideoInput
 
 PROMPTS = {
     "video_alone": lambda: chat(("video", clip("mp4_odd"))),
@@ -47,19 +47,20 @@ def family(request, tmp_path_factory):
     return arch, hf, ours, Processor.from_pretrained(path)
 
 
-def _hf_kwargs(arch, hf, proc, processed) -> dict:
+def _hf_kwargs(arch, hf, proc, processed, messages) -> dict:
     ids = {"image": hf.config.image_token_id, "video": hf.config.video_token_id}
     seconds = None
     if arch == "qwen2_5_vl":  # Qwen2_5_VLProcessor: temporal_patch_size / sampled fps per video
-        seconds = [_second_per_grid(proc, it) for it in processed.images if it.kind == "video"] or None
+        clips = [p.data for m in messages for p in m.content if isinstance(p, VideoInput)]
+        seconds = [_second_per_grid(proc, data) for data in clips] or None
     return hf_model_inputs(processed, ids, seconds)
 
 
-def _second_per_grid(proc, item) -> float:
+def _second_per_grid(proc, data: bytes) -> float:
     """From the clip's own stream facts and the documented Qwen2VL sampling formula (not our sampler)."""
     import math
 
-    total, src_fps = item._probe  # set by the test below
+    total, src_fps = _probe(data)
     tp = proc.video_config.temporal_patch_size
     n = math.floor(min(max(total / src_fps * 2.0, 4), math.floor(min(768, total) / tp) * tp, total) / tp) * tp
     return tp / (n / total * src_fps)
@@ -75,21 +76,14 @@ def _probe(data: bytes) -> tuple[int, float]:
         return sum(1 for p in c.demux(s) if p.size), float(s.average_rate)
 
 
-def _process(proc, messages):
-    processed = proc.process(messages)
-    videos = [p.data for m in messages for p in m.content if getattr(p, "data", None) and hasattr(p, "frames")]
-    for item, data in zip([it for it in processed.images if it.kind == "video"], videos):
-        item._probe = _probe(data)
-    return processed
-
-
 @pytest.mark.parametrize("name", list(PROMPTS))
 def test_video_logits_match_transformers(name, family):
     arch, hf, ours, proc = family
-    processed = _process(proc, PROMPTS[name]())
+    messages = PROMPTS[name]()
+    processed = proc.process(messages)
     assert any(it.kind == "video" for it in processed.images)
     with torch.no_grad():
-        ref = hf(**_hf_kwargs(arch, hf, proc, processed)).logits[0]  # [T, V]
+        ref = hf(**_hf_kwargs(arch, hf, proc, processed, messages)).logits[0]  # [T, V]
         ids = torch.tensor(processed.input_ids)
         ctx = DenseKVContext.for_model(ours, ids.shape[0])
         hidden = ours.forward(ids, processed.positions, ctx, our_embeds(ours, processed))
@@ -100,9 +94,10 @@ def test_video_logits_match_transformers(name, family):
 @pytest.mark.parametrize("name", ["video_alone", "video_and_image", "two_videos", "text_then_video"])
 def test_video_greedy_tokens_match_transformers(name, family):
     arch, hf, ours, proc = family
-    processed = _process(proc, PROMPTS[name]())
+    messages = PROMPTS[name]()
+    processed = proc.process(messages)
     with torch.no_grad():
-        kw = _hf_kwargs(arch, hf, proc, processed)
+        kw = _hf_kwargs(arch, hf, proc, processed, messages)
         ref = hf.generate(**kw, max_new_tokens=32, do_sample=False, eos_token_id=None,
                           pad_token_id=0)[0, len(processed.input_ids):].tolist()
     engine = LLMEngine(ours, proc.tokenizer, EngineConfig(num_blocks=256, max_batched_tokens=48, cuda_graphs=False))
@@ -116,7 +111,7 @@ def test_video_greedy_tokens_match_transformers(name, family):
 
 def test_qwen3_prompt_has_a_timestamp_per_frame_group(family):
     arch, _, _, proc = family
-    processed = _process(proc, PROMPTS["video_alone"]())
+    processed = proc.process(PROMPTS["video_alone"]())
     video = processed.images[0]
     text = proc.tokenizer.decode(processed.input_ids)
     if arch == "qwen3_vl":

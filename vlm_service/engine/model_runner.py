@@ -97,6 +97,9 @@ class ModelRunner:
                                       dtype=self.dtype, device=self.device) for _ in range(s.num_layers)]
         self.scratch_block = num_blocks
         self.vision_cache = VisionCache(cfg.vision_cache_bytes)
+        # items too big for the vision cache (a long video), kept while the steps that prefill them go on, so each
+        # chunk of a chunked prefill does not encode the whole video again
+        self._oversize: dict[str, VisionEmbeds] = {}
         self.planner = self.graphs = None
         self._planned: torch.cuda.Event | None = None
         self._vision_timers: list[_VisionTimer] = []
@@ -239,13 +242,14 @@ class ModelRunner:
                 if key in todo:
                     owners[key].append(c.seq)
                     continue
-                hit = self.vision_cache.get(key)
+                hit = self._oversize.get(key) or self.vision_cache.get(key)
                 if hit is not None:
                     found[key] = hit
                 else:
                     todo[key], owners[key] = c.seq.processed.images[span.item], [c.seq]
         if todo:
             found.update(self._encode(todo, owners))
+        self._oversize = {k: v for k, v in found.items() if k not in self.vision_cache.entries}
         return found
 
     def _encode(self, todo: dict, owners: dict) -> dict[str, VisionEmbeds]:

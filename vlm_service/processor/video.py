@@ -57,8 +57,12 @@ def supported_video_mime_types() -> tuple[str, ...]:
     return VIDEO_MIME_TYPES
 
 
-def decode_video(data: bytes, mime_type: str, limits: VideoLimits, sampler: Sampler, field: str) -> DecodedVideo:
-    """Decode the frames `sampler` picks from an encoded video, or raise InvalidInput / TooLarge naming `field`."""
+def decode_video(data: bytes, mime_type: str, limits: VideoLimits, sampler: Sampler, field: str,
+                 frame_size: Callable[[int, int, int], tuple[int, int]] | None = None) -> DecodedVideo:
+    """Decode the frames `sampler` picks from an encoded video, or raise InvalidInput / TooLarge naming `field`.
+
+    frame_size(num_frames, height, width) -> (height, width): resize each frame to that as it is decoded (what
+    video_preprocess does to the whole stack, frame by frame), so only resized frames are ever held."""
     if not data:
         raise InvalidInput("video is empty (zero bytes)", field=field)
     if len(data) > limits.max_bytes:
@@ -73,7 +77,7 @@ def decode_video(data: bytes, mime_type: str, limits: VideoLimits, sampler: Samp
 
     try:
         with av.open(io.BytesIO(data), mode="r") as container:
-            return _decode(container, expected, limits, sampler, field, deadline)
+            return _decode(container, expected, limits, sampler, field, deadline, frame_size)
     except (InvalidInput, TooLarge):
         raise
     except (av.FFmpegError, OSError, ValueError, EOFError, IndexError, KeyError, TypeError, ZeroDivisionError,
@@ -99,7 +103,8 @@ def _refuse_images(data: bytes, field: str) -> None:
             raise InvalidInput(f"this is a {name} image, not a video: send it as an image part", field=field)
 
 
-def _decode(container, expected, limits: VideoLimits, sampler: Sampler, field: str, deadline: float) -> DecodedVideo:
+def _decode(container, expected, limits: VideoLimits, sampler: Sampler, field: str, deadline: float,
+            frame_size=None) -> DecodedVideo:
     name = container.format.name
     if name not in _DEMUXERS:
         raise InvalidInput(f"not an MP4, MOV or WebM video (the bytes look like {name[:30]!r})", field=field)
@@ -112,7 +117,9 @@ def _decode(container, expected, limits: VideoLimits, sampler: Sampler, field: s
     indices = sampler(len(pts), src_fps, stream.codec_context.width, stream.codec_context.height)
     if not indices:
         raise InvalidInput(f"video has {len(pts)} frames: too few to sample", field=field)
-    frames = _decode_at(container, stream, [pts[i] for i in indices], keyframes, deadline, field)
+    width, height = stream.codec_context.width, stream.codec_context.height
+    size = frame_size(len(indices), height, width) if frame_size else None
+    frames = _decode_at(container, stream, [pts[i] for i in indices], keyframes, deadline, field, size)
     return DecodedVideo(np.stack(frames), [i / src_fps for i in indices], len(indices) / len(pts) * src_fps)
 
 
@@ -178,7 +185,7 @@ def _source_fps(stream, pts: list[int]) -> float:
 
 
 def _decode_at(container, stream, targets: list[int], keyframes: list[int], deadline: float,
-               field: str) -> list[np.ndarray]:
+               field: str, size: tuple[int, int] | None = None) -> list[np.ndarray]:
     """RGB frames at presentation timestamps `targets` (ascending), decoding from the keyframe before each."""
     import bisect
 
@@ -191,23 +198,35 @@ def _decode_at(container, stream, targets: list[int], keyframes: list[int], dead
         if frames is None or pos is None or key > pos:  # decoding on would pass a keyframe: seek instead
             container.seek(key, stream=stream, backward=True, any_frame=False)
             frames = container.decode(stream)
-        pos = _decode_until(frames, target, set(targets), out, deadline, field)
+        pos = _decode_until(frames, target, set(targets), out, deadline, field, size)
     missing = [t for t in targets if t not in out]
     if missing:
         raise InvalidInput(f"corrupt video: {len(missing)} of the sampled frames could not be decoded", field=field)
     return [out[t] for t in targets]
 
 
-def _decode_until(frames, target: int, wanted: set[int], out: dict, deadline: float, field: str) -> int | None:
+def _decode_until(frames, target: int, wanted: set[int], out: dict, deadline: float, field: str,
+                  size: tuple[int, int] | None = None) -> int | None:
     pos = None
     for frame in frames:
         _check_deadline(deadline, field)
         pos = frame.pts
         if pos in wanted and pos not in out:
-            out[pos] = frame.to_ndarray(format="rgb24")
+            rgb = frame.to_ndarray(format="rgb24")
+            out[pos] = resize_frame(rgb, size) if size else rgb
         if pos is None or pos >= target:
             break
     return pos
+
+
+def resize_frame(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """[H, W, 3] uint8 -> [h, w, 3] uint8 by video_preprocess's resize (bicubic + antialias, per frame)."""
+    import torch
+
+    from vlm_service.processor.video_preprocess import resize_frames
+
+    x = torch.from_numpy(rgb).permute(2, 0, 1)[None]  # [1, 3, H, W]
+    return resize_frames(x, *size)[0].permute(1, 2, 0).numpy()
 
 
 def _check_deadline(deadline: float, field: str) -> None:

@@ -194,8 +194,3 @@ def group_timestamps(indices: list[int], src_fps: float, tp: int) -> list[float]
     times = [i / src_fps for i in idx]
     return [(times[i] + times[i + tp - 1]) / 2 for i in range(0, len(times), tp)]
 
-
-def second_per_grid(num_frames: int, total: int, src_fps: float, tp: int) -> float:
-    """Qwen2.5-VL: seconds per temporal group, temporal_patch_size / sampled fps (VideoMetadata.sampled_fps)."""
-    sampled_fps = num_frames / total * src_fps if total and src_fps else 24.0
-    return tp / sampled_fps

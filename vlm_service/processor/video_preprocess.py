@@ -17,11 +17,16 @@ from vlm_service.processor.video_config import VideoConfig, resize_size
 
 
 def preprocess_video(frames: np.ndarray, cfg: VideoConfig, out_dtype: torch.dtype = torch.float32,
-                     pin_memory: bool = False) -> tuple[torch.Tensor, tuple[int, int, int]]:
-    """frames [n, H, W, 3] uint8 -> (pixel_values [t*gh*gw, 3*tp*p*p], grid_thw (t, gh, gw))."""
+                     pin_memory: bool = False, resized: bool = False) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """frames [n, H, W, 3] uint8 -> (pixel_values [t*gh*gw, 3*tp*p*p], grid_thw (t, gh, gw)).
+
+    resized: the frames are already at resize_size (the decoder resized them one by one)."""
     video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # [n, 3, H, W] uint8
-    height, width = resize_size(cfg, video.shape[0], video.shape[2], video.shape[3])
-    video = _resize(video, height, width)
+    if resized:
+        height, width = video.shape[2], video.shape[3]
+    else:
+        height, width = resize_size(cfg, video.shape[0], video.shape[2], video.shape[3])
+        video = resize_frames(video, height, width)
     values = _normalize(video, cfg)
     out = _patchify(values, cfg)
     if out_dtype != torch.float32 or pin_memory:
@@ -31,7 +36,7 @@ def preprocess_video(frames: np.ndarray, cfg: VideoConfig, out_dtype: torch.dtyp
     return out, grid
 
 
-def _resize(video: torch.Tensor, height: int, width: int) -> torch.Tensor:
+def resize_frames(video: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """torchvision's resize of a uint8 tensor with bicubic + antialias (its float path, then clamp and round)."""
     if tuple(video.shape[-2:]) == (height, width):
         return video

@@ -83,15 +83,14 @@ def prepare_video(part: VideoInput, cfg: VideoConfig, limits: VideoLimits, field
     if len(decoded.frames) < tp:
         raise InvalidInput(f"video yields {len(decoded.frames)} frame(s); at least {tp} are needed", field=field)
     try:
-        pixels, grid = preprocess_video(decoded.frames, cfg, out_dtype, pin)
+        pixels, grid = preprocess_video(decoded.frames, cfg, out_dtype, pin, resized=bool(part.data))
     except ValueError as exc:  # smart_resize's aspect-ratio refusal
         raise InvalidInput(f"video frames cannot be resized: {exc}", field=field) from None
     item = PreparedVisual(pixels, grid, video_hash(part, fps, max_frames), kind="video", decode_ms=decode_ms)
     if cfg.family == "qwen3_vl":
         item.group_times = tuple(_group_times(decoded, tp))
-    else:
-        seconds = tp / decoded.sampled_fps
-        item.time_interval = cfg.tokens_per_second * int(seconds)
+    else:  # Qwen2_5_VLProcessor's second_per_grid_t = tp / sampled fps, truncated by get_rope_index
+        item.time_interval = cfg.tokens_per_second * int(tp / decoded.sampled_fps)
     return item
 
 
@@ -121,7 +120,13 @@ def _decode(part: VideoInput, cfg: VideoConfig, limits: VideoLimits, field: str,
                                    "request's limit (lower fps or max_frames)", field=field)
         return indices
 
-    return decode_video(part.data, part.mime_type, limits, sampler, field)
+    def frame_size(n: int, height: int, width: int) -> tuple[int, int]:
+        try:
+            return resize_size(cfg, n, height, width)
+        except ValueError as exc:  # smart_resize's aspect-ratio refusal
+            raise InvalidInput(f"video frames cannot be resized: {exc}", field=field) from None
+
+    return decode_video(part.data, part.mime_type, limits, sampler, field, frame_size)
 
 
 def _group_times(decoded: DecodedVideo, tp: int) -> list[float]:
