@@ -1,7 +1,7 @@
 """Video frames -> pixel_values and grid_thw, step for step what transformers' Qwen video processors do.
 
-resize every frame to the family's size (video_config.resize_size) with torchvision's tensor recipe (bicubic,
-antialias, on float32, clamped to [0, 255], rounded back to uint8) -> normalize with the fused rescale
+resize every frame to the family's size (video_config.resize_size) as torchvision resizes a uint8 tensor on the
+CPU (torch's native uint8 bicubic + antialias kernel) -> normalize with the fused rescale
 ((x - mean/rescale) / (std/rescale), float32) -> pad the frame count to a multiple of temporal_patch_size with the
 last frame -> patchify into [grid_t * grid_h * grid_w, C * tp * p * p], rows ordered frame group, merge-block row,
 merge-block col, in-block row, in-block col (the image layout, with real frames in the temporal slot).
@@ -37,11 +37,12 @@ def preprocess_video(frames: np.ndarray, cfg: VideoConfig, out_dtype: torch.dtyp
 
 
 def resize_frames(video: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """torchvision's resize of a uint8 tensor with bicubic + antialias (its float path, then clamp and round)."""
+    """torchvision's resize of a [n, 3, H, W] uint8 tensor on the CPU with bicubic + antialias: torch's native
+    uint8 kernel (torchvision casts to float only off the CPU), on contiguous NCHW as transformers hands it over."""
     if tuple(video.shape[-2:]) == (height, width):
         return video
-    x = F.interpolate(video.float(), size=(height, width), mode="bicubic", align_corners=False, antialias=True)
-    return x.clamp_(0, 255).round_().to(torch.uint8)
+    return F.interpolate(video.contiguous(), size=(height, width), mode="bicubic", align_corners=False,
+                         antialias=True)
 
 
 def _normalize(video: torch.Tensor, cfg: VideoConfig) -> torch.Tensor:
