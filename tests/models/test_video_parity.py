@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from video_parity_helpers import chat, clip, hf_model_inputs, our_embeds, png
 
-from vlm_service.config import EngineConfig
-from vlm_service.engine.engine import LLMEngine
-from vlm_service.models.generate import DenseKVContext
-from vlm_service.types import SamplingParams, VideoInput
+pytest.importorskip("av")
+
+from video_parity_helpers import chat, clip, hf_model_inputs, our_embeds, png  # noqa: E402
+
+from vlm_service.config import EngineConfig  # noqa: E402
+from vlm_service.engine.engine import LLMEngine  # noqa: E402
+from vlm_service.models.generate import DenseKVContext  # noqa: E402
+from vlm_service.types import SamplingParams, VideoInput  # noqa: E402
 
 PROMPTS = {
     "video_alone": lambda: chat(("video", clip("mp4_odd"))),

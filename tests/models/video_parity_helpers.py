@@ -62,11 +62,12 @@ def hf_model_inputs(processed, spec_ids: dict, second_per_grid_ts: list[float] |
     return kw
 
 
-def our_embeds(model, processed) -> MultimodalEmbeds | None:
+def our_embeds(model, processed, device: str = "cpu") -> MultimodalEmbeds | None:
     """Encode every visual item once and place its rows on its spans, as the model runner does."""
     if not processed.images:
         return None
-    pixels = torch.cat([it.pixel_values for it in processed.images])
+    dtype = next(model.parameters()).dtype
+    pixels = torch.cat([it.pixel_values for it in processed.images]).to(device, dtype)
     grid = torch.tensor([it.grid_thw for it in processed.images])
     per_item = model.encode_images(pixels, grid)
     mask = torch.zeros(len(processed.input_ids), dtype=torch.bool)
@@ -78,4 +79,4 @@ def our_embeds(model, processed) -> MultimodalEmbeds | None:
         rows.append(emb[lo:hi])
         deep.append([d[lo:hi] for d in ds])
     deepstack = [torch.cat(layer) for layer in zip(*deep)] if deep and deep[0] else None
-    return MultimodalEmbeds(torch.cat(rows), mask, deepstack)
+    return MultimodalEmbeds(torch.cat(rows), mask.to(device), deepstack)

@@ -11,13 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
-from vlm_service.bench.clips import decode_all, make_audio_only, make_clip
-from vlm_service.errors import InvalidInput, TooLarge
-from vlm_service.processor import video as video_mod
-from vlm_service.processor.video import VideoLimits, decode_video
-from vlm_service.processor.video_config import VideoConfig, group_timestamps, resize_size, sample_indices
-from vlm_service.processor.visual_items import prepare_video, video_tokens
-from vlm_service.types import ImageInput, VideoInput
+av = pytest.importorskip("av")
+
+from vlm_service.bench.clips import decode_all, make_audio_only, make_clip  # noqa: E402
+from vlm_service.errors import InvalidInput, TooLarge  # noqa: E402
+from vlm_service.processor import video as video_mod  # noqa: E402
+from vlm_service.processor.video import VideoLimits, decode_video  # noqa: E402
+from vlm_service.processor.video_config import VideoConfig, group_timestamps, resize_size, sample_indices  # noqa: E402
+from vlm_service.processor.visual_items import prepare_video, video_tokens  # noqa: E402
+from vlm_service.types import ImageInput, VideoInput  # noqa: E402
 
 FIELD = "messages[0].content[1].video"
 CASES = [(30, 10.0, 2.0, 768), (300, 30.0, 2.0, 768), (7, 25.0, 2.0, 768), (1000, 29.97, 0.5, 16),
