@@ -210,3 +210,35 @@ def test_processor_limits_videos_and_visual_tokens(model_dir):
     with pytest.raises(InvalidInput, match="visual tokens") as err:  # the second video is over what is left
         Processor.from_pretrained(model_dir, max_visual_tokens=one_video + 1).process(two)
     assert err.value.field == "messages[0].content[2].video"
+
+
+def _reference_pixels(frames: np.ndarray, cfg: VideoConfig) -> torch.Tensor:
+    """transformers' steps in plain torch: uint8 resize, fused rescale/normalize in float32, Qwen's patchify."""
+    from vlm_service.processor.video_preprocess import resize_frames
+
+    video = torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()
+    h, w = resize_size(cfg, video.shape[0], video.shape[2], video.shape[3])
+    x = resize_frames(video, h, w).to(torch.float32)
+    mean = torch.tensor(cfg.image_mean) * (1.0 / cfg.rescale_factor)
+    std = torch.tensor(cfg.image_std) * (1.0 / cfg.rescale_factor)
+    x = x.sub_(mean[:, None, None]).div_(std[:, None, None])[None]  # [1, n, C, h, w]
+    tp, p, m = cfg.temporal_patch_size, cfg.patch_size, cfg.merge_size
+    if pad := -x.shape[1] % tp:
+        x = torch.cat([x, x[:, -1:].expand(-1, pad, -1, -1, -1)], dim=1)
+    gt, gh, gw = x.shape[1] // tp, h // p, w // p
+    x = x.view(1, gt, tp, 3, gh // m, m, p, gw // m, m, p).permute(0, 1, 4, 7, 5, 8, 3, 2, 6, 9)
+    return x.reshape(gt * gh * gw, 3 * tp * p * p)
+
+
+@pytest.mark.parametrize("family,n", [("qwen3_vl", 5), ("qwen2_5_vl", 6), ("qwen3_vl", 2)])
+def test_preprocess_video_matches_the_reference_steps(family, n):
+    from vlm_service.processor.video_preprocess import preprocess_video
+
+    cfg = VideoConfig(family=family, patch_size=14 if family == "qwen2_5_vl" else 16, max_pixels=200_000)
+    frames = np.stack([np.asarray(Image.fromarray(decode_all(make_clip(1.0, 97, 61, 10.0))[k])) for k in range(n)])
+    got, grid = preprocess_video(frames, cfg)
+    ref = _reference_pixels(frames, cfg)
+    assert got.shape == ref.shape and grid[0] == -(-n // 2)
+    torch.testing.assert_close(got, ref, atol=0, rtol=0)
+    half, _ = preprocess_video(frames, cfg, torch.bfloat16)
+    assert torch.equal(half, ref.to(torch.bfloat16))

@@ -2,12 +2,14 @@
 
 resize every frame to the family's size (video_config.resize_size) as torchvision resizes a uint8 tensor on the
 CPU (torch's native uint8 bicubic + antialias kernel) -> normalize with the fused rescale
-((x - mean/rescale) / (std/rescale), float32) -> pad the frame count to a multiple of temporal_patch_size with the
-last frame -> patchify into [grid_t * grid_h * grid_w, C * tp * p * p], rows ordered frame group, merge-block row,
+((x - mean/rescale) / (std/rescale), float32; looked up per uint8 value, bit-identical) -> pad the frame count
+to a multiple of temporal_patch_size with the last frame -> patchify into [grid_t * grid_h * grid_w, C * tp * p * p], rows ordered frame group, merge-block row,
 merge-block col, in-block row, in-block col (the image layout, with real frames in the temporal slot).
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import torch
@@ -20,51 +22,68 @@ def preprocess_video(frames: np.ndarray, cfg: VideoConfig, out_dtype: torch.dtyp
                      pin_memory: bool = False, resized: bool = False) -> tuple[torch.Tensor, tuple[int, int, int]]:
     """frames [n, H, W, 3] uint8 -> (pixel_values [t*gh*gw, 3*tp*p*p], grid_thw (t, gh, gw)).
 
-    resized: the frames are already at resize_size (the decoder resized them one by one)."""
+    resized: the frames are already at resize_size (the decoder resized them one by one). out_dtype / pin_memory:
+    the values are written once, in the dtype (and pinned memory) the model wants (see vision.preprocess_image)."""
     video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # [n, 3, H, W] uint8
     if resized:
         height, width = video.shape[2], video.shape[3]
     else:
         height, width = resize_size(cfg, video.shape[0], video.shape[2], video.shape[3])
         video = resize_frames(video, height, width)
-    values = _normalize(video, cfg)
-    out = _patchify(values, cfg)
-    if out_dtype != torch.float32 or pin_memory:
-        out = out.to(out_dtype).pin_memory() if pin_memory else out.to(out_dtype)
-    grid = (out.shape[0] // ((height // cfg.patch_size) * (width // cfg.patch_size)),
-            height // cfg.patch_size, width // cfg.patch_size)
+    pixels = video.contiguous().numpy()  # [n, 3, h, w] uint8
+    if pad := -pixels.shape[0] % cfg.temporal_patch_size:  # Qwen's patchify repeats the last frame
+        pixels = np.concatenate([pixels, np.repeat(pixels[-1:], pad, axis=0)])
+    lut = _value_table(cfg.do_rescale, cfg.rescale_factor, cfg.do_normalize, tuple(cfg.image_mean),
+                       tuple(cfg.image_std), out_dtype)
+    values = np.empty(pixels.shape, dtype=lut.dtype)
+    for k in range(pixels.shape[0]):  # per frame and channel: contiguous planes (a strided take is ~10x slower)
+        for c in range(pixels.shape[1]):
+            np.take(lut[c], pixels[k, c], out=values[k, c], mode="clip")  # uint8 indices: always in range
+    out, target, grid = _patch_layout(values, cfg, out_dtype, pin_memory)
+    np.copyto(target, _patch_view(values, cfg))
     return out, grid
 
 
 def resize_frames(video: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """torchvision's resize of a [n, 3, H, W] uint8 tensor on the CPU with bicubic + antialias: torch's native
-    uint8 kernel (torchvision casts to float only off the CPU), on contiguous NCHW as transformers hands it over."""
+    uint8 kernel (torchvision casts to float only off the CPU). The values do not depend on the memory layout, so
+    frames straight from the decoder (channels-last) are not copied first."""
     if tuple(video.shape[-2:]) == (height, width):
         return video
-    return F.interpolate(video.contiguous(), size=(height, width), mode="bicubic", align_corners=False,
-                         antialias=True)
+    return F.interpolate(video, size=(height, width), mode="bicubic", align_corners=False, antialias=True)
 
 
-def _normalize(video: torch.Tensor, cfg: VideoConfig) -> torch.Tensor:
-    """transformers' fused rescale + normalize on float32: (x - mean * 1/r) / (std * 1/r)."""
-    x = video.to(torch.float32)
-    if cfg.do_rescale and cfg.do_normalize:
-        mean = torch.tensor(cfg.image_mean) * (1.0 / cfg.rescale_factor)
-        std = torch.tensor(cfg.image_std) * (1.0 / cfg.rescale_factor)
-        return x.sub_(mean[None, :, None, None]).div_(std[None, :, None, None])
-    if cfg.do_normalize:
-        return x.sub_(torch.tensor(cfg.image_mean)[None, :, None, None]).div_(
-            torch.tensor(cfg.image_std)[None, :, None, None])
-    return x * cfg.rescale_factor if cfg.do_rescale else x
+@functools.lru_cache(maxsize=16)
+def _value_table(do_rescale: bool, rescale_factor: float, do_normalize: bool, mean: tuple, std: tuple,
+                 out_dtype: torch.dtype) -> np.ndarray:
+    """[C, 256]: what transformers' video rescale + normalize make of each uint8 value, computed with its float32
+    ops (fused: (x - mean / r) / (std / r)), so a lookup is bit-identical; other dtypes: their bits, as int16."""
+    x = torch.arange(256, dtype=torch.float32).expand(len(mean), 256)
+    if do_rescale and do_normalize:
+        m = torch.tensor(mean) * (1.0 / rescale_factor)
+        s = torch.tensor(std) * (1.0 / rescale_factor)
+        x = (x - m[:, None]) / s[:, None]
+    elif do_normalize:
+        x = (x - torch.tensor(mean)[:, None]) / torch.tensor(std)[:, None]
+    elif do_rescale:
+        x = x * rescale_factor
+    x = x.contiguous()
+    return x.numpy() if out_dtype == torch.float32 else x.to(out_dtype).view(torch.int16).numpy()
 
 
-def _patchify(values: torch.Tensor, cfg: VideoConfig) -> torch.Tensor:
-    """[n, C, H, W] float32 -> [t*gh*gw, C*tp*p*p] (frames padded with the last to a multiple of tp)."""
+def _patch_view(values: np.ndarray, cfg: VideoConfig) -> np.ndarray:
+    """[n, C, H, W] -> the view [gt, gh/m, gw/m, m, m, C, tp, p, p] whose row-major order is the patch layout."""
     tp, p, m = cfg.temporal_patch_size, cfg.patch_size, cfg.merge_size
-    if pad := -values.shape[0] % tp:
-        values = torch.cat([values, values[-1:].expand(pad, -1, -1, -1)])
     n, c, h, w = values.shape
-    gt, gh, gw = n // tp, h // p, w // p
-    x = values.reshape(gt, tp, c, gh // m, m, p, gw // m, m, p)
-    x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)  # [gt, gh/m, gw/m, m, m, C, tp, p, p]
-    return x.reshape(gt * gh * gw, c * tp * p * p).contiguous()
+    x = values.reshape(n // tp, tp, c, h // p // m, m, p, w // p // m, m, p)
+    return x.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)
+
+
+def _patch_layout(values: np.ndarray, cfg: VideoConfig, out_dtype: torch.dtype, pin_memory: bool):
+    """(out [t*gh*gw, C*tp*p*p] empty, a numpy view of it shaped like _patch_view, grid (t, gh, gw))."""
+    tp, p = cfg.temporal_patch_size, cfg.patch_size
+    n, c, h, w = values.shape
+    grid = (n // tp, h // p, w // p)
+    out = torch.empty((grid[0] * grid[1] * grid[2], c * tp * p * p), dtype=out_dtype, pin_memory=pin_memory)
+    flat = out.numpy() if out_dtype == torch.float32 else out.view(torch.int16).numpy()
+    return out, flat.reshape(_patch_view(values, cfg).shape), grid
