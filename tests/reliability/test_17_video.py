@@ -157,3 +157,44 @@ def test_video_and_image_in_one_request(tls_server):
                                   sampling=vlm_pb2.SamplingParams(max_tokens=3))
     tokens, complete = collect(stub.Generate(req))
     assert len(tokens) == 3 and complete.usage.image_tokens > 0
+
+
+@pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisWarning")  # "overly large repr" of clip bytes
+def test_fuzzed_video_parts_get_documented_statuses(tls_server):
+    """Random bytes, cut and flipped clips, odd mime types and wild sampling values as video parts: every answer is
+    a success or INVALID_ARGUMENT / RESOURCE_EXHAUSTED, and the server stays idle and serving afterwards."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    srv, stub = tls_server
+    good = [_clip(s, fmt=f) for s, f in ((40, "mp4"), (41, "webm"))]
+
+    def damaged(data: bytes, cut: float, flip: int) -> bytes:
+        out = bytearray(data[: max(1, int(len(data) * cut))])
+        out[flip % len(out)] ^= 0xFF
+        return bytes(out)
+
+    data = st.one_of(st.binary(max_size=256), st.sampled_from(good),
+                     st.builds(damaged, st.sampled_from(good), st.floats(0.05, 1.0), st.integers(0, 1 << 20)))
+    video = st.builds(lambda d, mime, fps, mf: vlm_pb2.Video(data=d, mime_type=mime, **fps, **mf), data,
+                      st.sampled_from(["", "video/mp4", "video/webm", "video/quicktime", "video/x-\u2603", "image/png"]),
+                      st.one_of(st.just({}), st.builds(lambda f: {"fps": f}, st.floats(allow_nan=True, width=32))),
+                      st.one_of(st.just({}), st.builds(lambda n: {"max_frames": n}, st.integers(-2, 1 << 20))))
+    seen = {}
+
+    @settings(max_examples=40, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(video)
+    def run(v):
+        try:
+            collect(stub.Generate(_request(v, max_tokens=1)))
+            code = "OK"
+        except grpc.RpcError as err:
+            code = err.code().name
+        seen[code] = seen.get(code, 0) + 1
+        assert code in {"OK", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"}, code
+
+    run()
+    assert seen.get("INVALID_ARGUMENT", 0) > 0
+    assert wait_idle(srv.server.runtime, 5.0) is not None
+    assert collect(stub.Generate(_request(vlm_pb2.Video(data=good[0]))))[0]
