@@ -3,7 +3,8 @@
 #   bash benchmarks/gpu_video.sh ttft    # TTFT of one 10 s 1280x720 H.264 clip (30 fps source, sampled at 2 fps),
 #                                        # qwen3_vl_8b and qwen2_5_vl_7b, server breakdown + transformers peer
 #   bash benchmarks/gpu_video.sh tests   # the GPU-marked video tests (processor half against transformers' video
-#                                        # processors, which need torchvision) and the CPU video suites on the host
+#                                        # processors, which need torchvision; the models on CUDA) and the CPU video
+#                                        # suites on the host
 # Carry what gpu_next.sh carries (.whl/ with the GPU extras and googleapis-common-protos, vlm_service/_proto) plus
 # a PyAV wheel for Python 3.12: pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl av
 source benchmarks/gpu_env.sh >/dev/null || exit 1
@@ -25,8 +26,8 @@ case "${1:-}" in
       tar czf $OUT/ttft_video_$m.tgz -C /tmp ttft_video_$m
     done ;;
   tests)
-    timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests/processor/test_video_processor_gpu.py 2>&1 \
-      | tee $OUT/gpu_tests_video_processor.log | log 12
+    timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests/processor/test_video_processor_gpu.py \
+      tests/models/test_video_gpu.py 2>&1 | tee $OUT/gpu_tests_video.log | log 12
     timeout 200 python3 -m pytest -q -p no:cacheprovider tests/processor/test_video.py tests/models/test_video_parity.py \
       2>&1 | tee $OUT/tests_video_cpu_suites.log | log 8 ;;
   *) echo "usage: $0 ttft|tests" >&2; exit 2 ;;
