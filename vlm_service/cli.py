@@ -90,7 +90,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from vlm_service.client import build_request
 
     request = build_request(args.prompt, args.image, system=args.system, request_id=args.request_id,
-                            **_sampling(args))
+                            videos=args.video, **_sampling(args))
     with _client(args) as client:
         try:
             for resp in client.generate(request, timeout=args.timeout):
@@ -156,6 +156,8 @@ def _add_client_flags(p: argparse.ArgumentParser) -> None:
 def _add_generate_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt")
     p.add_argument("--image", action="append", default=[], type=Path, help="an image file (repeatable)")
+    p.add_argument("--video", action="append", default=[], type=Path,
+                   help="a video file: MP4, WebM or MOV (repeatable; after the images)")
     p.add_argument("--system", help="system prompt")
     p.add_argument("--request-id", default="")
     p.add_argument("--timeout", type=float, help="deadline in seconds")

@@ -72,6 +72,14 @@ class LimitsConfig:
     max_decode_memory_bytes: int = 2 << 30  # server-wide estimated bytes of image decodes in flight (0 = no limit)
     max_decode_wait_s: float = 10.0  # how long a request may wait for decode memory before RESOURCE_EXHAUSTED
     operator_identity: str = ""  # comma list of client-certificate names (subject, CN or SAN) that may abort any request
+    max_videos_per_request: int = 4
+    max_video_bytes: int = 256 << 20  # encoded size of one video (RESOURCE_EXHAUSTED over it)
+    max_video_frames: int = 256  # frames sampled from one video (a request's max_frames is capped by it)
+    max_video_duration_s: float = 3600.0  # declared by the container header, checked before decoding
+    max_video_frame_pixels: int = 3840 * 2160  # width * height of one video frame, from the header
+    max_video_fps: float = 8.0  # a request's sampling fps is capped by it
+    video_decode_timeout_s: float = 30.0  # demux + decode of one video
+    max_visual_tokens: int = 0  # image + video tokens of one request; 0 = bounded by the prompt limit only
 
 
 @dataclass(frozen=True)

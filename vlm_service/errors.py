@@ -19,6 +19,10 @@ class InvalidImage(InvalidInput):
     """An image that cannot be decoded or is outside the limits (→ INVALID_ARGUMENT)."""
 
 
+class TooLarge(ServiceError):
+    """Request content over a size limit, e.g. a video's bytes (→ RESOURCE_EXHAUSTED, not retryable as is)."""
+
+
 class DuplicateRequest(ServiceError):
     """A request id that is still in flight (→ ALREADY_EXISTS)."""
 

@@ -19,6 +19,38 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 @dataclass(frozen=True)
+class VideoInfo:
+    """The video limits GetModelInfo reports (config.LimitsConfig's max_video_* fields)."""
+
+    max_videos: int
+    max_bytes: int
+    max_frames: int
+    max_duration_s: float
+    max_visual_tokens: int
+    max_fps: float
+    max_frame_pixels: int
+    mime_types: tuple[str, ...] = ("video/mp4", "video/webm", "video/quicktime")
+
+    @classmethod
+    def from_limits(cls, limits) -> "VideoInfo":
+        return cls(max_videos=limits.max_videos_per_request, max_bytes=limits.max_video_bytes,
+                   max_frames=limits.max_video_frames, max_duration_s=limits.max_video_duration_s,
+                   max_visual_tokens=limits.max_visual_tokens, max_fps=limits.max_video_fps,
+                   max_frame_pixels=limits.max_video_frame_pixels)
+
+
+def video_processor_kwargs(limits) -> dict:
+    """The Processor keyword arguments of the video limits."""
+    from vlm_service.processor.video import VideoLimits
+
+    return dict(video_limits=VideoLimits(
+        max_bytes=limits.max_video_bytes, max_frames=limits.max_video_frames,
+        max_duration_s=limits.max_video_duration_s, max_frame_pixels=limits.max_video_frame_pixels,
+        max_fps=limits.max_video_fps, decode_timeout_s=limits.video_decode_timeout_s),
+        max_videos=limits.max_videos_per_request, max_visual_tokens=limits.max_visual_tokens)
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """What GetModelInfo reports."""
 
@@ -32,6 +64,7 @@ class ModelInfo:
     device: str = ""
     dtype: str = ""
     vit_backend_choices: Mapping[str, str] = field(default_factory=dict)  # auto's picks so far, per shape bucket
+    video: VideoInfo | None = None
 
 
 @dataclass
@@ -101,7 +134,8 @@ def _model_info(model_id: str, model, cfg: Config, max_context: int, device, dty
     return ModelInfo(model_id=model_id, architecture=model.spec.architecture, max_context=max_context,
                      max_images=cfg.server.limits.max_images_per_request,
                      max_pixels=cfg.server.limits.max_image_pixels, vit_attention_backend=backend,
-                     device=str(device), dtype=str(dtype).removeprefix("torch."))
+                     device=str(device), dtype=str(dtype).removeprefix("torch."),
+                     video=VideoInfo.from_limits(cfg.server.limits))
 
 
 def processor_limits(limits) -> dict:
@@ -140,7 +174,8 @@ def load_runtime(cfg: Config) -> Runtime:
     processor = Processor.from_pretrained(processor_dir, max_pixels_limit=cfg.server.limits.max_image_pixels,
                                           max_images=cfg.server.limits.max_images_per_request,
                                           pixel_dtype=dtype if cuda else torch.float32, pin_pixels=cuda,
-                                          preprocess_device=preprocess_device, **processor_limits(cfg.server.limits))
+                                          preprocess_device=preprocess_device, **processor_limits(cfg.server.limits),
+                                          **video_processor_kwargs(cfg.server.limits))
     if parallel is None:
         engine = AsyncEngine(model, processor.tokenizer, cfg.engine, cfg.server.limits, device)
     else:

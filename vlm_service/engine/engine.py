@@ -14,7 +14,7 @@ from vlm_service.engine.kv_cache import BlockManager
 from vlm_service.engine.model_runner import ModelRunner, PrevTokens, model_dtype, pool_num_blocks
 from vlm_service.engine.sampler import PendingSample, SampleRow, sample_async
 from vlm_service.engine.scheduler import Scheduler, SchedulerOutput
-from vlm_service.engine.sequence import PENDING, ImageSpan, Sequence, SeqStatus
+from vlm_service.engine.sequence import PENDING, Sequence, SeqStatus, visual_spans
 from vlm_service.engine.validate import validate_sampling
 from vlm_service.errors import DuplicateRequest, InvalidInput
 from vlm_service.models.common import VLModel
@@ -76,7 +76,7 @@ class LLMEngine:
         if request_id in self.requests:
             raise DuplicateRequest(f"request {request_id!r} is already in flight", field="request_id")
         max_tokens = self.check(processed, sampling)
-        spans = tuple(ImageSpan(img.content_hash, img.offset, img.num_tokens) for img in processed.images)
+        spans = visual_spans(processed)
         seq = Sequence(request_id, list(processed.input_ids), sampling, max_tokens, spans, processed)
         seq.times.arrival = arrival_time or time.monotonic()  # 0.0 / None: unknown, count from now
         gen = None
@@ -265,5 +265,6 @@ class LLMEngine:
         timings = Timings(queue_ms=ms(tm.arrival, tm.first_scheduled),
                           preprocess_ms=seq.processed.preprocess_ms if seq.processed else 0.0,
                           vision_ms=tm.vision_ms, prefill_ms=ms(tm.first_scheduled, tm.first_token),
-                          ttft_ms=ms(tm.arrival, tm.first_token), e2e_ms=ms(tm.arrival, now))
+                          ttft_ms=ms(tm.arrival, tm.first_token), e2e_ms=ms(tm.arrival, now),
+                          decode_ms=seq.processed.decode_ms if seq.processed else 0.0)
         return Finished(seq.request_id, reason, matched_stop, usage, timings)

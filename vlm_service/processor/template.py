@@ -22,7 +22,7 @@ import re
 from dataclasses import replace
 
 from vlm_service.errors import InvalidInput
-from vlm_service.types import ChatMessage, ImageInput
+from vlm_service.types import ChatMessage, ImageInput, VideoInput
 
 _MASK = "\ue000"  # a private-use character: no template or tokenizer gives it a meaning
 
@@ -41,21 +41,23 @@ class TemplateTokenizer:
         self._special_ids = {s: int(tokenizer.convert_tokens_to_ids(s)) for s in specials}
         self._special_re = re.compile("|".join(re.escape(s) for s in sorted(specials, key=len, reverse=True)))
 
-    def render(self, messages: tuple[ChatMessage, ...]) -> str:
-        """The chat template's text with the generation prompt, as transformers renders it."""
-        return self.tokenizer.apply_chat_template(to_hf_conversation(messages), add_generation_prompt=True,
+    def render(self, messages: tuple[ChatMessage, ...], transform=None) -> str:
+        """The chat template's text with the generation prompt, as transformers renders it; `transform` rewrites
+        the rendering the way the checkpoint's processor does (Qwen3-VL's per-group video timestamps)."""
+        text = self.tokenizer.apply_chat_template(to_hf_conversation(messages), add_generation_prompt=True,
                                                   tokenize=False)
+        return transform(text) if transform is not None else text
 
-    def encode(self, messages: tuple[ChatMessage, ...]) -> list[int]:
+    def encode(self, messages: tuple[ChatMessage, ...], transform=None) -> list[int]:
         """Token ids of the rendered chat; client text is plain text unless trusted."""
-        text = self.render(messages)
+        text = self.render(messages, transform)
         if self.trust:
             return list(self.tokenizer(text)["input_ids"])
-        return self._encode_with(text, self._structure(messages, text))
+        return self._encode_with(text, self._structure(messages, text, transform))
 
-    def _structure(self, messages, text: str) -> str:
+    def _structure(self, messages, text: str, transform=None) -> str:
         for mask in (_mask_all, self._mask_specials):
-            structure = self.render(_masked(messages, mask))
+            structure = self.render(_masked(messages, mask), transform)
             if len(structure) == len(text):
                 return structure
         raise InvalidInput("the chat template renders this text in a way that hides where the turns are; remove "
@@ -88,17 +90,16 @@ def special_token_strings(tokenizer) -> list[str]:
 
 
 def to_hf_conversation(messages: tuple[ChatMessage, ...]) -> list[dict]:
-    """Our messages in the shape HF chat templates read: list content of {"type": "text"|"image"} parts."""
-    return [
-        {
-            "role": msg.role,
-            "content": [
-                {"type": "image"} if isinstance(part, ImageInput) else {"type": "text", "text": part}
-                for part in msg.content
-            ],
-        }
-        for msg in messages
-    ]
+    """Our messages in the shape HF chat templates read: list content of {"type": "text"|"image"|"video"} parts."""
+    return [{"role": msg.role, "content": [_hf_part(part) for part in msg.content]} for msg in messages]
+
+
+def _hf_part(part) -> dict:
+    if isinstance(part, ImageInput):
+        return {"type": "image"}
+    if isinstance(part, VideoInput):
+        return {"type": "video"}
+    return {"type": "text", "text": part}
 
 
 def _backend(tokenizer):

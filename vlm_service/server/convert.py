@@ -41,6 +41,7 @@ _FINISH = {
 _CODES = [  # most specific first
     (errors.DuplicateRequest, grpc.StatusCode.ALREADY_EXISTS),
     (errors.Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.TooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.ShuttingDown, grpc.StatusCode.UNAVAILABLE),
     (errors.InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.InternalError, grpc.StatusCode.INTERNAL),
@@ -122,13 +123,39 @@ def sampling_from_proto(sp: vlm_pb2.SamplingParams) -> types.SamplingParams:
 
 def _part_from_proto(part: vlm_pb2.ContentPart, field: str) -> types.ContentPart:
     kind = part.WhichOneof("kind")
-    _check(kind is not None, field, "a content part needs text or image")
+    _check(kind is not None, field, "a content part needs text, image or video")
     if kind == "text":
         return part.text
+    if kind == "video":
+        return video_from_proto(part.video, f"{field}.video")
     mime = part.image.mime_type
     _check(len(mime) <= MAX_MIME_TYPE_CHARS, f"{field}.image.mime_type",
            f"at most {MAX_MIME_TYPE_CHARS} characters, got {len(mime)} ({quote(mime)})")
     return types.ImageInput(data=part.image.data, mime_type=part.image.mime_type)
+
+
+def video_from_proto(v: vlm_pb2.Video, field: str) -> types.VideoInput:
+    """A VideoInput with its fields checked (data xor frames, timing, sampling); decodes nothing."""
+    has_frames = v.HasField("frames") and len(v.frames.frames) > 0
+    _check(bool(v.data) or has_frames, field, "a video needs data (the file) or frames")
+    _check(len(v.mime_type) <= MAX_MIME_TYPE_CHARS, f"{field}.mime_type",
+           f"at most {MAX_MIME_TYPE_CHARS} characters, got {len(v.mime_type)} ({quote(v.mime_type)})")
+    _check(not (v.data and has_frames), field, "give either data or frames, not both")
+    fps = _finite(v.fps, f"{field}.fps") if v.HasField("fps") else None
+    _check(fps is None or fps > 0, f"{field}.fps", "must be > 0")
+    _check(not v.HasField("max_frames") or v.max_frames >= 1, f"{field}.max_frames", "must be >= 1")
+    frames, stamps, frames_fps = (), (), 0.0
+    if has_frames:
+        f = v.frames
+        stamps = tuple(_finite(t, f"{field}.frames.timestamps") for t in f.timestamps)
+        frames_fps = _finite(f.fps, f"{field}.frames.fps")
+        _check(bool(stamps) or frames_fps > 0, f"{field}.frames", "frames need timestamps or an fps > 0")
+        _check(not stamps or len(stamps) == len(f.frames), f"{field}.frames.timestamps",
+               f"{len(stamps)} timestamps for {len(f.frames)} frames")
+        frames = tuple(types.ImageInput(data=img.data, mime_type=img.mime_type) for img in f.frames)
+    return types.VideoInput(data=v.data, mime_type=v.mime_type, frames=frames, timestamps=stamps,
+                            frames_fps=frames_fps, fps=fps,
+                            max_frames=v.max_frames if v.HasField("max_frames") else None)
 
 
 def messages_from_proto(messages) -> tuple[types.ChatMessage, ...]:
@@ -146,6 +173,11 @@ def messages_from_proto(messages) -> tuple[types.ChatMessage, ...]:
 def count_images(req: vlm_pb2.GenerateRequest) -> int:
     """Images in a request, counted on the proto (cheap: before any decode)."""
     return sum(p.WhichOneof("kind") == "image" for m in req.messages for p in m.content)
+
+
+def count_videos(req: vlm_pb2.GenerateRequest) -> int:
+    """Videos in a request, counted on the proto (before any decode)."""
+    return sum(p.WhichOneof("kind") == "video" for m in req.messages for p in m.content)
 
 
 def request_from_proto(req: vlm_pb2.GenerateRequest, request_id: str, arrival_time: float) -> types.Request:
@@ -168,7 +200,8 @@ def _usage_to_proto(u: types.Usage) -> vlm_pb2.Usage:
 
 def _timings_to_proto(t: types.Timings) -> vlm_pb2.Timings:
     return vlm_pb2.Timings(queue_ms=t.queue_ms, preprocess_ms=t.preprocess_ms, vision_ms=t.vision_ms,
-                           prefill_ms=t.prefill_ms, ttft_ms=t.ttft_ms, e2e_ms=t.e2e_ms)
+                           prefill_ms=t.prefill_ms, ttft_ms=t.ttft_ms, e2e_ms=t.e2e_ms,
+                           decode_ms=getattr(t, "decode_ms", 0.0))
 
 
 def output_to_proto(out: types.EngineOutput, request_id: str | None = None) -> vlm_pb2.GenerateResponse:
@@ -190,7 +223,18 @@ def model_info_to_proto(info) -> vlm_pb2.ModelInfo:
         model_id=info.model_id, architecture=info.architecture, max_context=info.max_context,
         max_images=info.max_images, max_pixels=info.max_pixels, accepted_mime_types=list(info.accepted_mime_types),
         vit_attention_backend=info.vit_attention_backend, device=info.device, dtype=info.dtype,
-        vit_backend_choices=dict(info.vit_backend_choices))
+        vit_backend_choices=dict(info.vit_backend_choices), **_video_info(info))
+
+
+def _video_info(info) -> dict:
+    """The ModelInfo video fields (a runtime.ModelInfo without them reports none)."""
+    v = getattr(info, "video", None)
+    if v is None:
+        return {}
+    return dict(max_videos=v.max_videos, max_video_bytes=v.max_bytes, max_video_frames=v.max_frames,
+                max_video_duration_s=v.max_duration_s, max_visual_tokens=v.max_visual_tokens,
+                accepted_video_mime_types=list(v.mime_types), max_video_fps=v.max_fps,
+                max_video_frame_pixels=v.max_frame_pixels)
 
 
 def status_code(exc: errors.ServiceError) -> grpc.StatusCode:
@@ -205,7 +249,7 @@ def error_status(exc: errors.ServiceError) -> status_pb2.Status:
     """A google.rpc.Status for `exc`; INVALID_ARGUMENT with a field carries a BadRequest field violation."""
     code = status_code(exc)
     status = status_pb2.Status(code=code.value[0], message=str(exc))
-    if code == grpc.StatusCode.INVALID_ARGUMENT and exc.field:
+    if (code == grpc.StatusCode.INVALID_ARGUMENT or isinstance(exc, errors.TooLarge)) and exc.field:
         detail = any_pb2.Any()
         violation = error_details_pb2.BadRequest.FieldViolation(field=exc.field, description=str(exc))
         detail.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
@@ -232,5 +276,6 @@ def field_violations(status: status_pb2.Status | None) -> list[str]:
     return fields
 
 
-__all__ = ["request_from_proto", "check_request_id", "quote", "sampling_from_proto", "messages_from_proto", "count_images", "output_to_proto",
+__all__ = ["request_from_proto", "check_request_id", "quote", "sampling_from_proto", "messages_from_proto",
+           "count_images", "count_videos", "video_from_proto", "output_to_proto",
            "status_code", "error_status", "status_metadata", "field_violations", "model_info_to_proto"]
