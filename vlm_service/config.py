@@ -25,7 +25,7 @@ class ModelConfig:
     dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16
     vit_attention_backend: str = "auto"  # auto | sdpa | fa3 | flashinfer_cudnn
     seed: int = 0
-    preprocess_device: str = "auto"  # auto (cuda when the model is on CUDA) | cpu | cuda: image decode + preprocess
+    preprocess_device: str = "auto"  # auto (= cpu for now: see gpu_preprocess.py) | cpu | cuda: image decode + preprocess
 
     def __post_init__(self):
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
