@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -46,6 +47,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.error("bad configuration: %s", exc)
         return 2
     log.info("effective config: %s", json.dumps(redacted(cfg)))
+    if cfg.parallel.tensor_parallel_size > 1 and int(os.environ.get("RANK", "0")) != 0:
+        from vlm_service.engine.parallel.worker import serve_rank  # torchrun / LeaderWorkerSet: not rank 0
+
+        return serve_rank(cfg)
     return asyncio.run(serve(cfg))
 
 
@@ -85,7 +90,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from vlm_service.client import build_request
 
     request = build_request(args.prompt, args.image, system=args.system, request_id=args.request_id,
-                            **_sampling(args))
+                            videos=args.video, **_sampling(args))
     with _client(args) as client:
         try:
             for resp in client.generate(request, timeout=args.timeout):
@@ -151,6 +156,8 @@ def _add_client_flags(p: argparse.ArgumentParser) -> None:
 def _add_generate_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt")
     p.add_argument("--image", action="append", default=[], type=Path, help="an image file (repeatable)")
+    p.add_argument("--video", action="append", default=[], type=Path,
+                   help="a video file: MP4, WebM or MOV (repeatable; after the images)")
     p.add_argument("--system", help="system prompt")
     p.add_argument("--request-id", default="")
     p.add_argument("--timeout", type=float, help="deadline in seconds")

@@ -38,7 +38,7 @@ def _add_image(content, image: ImageArg) -> None:
 
 
 def build_request(prompt: str, images: Sequence[ImageArg] = (), system: str | None = None,
-                  request_id: str = "", **sampling) -> vlm_pb2.GenerateRequest:
+                  request_id: str = "", videos: Sequence = (), **sampling) -> vlm_pb2.GenerateRequest:
     """One user turn (images first, then the text), optional system prompt; `sampling` are SamplingParams fields.
 
     Built in place (messages.add(), content.add()): handing a finished sub-message to a constructor copies it,
@@ -50,8 +50,24 @@ def build_request(prompt: str, images: Sequence[ImageArg] = (), system: str | No
     user = request.messages.add(role="user")
     for image in images:
         _add_image(user.content, image)
+    for video in videos:
+        _add_video(user.content, video)
     user.content.add(text=prompt)
     return request
+
+
+def _add_video(content, video) -> None:
+    """Append a video part: a file path, bytes, or (bytes, mime type[, sampling fps])."""
+    target = content.add().video
+    if isinstance(video, (str, Path)):
+        target.data = Path(video).read_bytes()
+        target.mime_type = mimetypes.guess_type(str(video))[0] or ""
+    elif isinstance(video, tuple):
+        target.data, target.mime_type = video[0], video[1]
+        if len(video) > 2 and video[2]:
+            target.fps = video[2]
+    else:
+        target.data = video
 
 
 def credentials(target: str, ca: str | Path | None = None, cert: str | Path | None = None,

@@ -27,10 +27,13 @@ class ModelConfig:
     seed: int = 0
     served_model_name: str = ""  # what /v1/models, responses and GetModelInfo report; "" = the model id
     chat_template: str = ""  # a jinja file overriding the checkpoint's chat template; "" = the checkpoint's
+    preprocess_device: str = "auto"  # auto (= cpu for now: see gpu_preprocess.py) | cpu | cuda: image decode + preprocess
 
     def __post_init__(self):
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, not {self.dtype!r}")
+        if self.preprocess_device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"preprocess_device must be auto, cpu or cuda, not {self.preprocess_device!r}")
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,23 @@ class LimitsConfig:
     max_waiting_tokens: int = 0  # 0 = unlimited
     default_deadline_s: float = 0.0  # 0 = none
     max_deadline_s: float = 0.0  # 0 = none
+    # backpressure: TokenDeltas a stream may hold unread before its request is paused (KV blocks freed,
+    # recomputed when the reader has taken half of them); 0 = never pause
+    max_buffered_outputs: int = 256
+    stalled_stream_timeout_s: float = 120.0  # a request paused this long is aborted; 0 = wait for the reader
+    trust_client_special_tokens: bool = False  # parse <|im_start|> etc. in client text (trusted clients only)
+    max_request_pixels: int = 80_000_000  # declared pixels summed over a request's images (0 = no limit)
+    max_decode_memory_bytes: int = 2 << 30  # server-wide estimated bytes of image decodes in flight (0 = no limit)
+    max_decode_wait_s: float = 10.0  # how long a request may wait for decode memory before RESOURCE_EXHAUSTED
+    operator_identity: str = ""  # comma list of client-certificate names (subject, CN or SAN) that may abort any request
+    max_videos_per_request: int = 4
+    max_video_bytes: int = 256 << 20  # encoded size of one video (RESOURCE_EXHAUSTED over it)
+    max_video_frames: int = 256  # frames sampled from one video (a request's max_frames is capped by it)
+    max_video_duration_s: float = 3600.0  # declared by the container header, checked before decoding
+    max_video_frame_pixels: int = 3840 * 2160  # width * height of one video frame, from the header
+    max_video_fps: float = 8.0  # a request's sampling fps is capped by it
+    video_decode_timeout_s: float = 30.0  # demux + decode of one video
+    max_visual_tokens: int = 0  # image + video tokens of one request; 0 = bounded by the prompt limit only
 
 
 @dataclass(frozen=True)
@@ -117,7 +137,26 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class ParallelConfig:
+    """Tensor parallelism (engine/parallel/): this process is rank 0 and spawns N-1 workers on this host, unless
+    it was launched with RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT (torchrun, a LeaderWorkerSet), then it joins."""
+
+    tensor_parallel_size: int = 1
+    vision_parallel: str = "data"  # data: each rank encodes a share of a step's images | replicate: rank 0 all
+    master_addr: str = "127.0.0.1"  # spawned workers only (launched ranks read MASTER_ADDR)
+    master_port: int = 0  # 0 = a free port
+    worker_exit_grace_s: float = 2.0  # a dead worker: health NOT_SERVING at once, the process exits 1 after this
+
+    def __post_init__(self):
+        if self.tensor_parallel_size < 1:
+            raise ValueError("tensor_parallel_size must be >= 1")
+        if self.vision_parallel not in ("data", "replicate"):
+            raise ValueError(f"vision_parallel must be data or replicate, not {self.vision_parallel!r}")
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+INTERNAL_MESSAGE = "internal error; the server log has the details"  # what a client sees of an unexpected failure
+
 
 class ServiceError(Exception):
     """Base of every user-caused error; `field` names the request field at fault, when there is one.
@@ -64,13 +66,15 @@ class NotFound(ServiceError):
 
 
 class TooLarge(ServiceError):
-    """A request body over the size cap (→ RESOURCE_EXHAUSTED as gRPC's receive cap; HTTP 413)."""
+    """Request content over a size limit: a video's bytes, a request body over the size cap (→ RESOURCE_EXHAUSTED,
+    not retryable as is, as gRPC's receive cap; HTTP 413)."""
 
     code = "RESOURCE_EXHAUSTED"
 
 
 class InternalError(ServiceError):
-    """Our own fault, reported without internals (→ INTERNAL; HTTP 500)."""
+    """Something failed inside the server; the client gets a generic message, the log keeps the detail
+    (→ INTERNAL; HTTP 500)."""
 
     code = "INTERNAL"
 

@@ -19,7 +19,9 @@ from typing import AsyncIterator, Callable
 
 from vlm_service import errors, types
 from vlm_service.config import LimitsConfig
-from vlm_service.engine.engine import validate_sampling
+from vlm_service.engine.validate import validate_sampling
+from vlm_service.ownership import ANONYMOUS, Identity, Ownership
+from vlm_service.server.convert import INTERNAL_MESSAGE, check_request_id
 from vlm_service.server.metrics import RequestObserver
 
 log = logging.getLogger(__name__)
@@ -52,29 +54,42 @@ class Pipeline:
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        self._owners: dict[str, str | None] = {}  # request id -> the identity that started it
+        self.owners = Ownership(limits.operator_identity)  # who may abort what (cert subject or API-key name)
         self.draining = False
 
     # --- the calls ----------------------------------------------------------------------------------------------
 
     async def generate(self, request_id: str, build: BuildRequest, n_images: int, *, peer: str = "",
-                       identity: str | None = None, remaining_s: float | None = None
+                       identity: Identity = ANONYMOUS, remaining_s: float | None = None
                        ) -> AsyncIterator[types.EngineOutput]:
         """Stream one request's TokenDeltas and its one Finished. `build` converts the transport's message (raising
         errors.InvalidInput); `remaining_s` is the client's own deadline, if it set one (the transport enforces it)."""
         request_id = request_id or uuid.uuid4().hex
+        identity = identity or ANONYMOUS
         arrival = time.monotonic()
         deadline = self.deadline(remaining_s)
         obs = RequestObserver(request_id, peer, n_images, self.metrics)
-        error = None
+        error, claimed = None, False
         try:
-            req = self._admit(build(request_id, arrival), n_images, identity)
+            check_request_id(request_id)
+            key = self.owners.claim(identity, request_id)  # the engine's id: namespaced per identity
+            claimed = True
+            req = self._admit(build(key, arrival), n_images)
             async for out in self._stream(req, deadline, obs):
                 yield out
+        except errors.ServiceError as exc:
+            error = exc
+            raise
+        except Exception as exc:  # no check foresaw it: the client gets a generic INTERNAL, the log the traceback
+            log.error("request %s failed unexpectedly", request_id[:64], exc_info=exc)
+            error = errors.InternalError(INTERNAL_MESSAGE)
+            raise error from None
         except BaseException as exc:
             error = exc
             raise
         finally:
+            if claimed:
+                self.owners.release(identity, request_id)
             obs.done(status_of(error))
 
     def model_info(self):
@@ -83,14 +98,15 @@ class Pipeline:
             raise errors.ShuttingDown("the model is still loading")
         return self._rt.model_info()
 
-    def abort(self, request_id: str, identity: str | None = None) -> bool:
+    def abort(self, request_id: str, identity: Identity = ANONYMOUS) -> bool:
         """Abort an in-flight request of this identity; False when there is none (another identity's request is
         reported as not found, so its existence does not leak)."""
-        if not request_id:
+        if not check_request_id(request_id):
             raise errors.InvalidInput("request_id: must not be empty", field="request_id")
-        if self._rt is None or not self._may_touch(request_id, identity):
+        if self._rt is None:
             return False
-        return bool(self._rt.engine.abort(request_id))
+        keys = self.owners.abortable(identity or ANONYMOUS, request_id)  # its own; an operator's: everyone's
+        return any([bool(self._rt.engine.abort(k)) for k in keys])
 
     @property
     def ready(self) -> bool:
@@ -124,16 +140,16 @@ class Pipeline:
 
     # --- steps of generate ----------------------------------------------------------------------------------------
 
-    def _admit(self, req: types.Request, n_images: int, identity: str | None) -> types.Request:
+    def _admit(self, req: types.Request, n_images: int) -> types.Request:
         """Checks that need no image decode; ends with the engine reservation (released on any later failure)."""
         if self.draining:
             raise errors.ShuttingDown("the server is draining; retry on another replica")
         if self._rt is None:
             raise errors.ShuttingDown("the model is still loading; retry shortly")
         self._check_images(n_images)
-        validate_sampling(req.sampling)  # the one place sampling values are checked
+        # the one check of sampling values for every transport (the engine's own guard repeats it for direct use)
+        validate_sampling(req.sampling, getattr(self._rt.engine, "vocab_size", None))
         self._rt.engine.reserve(req.request_id)
-        self._owners[req.request_id] = identity
         return req
 
     def _check_images(self, n_images: int) -> None:
@@ -151,14 +167,12 @@ class Pipeline:
                 obs.output(out)
                 yield out
         finally:
-            self._owners.pop(req.request_id, None)
             self._leave()
 
     async def _preprocess(self, req: types.Request) -> types.ProcessedInput:
         """Image decode + chat template off the event loop; the reservation is released if this fails."""
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._pool, self._rt.processor.process, req.messages)
+        try:  # process_async: the cost checks, then a wait for the images' share of the decode budget
+            return await self._rt.processor.process_async(req.messages, self._pool)
         except BaseException:
             self._rt.engine.release(req.request_id)
             raise
@@ -196,11 +210,6 @@ class Pipeline:
         if limit is None or (remaining_s is not None and remaining_s <= limit):
             return None
         return time.monotonic() + limit
-
-    def _may_touch(self, request_id: str, identity: str | None) -> bool:
-        """Ownership (DESIGN.md reliability 15): only the identity that started a request may abort it."""
-        owner = self._owners.get(request_id, identity)
-        return owner is None or owner == identity
 
     def _enter(self) -> None:
         self._inflight += 1

@@ -42,7 +42,23 @@ class ImageInput:
     mime_type: str = ""
 
 
-ContentPart = Union[str, ImageInput]
+@dataclass(frozen=True)
+class VideoInput:
+    """A video: encoded bytes (MP4 / WebM / MOV; mime_type empty = sniff), or already-extracted frames (encoded
+    images, all one size) with per-frame timestamps (seconds) or their source fps. fps / max_frames: the request's
+    sampling, None = the checkpoint's default (both capped by the server)."""
+
+    data: bytes = b""
+    mime_type: str = ""
+    frames: tuple[ImageInput, ...] = ()
+    timestamps: tuple[float, ...] = ()
+    frames_fps: float = 0.0
+    fps: float | None = None
+    max_frames: int | None = None
+
+
+VisualInput = Union[ImageInput, VideoInput]  # one visual item of a prompt
+ContentPart = Union[str, ImageInput, VideoInput]
 
 
 @dataclass(frozen=True)
@@ -61,13 +77,30 @@ class Request:
 
 @dataclass
 class ProcessedImage:
-    """One preprocessed image, in the exact layout transformers' Qwen2VL image processor produces."""
+    """One preprocessed visual item (an image, or a video's frames), in the exact layout of transformers' Qwen2VL
+    image / video processors (pixel_values / pixel_values_videos, image_grid_thw / video_grid_thw)."""
 
-    pixel_values: torch.Tensor  # [num_patches, C * temporal_patch * patch * patch], float32
+    pixel_values: torch.Tensor  # [num_patches, C * temporal_patch * patch * patch]: float32 (CPU), or the
+    # model dtype on the host (pinned) or already on the device (--preprocess-device cuda, gpu_preprocess.py)
     grid_thw: tuple[int, int, int]  # (t, h, w) in patches, before the 2x2 merge
-    content_hash: str  # sha256 of the image bytes: keys the vision and prefix caches
+    content_hash: str  # sha256 of the bytes (+ a video's sampling): keys the vision and prefix caches
     offset: int  # index in input_ids of this image's first pad token
     num_tokens: int  # pad tokens = t * h * w // merge_size**2
+    kind: str = "image"  # "image" | "video"
+    # the prompt runs of its pad tokens, (offset, length) each; empty = one run (offset, num_tokens). A Qwen3-VL
+    # video has one run per temporal group, separated by timestamp text; its embeddings fill the runs in order.
+    runs: tuple[tuple[int, int], ...] = ()
+
+    def prompt_runs(self) -> list[tuple[int, int, int]]:
+        """(offset, length, index of the run's first embedding row) of each run of pad tokens."""
+        out, start = [], 0
+        for off, n in self.runs or ((self.offset, self.num_tokens),):
+            out.append((off, n, start))
+            start += n
+        return out
+
+
+ProcessedVisual = ProcessedImage  # a preprocessed visual item (image or video): the name new code should use
 
 
 @dataclass
@@ -77,6 +110,7 @@ class ProcessedInput:
     positions: torch.Tensor  # [3, len(input_ids)] int64 MRoPE positions (t, h, w)
     mrope_delta: int  # decode position of token at index i is i + mrope_delta on all three axes
     preprocess_ms: float = 0.0
+    decode_ms: float = 0.0  # the part of preprocess_ms spent decoding images and videos
 
     @property
     def num_image_tokens(self) -> int:
@@ -121,6 +155,7 @@ class Timings:
     prefill_ms: float = 0.0
     ttft_ms: float = 0.0
     e2e_ms: float = 0.0
+    decode_ms: float = 0.0  # part of preprocess_ms
 
 
 @dataclass(frozen=True)

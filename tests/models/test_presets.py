@@ -18,6 +18,7 @@ def _meta(name):
 @pytest.mark.parametrize("name, billions, layers, heads, kv, hidden, vocab", [
     ("random:qwen3_vl_8b", 8.77, 36, 32, 8, 4096, 151936),
     ("random:qwen2_5_vl_7b", 8.29, 28, 28, 4, 3584, 152064),
+    ("random:qwen3_vl_30b_a3b", 31.07, 48, 32, 4, 2048, 151936),
 ])
 def test_preset_shapes(name, billions, layers, heads, kv, hidden, vocab):
     model = _meta(name)
@@ -27,6 +28,38 @@ def test_preset_shapes(name, billions, layers, heads, kv, hidden, vocab):
     assert (s.num_layers, s.num_heads, s.num_kv_heads, s.head_dim, s.hidden_size, s.vocab_size) == \
         (layers, heads, kv, 128, hidden, vocab)
     assert (s.image_token_id, s.vision_start_token_id, s.eos_token_ids) == (151655, 151652, (151645, 151643))
+
+
+def test_moe_preset_is_128_experts_8_per_token_in_every_layer():
+    from vlm_service.models.qwen3_vl_moe import SparseMoeBlock
+
+    model = _meta("random:qwen3_vl_30b_a3b")
+    blocks = [layer.mlp for layer in model.model.language_model.layers]
+    assert all(isinstance(b, SparseMoeBlock) for b in blocks) and len(blocks) == 48
+    b = blocks[0]
+    assert (b.top_k, b.renormalize, tuple(b.experts.gate_up_proj.shape), tuple(b.experts.down_proj.shape)) == \
+        (8, True, (128, 1536, 2048), (128, 2048, 768))
+    assert model.model.visual.merger.linear_fc2.weight.shape[0] == 2048  # out_hidden_size = the text hidden size
+
+
+def test_moe_preset_dir_processes_like_qwen3_vl(tmp_path):
+    """The MoE family's processor is Qwen3-VL's: the same chat gives the same ids, positions and pixels."""
+    import io
+
+    from PIL import Image
+
+    from vlm_service.processor.processor import Processor
+    from vlm_service.types import ChatMessage, ImageInput
+
+    buf = io.BytesIO()
+    Image.new("RGB", (300, 200), (30, 90, 200)).save(buf, "PNG")
+    chat = (ChatMessage("user", (ImageInput(buf.getvalue(), "image/png"), "what is this?")),)
+    moe, dense = (Processor.from_pretrained(ensure_preset_dir(tmp_path, n)).process(chat)
+                  for n in ("random:qwen3_vl_30b_a3b", "random:qwen3_vl_8b"))
+    assert moe.input_ids == dense.input_ids and 151655 in moe.input_ids
+    assert torch.equal(moe.positions, dense.positions) and moe.mrope_delta == dense.mrope_delta
+    assert torch.equal(moe.images[0].pixel_values, dense.images[0].pixel_values)
+    assert moe.images[0].pixel_values.shape[1] == 3 * 2 * 16 * 16
 
 
 def test_unknown_preset():
@@ -51,7 +84,7 @@ def test_preset_dir_tokenizer_uses_qwen_ids(tmp_path):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", ["random:qwen3_vl_8b", "random:qwen2_5_vl_7b"])
+@pytest.mark.parametrize("name", ["random:qwen3_vl_8b", "random:qwen2_5_vl_7b", "random:qwen3_vl_30b_a3b"])
 def test_random_preset_runs_on_gpu(name):
     from vlm_service.models.generate import generate
 

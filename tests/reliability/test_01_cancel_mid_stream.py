@@ -33,3 +33,30 @@ def test_abort_rpc_mid_stream_ends_the_stream_with_abort(server, stub):
     last = list(stream)[-1]
     assert last.HasField("complete") and last.complete.finish_reason == vlm_pb2.ABORT
     assert wait_idle(server.server.runtime) is not None
+
+
+def test_abort_while_the_request_is_preprocessed_ends_the_stream_with_abort(server, stub, monkeypatch):
+    """Abort lands while the image is being decoded (held there by the test): found=true, and the stream then ends
+    with ABORT and no tokens, not a full run that ends with LENGTH."""
+    import threading
+
+    from vlm_service._proto.vlm.v1 import vlm_pb2
+
+    processor = server.server.runtime.processor
+    real, entered, release = processor.process, threading.Event(), threading.Event()
+
+    def held(messages):
+        entered.set()
+        release.wait(10)
+        return real(messages)
+
+    monkeypatch.setattr(processor, "process", held)
+    stream = stub.Generate(build_request("go", [png(seed=7)], request_id="pre-abort", max_tokens=50, min_tokens=50),
+                           timeout=30)
+    assert entered.wait(10)
+    assert stub.Abort(vlm_pb2.AbortRequest(request_id="pre-abort")).found
+    release.set()
+    responses = list(stream)
+    assert [r.HasField("complete") for r in responses] == [True]
+    assert responses[0].complete.finish_reason == vlm_pb2.ABORT and responses[0].complete.usage.completion_tokens == 0
+    assert wait_idle(server.server.runtime) is not None

@@ -44,3 +44,19 @@ def test_refused_request_logs_its_status(server, stub, caplog):
     [record] = _lines(caplog, "log-bad")
     assert record.fields["status"] == "INVALID_ARGUMENT" and record.fields["completion_tokens"] == 0
     assert SECRET not in caplog.text
+
+
+@pytest.mark.parametrize("rid", ["x\nrequest request_id=forged status=OK", "y\r\x1b[2Krequest request_id=forged",
+                                 "z\u2028request request_id=forged", "w" * 5000 + "\nrequest request_id=forged"])
+def test_a_client_string_cannot_forge_a_log_line(server, stub, caplog, rid):
+    caplog.set_level(logging.INFO, logger="vlm_service.requests")
+    with pytest.raises(grpc.RpcError) as err:
+        collect(stub.Generate(build_request("hi", request_id=rid, max_tokens=1)))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert wait_until(lambda: any(r.fields["request_id"][:1] == rid[:1]
+                                  for r in caplog.records if r.name == "vlm_service.requests"), 2.0)
+    for record in (r for r in caplog.records if r.name == "vlm_service.requests"):
+        line = record.getMessage()
+        assert not any(c in line for c in "\n\r\x1b\u2028") and len(line) < 600, line[:80]
+        assert record.fields["request_id"] != "forged"
+        assert "\n" not in _JsonFormatter().format(record)

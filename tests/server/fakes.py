@@ -18,6 +18,9 @@ class FakeProcessor:
         self.calls = 0
         self._lock = threading.Lock()
 
+    async def process_async(self, messages, executor) -> types.ProcessedInput:
+        return await asyncio.get_running_loop().run_in_executor(executor, self.process, messages)
+
     def process(self, messages) -> types.ProcessedInput:
         with self._lock:
             self.calls += 1

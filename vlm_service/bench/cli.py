@@ -45,8 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
     lo.add_argument("--temperature", type=float, help="unset = greedy")
     lo.add_argument("--no-ignore-eos", action="store_true", help="let EOS end a request before max tokens")
     d = p.add_argument_group("dataset")
-    d.add_argument("--dataset", choices=("synthetic", "folder", "jsonl"), default="synthetic")
-    d.add_argument("--dataset-path", type=Path, help="image folder or JSONL file")
+    d.add_argument("--dataset", choices=("synthetic", "folder", "jsonl", "video_folder"), default="synthetic")
+    d.add_argument("--dataset-path", type=Path, help="image folder, video folder or JSONL file")
+    d.add_argument("--videos-per-request", type=int, default=0, help="synthetic clips per request (PyAV-made)")
+    d.add_argument("--video-seconds", type=float, default=10.0, help="length of each synthetic clip")
+    d.add_argument("--video-resolution", default="1280x720", help="WxH of synthetic clips")
+    d.add_argument("--video-fps", type=float, default=30.0, help="frame rate of synthetic clips")
+    d.add_argument("--video-format", choices=("mp4", "webm", "mov"), default="mp4", help="H.264 MP4/MOV, VP9 WebM")
+    d.add_argument("--video-sample-fps", type=float, help="sampling fps asked of the server (default: its own)")
+    d.add_argument("--unique-videos", action="store_true", help="a different clip per request (no cache hits)")
     d.add_argument("--images-per-request", default="1", help="N or A-B")
     d.add_argument("--image-resolution", default="720p", help="360p|720p|1080p|4k, HxW, HxW:HxW range, a,b list")
     d.add_argument("--image-content", choices=("noise", "blank"), default="noise")
@@ -82,7 +89,10 @@ def _dataset_spec(args, count: int) -> DatasetSpec:
                        images_per_request=parse_range(args.images_per_request), resolution=args.image_resolution,
                        image_content=args.image_content, image_format=args.image_format,
                        input_len=parse_range(args.input_len), output_len=parse_range(args.output_len),
-                       tokenizer_path=args.tokenizer)
+                       tokenizer_path=args.tokenizer, videos_per_request=args.videos_per_request,
+                       video_seconds=args.video_seconds, video_resolution=args.video_resolution,
+                       video_fps=args.video_fps, video_format=args.video_format,
+                       video_sample_fps=args.video_sample_fps, unique_videos=args.unique_videos)
 
 
 def _plans(args) -> list[LoadPlan]:

@@ -1,4 +1,5 @@
-"""Benchmark datasets: synthetic (random images + random text), a folder of images, or a JSONL of prompts.
+"""Benchmark datasets: synthetic (random images, synthetic video clips, random text), a folder of images or of
+videos, or a JSONL of prompts.
 
 Every dataset is seeded and materialised before the timed run, so encoding images never competes with the load
 generator for the event loop.
@@ -36,6 +37,7 @@ class BenchRequest:
     images: tuple[ImageItem, ...] = ()
     max_tokens: int = 16
     min_tokens: int = 16
+    videos: tuple = ()  # bench.videos.VideoItem, after the images in the user turn
 
     @property
     def pixels(self) -> int:
@@ -57,6 +59,13 @@ class DatasetSpec:
     input_len: tuple[int, int] = (64, 64)  # text tokens of the user turn (approximate without a tokenizer)
     output_len: tuple[int, int] = (16, 16)  # min_tokens = max_tokens = drawn value
     tokenizer_path: Path | None = None  # a model dir or tokenizer.json: exact text lengths
+    videos_per_request: int = 0  # kind synthetic: clips per request (video_folder: 1)
+    video_seconds: float = 10.0
+    video_resolution: str = "1280x720"  # WxH
+    video_fps: float = 30.0  # the clip's own frame rate
+    video_format: str = "mp4"  # mp4 (H.264) | webm (VP9) | mov
+    video_sample_fps: float | None = None  # what the requests ask the server to sample; None = its default (2)
+    unique_videos: bool = False  # a different clip (seed) per request, so the vision cache never hits
     extra: dict = field(default_factory=dict)
 
 
@@ -115,22 +124,51 @@ def build_dataset(spec: DatasetSpec) -> list[BenchRequest]:
     rng = np.random.default_rng(spec.seed)
     texts = TextMaker(spec.tokenizer_path)
     if spec.kind == "synthetic":
-        return [_synthetic_one(spec, rng, texts) for _ in range(spec.num_requests)]
+        return [_synthetic_one(spec, rng, texts, i) for i in range(spec.num_requests)]
     if spec.kind == "folder":
         return _from_folder(spec, rng, texts)
     if spec.kind == "jsonl":
         return _from_jsonl(spec, rng)
-    raise ValueError(f"dataset must be synthetic, folder or jsonl, not {spec.kind!r}")
+    if spec.kind == "video_folder":
+        return _from_video_folder(spec, rng, texts)
+    raise ValueError(f"dataset must be synthetic, folder, jsonl or video_folder, not {spec.kind!r}")
 
 
-def _synthetic_one(spec: DatasetSpec, rng: np.random.Generator, texts: TextMaker) -> BenchRequest:
+def _clips(spec: DatasetSpec, index: int) -> tuple:
+    from vlm_service.bench.videos import synthetic_video
+
+    seeds = [index * spec.videos_per_request + k if spec.unique_videos else k
+             for k in range(spec.videos_per_request)]
+    return tuple(_cached(_VIDEO_CACHE, (spec.video_seconds, spec.video_resolution, spec.video_fps,
+                                        spec.video_format, seed, spec.video_sample_fps),
+                         lambda key: synthetic_video(*key[:4], seed=key[4], sample_fps=key[5])) for seed in seeds)
+
+
+_VIDEO_CACHE: dict = {}
+
+
+def _from_video_folder(spec: DatasetSpec, rng: np.random.Generator, texts: TextMaker) -> list[BenchRequest]:
+    from vlm_service.bench.videos import folder_videos
+
+    if spec.path is None or not Path(spec.path).is_dir():
+        raise ValueError(f"--dataset video_folder needs --dataset-path pointing at a directory, got {spec.path}")
+    videos = folder_videos(Path(spec.path), spec.video_sample_fps)
+    out = []
+    for i in range(spec.num_requests):
+        n = _draw(rng, spec.output_len)
+        out.append(BenchRequest(texts.make(rng, _draw(rng, spec.input_len)), (), n, n, (videos[i % len(videos)],)))
+    return out
+
+
+def _synthetic_one(spec: DatasetSpec, rng: np.random.Generator, texts: TextMaker, index: int = 0) -> BenchRequest:
     sampler = ResolutionSampler(spec.resolution)
     images = []
     for _ in range(_draw(rng, spec.images_per_request)):
         h, w = sampler.sample(rng)
         images.append(make_image(rng, h, w, spec.image_content, spec.image_format))
     out = _draw(rng, spec.output_len)
-    return BenchRequest(texts.make(rng, _draw(rng, spec.input_len)), tuple(images), out, out)
+    videos = _clips(spec, index) if spec.videos_per_request else ()
+    return BenchRequest(texts.make(rng, _draw(rng, spec.input_len)), tuple(images), out, out, videos)
 
 
 def _from_folder(spec: DatasetSpec, rng: np.random.Generator, texts: TextMaker) -> list[BenchRequest]:
@@ -153,10 +191,10 @@ def _from_folder(spec: DatasetSpec, rng: np.random.Generator, texts: TextMaker) 
     return requests
 
 
-def _cached(cache: dict, path: Path) -> ImageItem:
-    if path not in cache:
-        cache[path] = load_image_file(path)
-    return cache[path]
+def _cached(cache: dict, key, load=load_image_file):
+    if key not in cache:
+        cache[key] = load(key)
+    return cache[key]
 
 
 def _from_jsonl(spec: DatasetSpec, rng: np.random.Generator) -> list[BenchRequest]:

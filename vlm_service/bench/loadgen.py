@@ -20,7 +20,7 @@ from vlm_service._proto.vlm.v1 import vlm_pb2, vlm_pb2_grpc
 from vlm_service.bench.dataset import BenchRequest
 from vlm_service.client import build_request
 
-TIMING_FIELDS = ("queue_ms", "preprocess_ms", "vision_ms", "prefill_ms", "ttft_ms", "e2e_ms")
+TIMING_FIELDS = ("queue_ms", "preprocess_ms", "decode_ms", "vision_ms", "prefill_ms", "ttft_ms", "e2e_ms")
 _CHANNEL_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
 
 
@@ -110,8 +110,9 @@ def build_proto(req: BenchRequest, request_id: str, plan: LoadPlan) -> vlm_pb2.G
     """One user turn: images first, then the text (the order Qwen-VL chat examples use). Built in place by
     client.build_request: it runs inside each request's timed span."""
     sampling = {} if plan.temperature is None else {"temperature": plan.temperature}
+    videos = [(v.data, v.mime_type, v.sample_fps) for v in getattr(req, "videos", ())]
     return build_request(req.prompt, [(im.data, im.mime_type) for im in req.images], request_id=request_id,
-                         max_tokens=req.max_tokens, min_tokens=req.min_tokens, ignore_eos=plan.ignore_eos, **sampling)
+                         videos=videos, max_tokens=req.max_tokens, min_tokens=req.min_tokens, ignore_eos=plan.ignore_eos, **sampling)
 
 
 async def _send(stub, req: BenchRequest, index: int, plan: LoadPlan, t0: float) -> RequestResult:

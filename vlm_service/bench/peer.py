@@ -109,10 +109,13 @@ def run_one(model, processor, req: BenchRequest, index: int, t0: float) -> Reque
     res.send_s = start - t0
     try:
         images = [Image.open(io.BytesIO(im.data)).convert("RGB") for im in req.images]
-        content = [{"type": "image"} for _ in images] + [{"type": "text", "text": req.prompt}]
+        videos, metadata = _load_videos(processor, getattr(req, "videos", ()))
+        content = ([{"type": "image"} for _ in images] + [{"type": "video"} for _ in videos]
+                   + [{"type": "text", "text": req.prompt}])
         text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
                                              tokenize=False)
-        inputs = processor(text=[text], images=images or None, return_tensors="pt").to(model.device)
+        video_kw = dict(videos=videos, video_metadata=metadata, do_sample_frames=False) if videos else {}
+        inputs = processor(text=[text], images=images or None, return_tensors="pt", **video_kw).to(model.device)
         stamps = _Stamps()
         with torch.inference_mode():
             model.generate(**inputs, max_new_tokens=req.max_tokens, min_new_tokens=req.min_tokens,
@@ -125,6 +128,26 @@ def run_one(model, processor, req: BenchRequest, index: int, t0: float) -> Reque
         return res
     _fill(res, stamps, start, end, int(inputs["input_ids"].shape[1]))
     return res
+
+
+def _load_videos(processor, items) -> tuple[list, list]:
+    """transformers' own PyAV reader and its video processor's frame sampling (at the request's fps, else 2):
+    (frames [n, H, W, 3] per video, their VideoMetadata). Needs torchvision (the video processor)."""
+    import functools
+    import tempfile
+
+    from transformers.video_utils import load_video
+
+    videos, metadata = [], []
+    for item in items:
+        with tempfile.NamedTemporaryFile(suffix=".mp4" if "mp4" in item.mime_type else ".video") as f:
+            f.write(item.data)
+            f.flush()
+            sample = functools.partial(processor.video_processor.sample_frames, fps=item.sample_fps or 2.0)
+            frames, meta = load_video(f.name, backend="pyav", sample_indices_fn=sample)
+        videos.append(frames)
+        metadata.append(meta)
+    return videos, metadata
 
 
 def _fill(res: RequestResult, stamps: _Stamps, start: float, end: float, prompt_tokens: int) -> None:

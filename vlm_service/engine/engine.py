@@ -10,11 +10,13 @@ import torch
 
 from vlm_service.config import EngineConfig
 from vlm_service.engine.detokenizer import OutputState
+from vlm_service.engine.isolation import Failed, PendingGroups, client_error, run_isolated
 from vlm_service.engine.kv_cache import BlockManager
 from vlm_service.engine.model_runner import ModelRunner, PrevTokens, model_dtype, pool_num_blocks
 from vlm_service.engine.sampler import PendingSample, SampleRow, sample_async
 from vlm_service.engine.scheduler import Scheduler, SchedulerOutput
-from vlm_service.engine.sequence import PENDING, ImageSpan, Sequence
+from vlm_service.engine.sequence import PENDING, Sequence, SeqStatus, visual_spans
+from vlm_service.engine.validate import validate_sampling
 from vlm_service.errors import DuplicateRequest, InvalidInput
 from vlm_service.models.common import VLModel
 from vlm_service.types import (EngineOutput, Finished, FinishReason, ProcessedInput, SamplingParams, Timings,
@@ -33,37 +35,16 @@ class _Launch:
     """A launched step: the tracked request of each sampled row (None once dropped) and its pending tokens."""
 
     rows: list[_Tracked | None]
-    sample: PendingSample | None
-
-
-def validate_sampling(p: SamplingParams) -> None:
-    """Raise InvalidInput naming the sampling field a user got wrong. The one check of sampling values: the
-    pipeline calls it once per request, before admission, whichever transport the request came by."""
-    checks = [
-        *((math.isfinite(getattr(p, n)), n, "must be a finite number")
-          for n in ("temperature", "top_p", "min_p", "repetition_penalty")),
-        (p.temperature >= 0, "temperature", "must be >= 0"),
-        (0 < p.top_p <= 1, "top_p", "must be in (0, 1]"),
-        (p.top_k >= 0, "top_k", "must be >= 0"),
-        (0 <= p.min_p <= 1, "min_p", "must be in [0, 1]"),
-        (p.max_tokens is None or p.max_tokens >= 1, "max_tokens", "must be >= 1"),
-        (p.min_tokens >= 0, "min_tokens", "must be >= 0"),
-        (p.repetition_penalty > 0, "repetition_penalty", "must be > 0"),
-        (0 <= p.top_logprobs <= 20, "top_logprobs", "must be in [0, 20]"),
-        (p.seed is None or p.seed >= 0, "seed", "must be >= 0"),
-        (p.max_tokens is None or p.min_tokens <= p.max_tokens, "min_tokens", "must be <= max_tokens"),
-        (all(p.stop), "stop", "stop strings must not be empty"),
-        (all(t >= 0 for t in p.stop_token_ids), "stop_token_ids", "token ids must be >= 0"),
-    ]
-    for ok, name, why in checks:
-        if not ok:
-            raise InvalidInput(f"sampling.{name} {why}", field=f"sampling.{name}")
+    sample: PendingSample | PendingGroups | None
 
 
 class LLMEngine:
     """Continuous-batching generation over a paged KV pool (see scheduler.py, model_runner.py)."""
 
-    def __init__(self, model: VLModel, tokenizer, cfg: EngineConfig, device: torch.device | str = "cpu"):
+    def __init__(self, model: VLModel, tokenizer, cfg: EngineConfig, device: torch.device | str = "cpu",
+                 make_runner=None):
+        """make_runner(model, cfg, device, num_blocks): another ModelRunner (engine/parallel/ passes its rank-0
+        runner); default ModelRunner."""
         self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
         self.device = torch.device(device)
         spec = model.spec
@@ -72,15 +53,16 @@ class LLMEngine:
         self.max_model_len = min(cfg.max_model_len or spec.max_position_embeddings, num_blocks * cfg.block_size)
         self.block_manager = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_cache)
         self.scheduler = Scheduler(self.block_manager, cfg.max_num_seqs, cfg.max_batched_tokens)
-        self.runner = ModelRunner(model, cfg, self.device, num_blocks)
+        self.runner = (make_runner or ModelRunner)(model, cfg, self.device, num_blocks)
         self.eos_ids = tuple(spec.eos_token_ids)
         self.requests: dict[str, _Tracked] = {}
         self._pending: _Launch | None = None  # the launched step whose tokens are not read back yet
+        self._failed: list[Failed] = []  # requests dropped since the last step() returned
 
     # ---- requests --------------------------------------------------------------------------------------------
     def check(self, processed: ProcessedInput, sampling: SamplingParams) -> int:
-        """Check the prompt against the context; returns its completion limit (max_tokens capped by the context).
-        Sampling values were checked by the caller (validate_sampling, once per request)."""
+        """Validate a request; returns its completion limit (max_tokens capped by the context)."""
+        validate_sampling(sampling, self.model.spec.vocab_size)
         n = len(processed.input_ids)
         if n == 0:
             raise InvalidInput("the prompt is empty", field="messages")
@@ -95,7 +77,7 @@ class LLMEngine:
         if request_id in self.requests:
             raise DuplicateRequest(f"request {request_id!r} is already in flight", field="request_id")
         max_tokens = self.check(processed, sampling)
-        spans = tuple(ImageSpan(img.content_hash, img.offset, img.num_tokens) for img in processed.images)
+        spans = visual_spans(processed)
         seq = Sequence(request_id, list(processed.input_ids), sampling, max_tokens, spans, processed)
         seq.times.arrival = arrival_time or time.monotonic()  # 0.0 / None: unknown, count from now
         gen = None
@@ -113,17 +95,33 @@ class LLMEngine:
         self.scheduler.finish(tracked.seq)
         return self._finished(tracked, FinishReason.ABORT, "")
 
+    def pause(self, request_id: str) -> bool:
+        """Stop scheduling a request (its reader is behind): its KV blocks are freed, recomputed on resume (the
+        prefix cache keeps most of them). False when it is not in flight."""
+        tracked = self.requests.get(request_id)
+        if tracked is not None:
+            self.scheduler.pause(tracked.seq)
+        return tracked is not None
+
+    def resume(self, request_id: str) -> None:
+        """Schedule a paused request again (next to be admitted); a no-op for any other id."""
+        tracked = self.requests.get(request_id)
+        if tracked is not None:
+            self.scheduler.resume(tracked.seq)
+
     def has_work(self) -> bool:
         return self.scheduler.has_work() or self._pending is not None
 
     # ---- the step --------------------------------------------------------------------------------------------
-    def step(self) -> list[EngineOutput]:
+    def step(self) -> list[EngineOutput | Failed]:
         """Run one batch: schedule -> launch forward + sampling -> stream the deltas and finishes of the tokens
         read back. With overlap_scheduling the tokens of step N are read back (detokenized, stop rules) while step
-        N+1 runs on the device, so the outputs of a call are the previous launch's."""
+        N+1 runs on the device, so the outputs of a call are the previous launch's. A request whose values make
+        the step raise is dropped alone (a Failed output, see isolation.py); the others go on as if it never was."""
         sched = self.scheduler.schedule()
         if sched.is_empty:
-            return self._resolve()
+            outputs = self._resolve()
+            return self._take_failed() + outputs
         self._stamp_scheduled(sched)
         launched = self._launch(sched)
         outputs = self._resolve()
@@ -131,7 +129,7 @@ class LLMEngine:
         self._pending = self._place(launched)
         if not self.cfg.overlap_scheduling:
             outputs += self._resolve()
-        return outputs
+        return self._take_failed() + outputs
 
     def _stamp_scheduled(self, sched: SchedulerOutput) -> None:
         now = time.monotonic()
@@ -144,10 +142,37 @@ class LLMEngine:
         if self._pending is not None:
             p = self._pending
             prev = PrevTokens(p.sample.device_tokens, {id(t.seq): i for i, t in enumerate(p.rows) if t is not None})
-        logits = self.runner.run(sched.chunks, prev)
-        tracked = [self.requests[c.seq.request_id] for c in sched.chunks if c.samples]
-        rows = [self._sample_row(t, prev) for t in tracked]
-        return _Launch(tracked, sample_async(logits, rows) if rows else None)
+        chunks, logits = self._forward(sched.chunks, prev)
+        tracked = [self.requests[c.seq.request_id] for c in chunks if c.samples]
+        if not tracked:
+            return _Launch([], None)
+        return self._sample(logits, tracked, [self._sample_row(t, prev) for t in tracked])
+
+    def _forward(self, chunks: list, prev: PrevTokens | None) -> tuple[list, torch.Tensor | None]:
+        """The chunks whose forward ran (a chunk that fails even alone fails its request) and their logits
+        [n sampling chunks, V], in order."""
+        ran, bad = run_isolated(chunks, lambda group: self.runner.run(list(group), prev))
+        for chunk, exc in bad:
+            self._fail(self.requests[chunk.seq.request_id], exc)
+        parts = [logits for _, logits in ran]
+        logits = (parts[0] if len(parts) == 1 else torch.cat(parts)) if parts else None
+        return [c for group, _ in ran for c in group], logits
+
+    def _sample(self, logits: torch.Tensor, tracked: list[_Tracked], rows: list[SampleRow]) -> _Launch:
+        """Sample every row; a row whose sampling fails even alone fails its request."""
+        def trial(idx):
+            if len(idx) == len(rows):
+                return sample_async(logits, rows)
+            return sample_async(logits[list(idx)], [rows[i] for i in idx])
+
+        ran, bad = run_isolated(range(len(rows)), trial)
+        for i, exc in bad:
+            self._fail(tracked[i], exc)
+        parts = [pending for _, pending in ran]
+        if not parts:
+            return _Launch([], None)
+        return _Launch([tracked[i] for group, _ in ran for i in group],
+                       parts[0] if len(parts) == 1 else PendingGroups(parts))
 
     def _place(self, launch: _Launch) -> _Launch | None:
         """Give each sampled row's sequence its PENDING token (rows of requests that ended meanwhile are dropped)."""
@@ -161,18 +186,45 @@ class LLMEngine:
         return launch
 
     def _resolve(self) -> list[EngineOutput]:
-        """Read back the pending step's tokens and emit them (the only place that waits for the device)."""
+        """Read back the pending step's tokens and emit them (the only place that waits for the device). A row
+        whose token cannot be emitted (detokenizer, stop rules) fails its request alone; a read-back that fails
+        (a device error, e.g. an asynchronous CUDA fault) fails the rows of that launch."""
         launch, self._pending = self._pending, None
         if launch is None:
             return []
-        result = launch.sample.result()
+        try:
+            result = launch.sample.result()
+        except Exception as exc:  # noqa: BLE001
+            self._fail_rows(launch.rows, exc)
+            return []
         self.runner.settle_vision_times()  # encodes launched up to this step are done: their times are final
         outputs: list[EngineOutput] = []
         now = time.monotonic()
         for i, t in enumerate(launch.rows):
             if t is not None and self._live(t):
-                outputs += self._emit(t, result.token_ids[i], result.logprobs[i], now)
+                try:
+                    outputs += self._emit(t, result.token_ids[i], result.logprobs[i], now)
+                except Exception as exc:  # noqa: BLE001
+                    self._fail(t, exc)
         return outputs
+
+    def _fail_rows(self, rows: list[_Tracked | None], exc: Exception) -> None:
+        for t in rows:
+            if t is not None and self._live(t):
+                self._fail(t, exc)
+
+    def _fail(self, t: _Tracked, exc: Exception) -> None:
+        """Drop one request (blocks freed at once); its client gets client_error(exc), the log the detail."""
+        rid = t.seq.request_id
+        if self.requests.get(rid) is t:
+            del self.requests[rid]
+        if t.seq.status != SeqStatus.FINISHED:
+            self.scheduler.finish(t.seq)
+        self._failed.append(Failed(rid, client_error(exc, rid)))
+
+    def _take_failed(self) -> list[Failed]:
+        failed, self._failed = self._failed, []
+        return failed
 
     def _live(self, t: _Tracked) -> bool:
         """Still in flight: not finished or aborted since its row was launched (its id may even be reused)."""
@@ -214,5 +266,6 @@ class LLMEngine:
         timings = Timings(queue_ms=ms(tm.arrival, tm.first_scheduled),
                           preprocess_ms=seq.processed.preprocess_ms if seq.processed else 0.0,
                           vision_ms=tm.vision_ms, prefill_ms=ms(tm.first_scheduled, tm.first_token),
-                          ttft_ms=ms(tm.arrival, tm.first_token), e2e_ms=ms(tm.arrival, now))
+                          ttft_ms=ms(tm.arrival, tm.first_token), e2e_ms=ms(tm.arrival, now),
+                          decode_ms=seq.processed.decode_ms if seq.processed else 0.0)
         return Finished(seq.request_id, reason, matched_stop, usage, timings)

@@ -97,6 +97,9 @@ class ModelRunner:
                                       dtype=self.dtype, device=self.device) for _ in range(s.num_layers)]
         self.scratch_block = num_blocks
         self.vision_cache = VisionCache(cfg.vision_cache_bytes)
+        # items too big for the vision cache (a long video), kept while the steps that prefill them go on, so each
+        # chunk of a chunked prefill does not encode the whole video again
+        self._oversize: dict[str, VisionEmbeds] = {}
         self.planner = self.graphs = None
         self._planned: torch.cuda.Event | None = None
         self._vision_timers: list[_VisionTimer] = []
@@ -132,10 +135,18 @@ class ModelRunner:
             self._planned.synchronize()
         ids, positions, layout = self._flatten(chunks, prev)
         sample_idx = self._sample_indices(chunks)
-        if self.graphs is not None and self.graphs.can_run(chunks):
+        graphed = self.graphs is not None and self.graphs.can_run(chunks)
+        mm = None if graphed else self._multimodal(chunks)
+        return self.execute(ids, positions, layout, sample_idx, mm, graphed)
+
+    @torch.inference_mode()
+    def execute(self, ids: torch.Tensor, positions: torch.Tensor, layout: BatchLayout, sample_idx: torch.Tensor,
+                mm: MultimodalEmbeds | None, graphed: bool) -> torch.Tensor:
+        """The forward of a flat batch -> logits [len(sample_idx), vocab] float32: the part every tensor-parallel
+        rank runs (engine/parallel/ sends these inputs to the workers)."""
+        if graphed:
             hidden = self.graphs.run(ids, positions, layout)
         else:
-            mm = self._multimodal(chunks)
             hidden = self.model.forward(ids, positions, self._attention(layout), mm)
         return self.model.compute_logits(hidden[sample_idx]).float()
 
@@ -214,8 +225,9 @@ class ModelRunner:
                 a, b = max(c.start, span.offset), min(c.end, span.end)
                 m[a - c.start:b - c.start] = True
                 emb, deep = embeds[span.content_hash]
-                parts.append(emb[a - span.offset:b - span.offset])
-                deep_parts.append([d[a - span.offset:b - span.offset] for d in deep])
+                lo, hi = span.embed_start + a - span.offset, span.embed_start + b - span.offset  # item's rows
+                parts.append(emb[lo:hi])
+                deep_parts.append([d[lo:hi] for d in deep])
             mask.append(m)
         if not parts:
             return None
@@ -225,26 +237,27 @@ class ModelRunner:
         return MultimodalEmbeds(torch.cat(parts), flat, deepstack, index)
 
     def _vision_embeds(self, chunks: list[ScheduledChunk]) -> dict[str, VisionEmbeds]:
-        """Embeddings of every image this step touches; the not-yet-computed images of this step's prefills
-        that the cache lacks are encoded together in one encode_images call."""
+        """Embeddings of every visual item (image or video) this step touches; the not-yet-computed items of this
+        step's prefills that the cache lacks are encoded together in one encode_images call."""
         found: dict[str, VisionEmbeds] = {}
-        todo: dict[str, object] = {}  # content hash -> ProcessedImage
+        todo: dict[str, object] = {}  # content hash -> ProcessedVisual
         owners: dict[str, list[Sequence]] = {}
         for c in chunks:
-            for i, span in enumerate(c.seq.images):
+            for span in c.seq.images:
                 key = span.content_hash
                 if span.end <= c.start or key in found:
                     continue
                 if key in todo:
                     owners[key].append(c.seq)
                     continue
-                hit = self.vision_cache.get(key)
+                hit = self._oversize.get(key) or self.vision_cache.get(key)
                 if hit is not None:
                     found[key] = hit
                 else:
-                    todo[key], owners[key] = c.seq.processed.images[i], [c.seq]
+                    todo[key], owners[key] = c.seq.processed.images[span.item], [c.seq]
         if todo:
             found.update(self._encode(todo, owners))
+        self._oversize = {k: v for k, v in found.items() if k not in self.vision_cache.entries}
         return found
 
     def _encode(self, todo: dict, owners: dict) -> dict[str, VisionEmbeds]:
@@ -253,6 +266,9 @@ class ModelRunner:
         images = list(todo.values())
         # one copy per image: each is asynchronous when the processor pinned it (a host-side cat would not be)
         parts = [img.pixel_values.to(self.device, non_blocking=True) for img in images]
+        for part, img in zip(parts, images):
+            if part is img.pixel_values and part.is_cuda:  # made on a preprocessing thread's stream (gpu_preprocess)
+                part.record_stream(torch.cuda.current_stream(self.device))  # no reuse before the tower read it
         pixels = (parts[0] if len(parts) == 1 else torch.cat(parts)).to(self.dtype)
         grid = torch.tensor([img.grid_thw for img in images], dtype=torch.long)  # the towers read it on the host
         results = self.model.encode_images(pixels, grid)

@@ -58,6 +58,7 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.prefix_hit_tokens = 0  # total over the engine's life (stats)
+        self.paused = 0  # sequences paused (in neither queue)
 
     # ---- queue management ------------------------------------------------------------------------------------
     def add(self, seq: Sequence) -> None:
@@ -72,13 +73,32 @@ class Scheduler:
         return sum(s.num_tokens for s in self.waiting)
 
     def finish(self, seq: Sequence) -> None:
-        """Remove a running or waiting sequence and free its blocks (finish or abort)."""
+        """Remove a running, waiting or paused sequence and free its blocks (finish or abort)."""
         if seq.status == SeqStatus.RUNNING:
             self.running.remove(seq)
         elif seq.status == SeqStatus.WAITING:
             self.waiting.remove(seq)
+        elif seq.status == SeqStatus.PAUSED:
+            self.paused -= 1
         self.bm.free(seq)
         seq.status = SeqStatus.FINISHED
+
+    def pause(self, seq: Sequence) -> None:
+        """Take a running or waiting sequence out of scheduling; its blocks are freed like a preemption's (its
+        tokens are recomputed on resume, mostly from the prefix cache)."""
+        if seq.status not in (SeqStatus.RUNNING, SeqStatus.WAITING):
+            return
+        (self.running if seq.status == SeqStatus.RUNNING else self.waiting).remove(seq)
+        self.bm.free(seq)
+        seq.status = SeqStatus.PAUSED
+        self.paused += 1
+
+    def resume(self, seq: Sequence) -> None:
+        """A paused sequence goes back to the FRONT of the waiting queue (it was admitted before the others)."""
+        if seq.status == SeqStatus.PAUSED:
+            seq.status = SeqStatus.WAITING
+            self.waiting.appendleft(seq)
+            self.paused -= 1
 
     def on_step_done(self, out: SchedulerOutput) -> None:
         """After the model ran: the chunks' KV is computed; newly full blocks enter the prefix cache."""

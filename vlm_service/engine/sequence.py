@@ -18,20 +18,37 @@ PENDING = -1
 class SeqStatus(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
+    PAUSED = "paused"  # not scheduled and holding no blocks: its reader is behind (AsyncEngine backpressure)
     FINISHED = "finished"
 
 
 @dataclass(frozen=True)
-class ImageSpan:
-    """Where an image's pad tokens sit in the prompt: [offset, offset + num_tokens)."""
+class VisualSpan:
+    """Where a run of a visual item's pad tokens sits in the prompt: [offset, offset + num_tokens).
+
+    An image is one span; a Qwen3-VL video is one span per frame group (timestamp text between them). embed_start:
+    the row of the item's embeddings that the span's first token takes; item: the index of the item in
+    ProcessedInput.images (whose pixels the span's embeddings come from)."""
 
     content_hash: str
     offset: int
     num_tokens: int
+    embed_start: int = 0
+    item: int = 0
 
     @property
     def end(self) -> int:
         return self.offset + self.num_tokens
+
+
+ImageSpan = VisualSpan  # the former name
+
+
+def visual_spans(processed: ProcessedInput) -> tuple[VisualSpan, ...]:
+    """Every pad run of every visual item of a prompt, in prompt order."""
+    spans = [VisualSpan(item.content_hash, off, n, start, i) for i, item in enumerate(processed.images)
+             for off, n, start in item.prompt_runs()]
+    return tuple(sorted(spans, key=lambda s: s.offset))
 
 
 @dataclass
@@ -52,7 +69,7 @@ class Sequence:
     prompt_ids: list[int]
     sampling: SamplingParams
     max_tokens: int  # completion limit, already capped by the context
-    images: tuple[ImageSpan, ...] = ()
+    images: tuple[VisualSpan, ...] = ()  # the prompt's visual spans (images and video frame groups)
     processed: ProcessedInput | None = None  # kept for pixel values and MRoPE positions (None in pure unit tests)
     output_ids: list[int] = field(default_factory=list)
     block_table: list[int] = field(default_factory=list)
@@ -88,13 +105,13 @@ class Sequence:
         return (self.prompt_ids[start:] if start < n else []) + self.output_ids[max(start - n, 0): end - n]
 
     def block_content(self, index: int, block_size: int) -> tuple:
-        """What a full block holds, as the prefix cache keys it: its token ids and, for image-pad tokens, the
-        image content hash with the offset inside the image (same text + other image -> other key)."""
+        """What a full block holds, as the prefix cache keys it: its token ids and, for visual pad tokens, the
+        item's content hash with the embedding row inside the item (same text + other image -> other key)."""
         start, end = index * block_size, (index + 1) * block_size
-        imgs = tuple((s.content_hash, max(start, s.offset) - s.offset, max(start, s.offset) - start)
+        imgs = tuple((s.content_hash, s.embed_start + max(start, s.offset) - s.offset, max(start, s.offset) - start)
                      for s in self.images if s.offset < end and s.end > start)
         return tuple(self.token_range(start, end)), imgs
 
-    def images_in(self, start: int, end: int) -> list[ImageSpan]:
-        """Images whose pad tokens overlap token range [start, end)."""
+    def images_in(self, start: int, end: int) -> list[VisualSpan]:
+        """Visual spans whose pad tokens overlap token range [start, end)."""
         return [s for s in self.images if s.offset < end and s.end > start]

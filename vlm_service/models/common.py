@@ -45,7 +45,7 @@ class MultimodalEmbeds:
 class ModelSpec:
     """What the engine, processor and server need to know about a loaded model (derived from config.json)."""
 
-    architecture: str  # "Qwen2_5_VLForConditionalGeneration" | "Qwen3VLForConditionalGeneration"
+    architecture: str  # "Qwen2_5_VLForConditionalGeneration", "Qwen3VLForConditionalGeneration", "Qwen3VLMoe..."
     num_layers: int
     num_heads: int
     num_kv_heads: int

@@ -7,7 +7,7 @@ time on a throwaway random init before its checkpoint is copied in.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -15,6 +15,7 @@ from torch import nn
 import kernels
 from vlm_service.errors import ModelLoadError
 from vlm_service.models.common import AttentionContext, MultimodalEmbeds
+from vlm_service.models.parallel import TensorParallel, active, embedding, gather_logits, row_linear, split
 
 
 class RMSNorm(nn.Module):
@@ -51,11 +52,14 @@ class MergedLinear(nn.Module):
     weight [sum(sizes), in]; the checkpoint tensors `<parent>.<part>.weight` (and `.bias`) fill row blocks in order.
     forward returns the fused output [..., sum(sizes)]; split it with `sizes`. Parts named with a leading "_" are
     zero padding rows of ours (see VisionMLP.pad_intermediate_): no checkpoint tensor fills them.
+    Under tensor parallelism (column-parallel) each part is this rank's rows and `starts` gives the part's first
+    row in the checkpoint tensor (models/parallel.py); empty = the whole tensors.
     """
 
-    def __init__(self, in_features: int, parts: dict[str, int], bias: bool):
+    def __init__(self, in_features: int, parts: dict[str, int], bias: bool, starts: dict[str, int] | None = None):
         super().__init__()
         self.parts = dict(parts)
+        self.starts = dict(starts or {})
         self.sizes = list(parts.values())
         self.weight = nn.Parameter(torch.empty(sum(self.sizes), in_features))
         self.bias = nn.Parameter(torch.empty(sum(self.sizes))) if bias else None
@@ -76,28 +80,39 @@ class MergedLinear(nn.Module):
 
 
 class GatedMLP(nn.Module):
-    """down(silu(gate(x)) * up(x)), gate|up fused: both text decoders (no biases) and Qwen2.5-VL's vision blocks."""
+    """down(silu(gate(x)) * up(x)), gate|up fused: both text decoders (no biases) and Qwen2.5-VL's vision blocks.
+    With `tp` (size > 1) gate/up are column slices of the intermediate dim and down is row-parallel."""
 
-    def __init__(self, hidden: int, inter: int, bias: bool = False):
+    def __init__(self, hidden: int, inter: int, bias: bool = False, tp: TensorParallel | None = None):
         super().__init__()
-        self.gate_up_proj = MergedLinear(hidden, {"gate_proj": inter, "up_proj": inter}, bias=bias)
-        self.down_proj = nn.Linear(inter, hidden, bias=bias)
+        local = split(inter, tp, "intermediate_size") if active(tp) else inter
+        starts = {"gate_proj": tp.rank * local, "up_proj": tp.rank * local} if active(tp) else None
+        self.gate_up_proj = MergedLinear(hidden, {"gate_proj": local, "up_proj": local}, bias=bias, starts=starts)
+        self.down_proj = row_linear(inter, hidden, bias, tp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(kernels.silu_and_mul(self.gate_up_proj(x)))
 
 
-class DecoderLayer(nn.Module):
-    """Pre-norm block around the model's attention class; the residual stream travels separately so each add fuses
-    into the next norm."""
+# (text config, layer index) -> that layer's MLP module ([T, hidden] -> [T, hidden]); None = GatedMLP everywhere
+MLPFactory = Callable[[dict, int], nn.Module]
 
-    def __init__(self, cfg: dict, layer: int, attention: type[nn.Module]):
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm block around the model's attention class and MLP (default GatedMLP; `mlp` picks one per layer, e.g.
+    Qwen3-VL-MoE's sparse blocks); the residual stream travels separately so each add fuses into the next norm."""
+
+    def __init__(self, cfg: dict, layer: int, attention: type[nn.Module], tp: TensorParallel | None = None, *,
+                 mlp: MLPFactory | None = None):
         super().__init__()
         eps = cfg.get("rms_norm_eps", 1e-6)
         self.input_layernorm = RMSNorm(cfg["hidden_size"], eps)
-        self.self_attn = attention(cfg, layer)
+        # attention classes take `tp` only when the model is split (a class without it still serves TP=1)
+        self.self_attn = attention(cfg, layer, tp=tp) if active(tp) else attention(cfg, layer)
         self.post_attention_layernorm = RMSNorm(cfg["hidden_size"], eps)
-        self.mlp = GatedMLP(cfg["hidden_size"], cfg["intermediate_size"])
+        self.mlp = (mlp(cfg, layer) if mlp is not None
+                    else GatedMLP(cfg["hidden_size"], cfg["intermediate_size"], tp=tp))
 
     def forward(self, h, residual, positions, ctx, rope):
         if residual is None:
@@ -112,10 +127,12 @@ class TextModel(nn.Module):
     """Embedding, decoder layers, final norm. Image embeddings replace the image-pad rows; deepstack features
     (Qwen3-VL) are added after the first layers."""
 
-    def __init__(self, cfg: dict, attention: type[nn.Module]):
+    def __init__(self, cfg: dict, attention: type[nn.Module], tp: TensorParallel | None = None, *,
+                 mlp: MLPFactory | None = None):
         super().__init__()
-        self.embed_tokens = nn.Embedding(cfg["vocab_size"], cfg["hidden_size"])
-        self.layers = nn.ModuleList(DecoderLayer(cfg, i, attention) for i in range(cfg["num_hidden_layers"]))
+        self.embed_tokens = embedding(cfg["vocab_size"], cfg["hidden_size"], tp)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i, attention, tp, mlp=mlp)
+                                    for i in range(cfg["num_hidden_layers"]))
         self.norm = RMSNorm(cfg["hidden_size"], cfg.get("rms_norm_eps", 1e-6))
 
     def forward(self, input_ids, positions, ctx: AttentionContext, rope, mm: MultimodalEmbeds | None) -> torch.Tensor:
@@ -134,7 +151,10 @@ class TextModel(nn.Module):
 
 class VisionLanguageModel(nn.Module):
     """What both model classes share: weight loading, the text forward and the (possibly tied) head. Subclasses
-    build `self.model` (visual + language_model), `self.rope`, `self.tied` and optionally `self.lm_head`."""
+    build `self.model` (visual + language_model), `self.rope`, `self.tied` and optionally `self.lm_head`; a
+    tensor-parallel shard also sets `self.tp` (models/parallel.py)."""
+
+    tp: TensorParallel | None = None
 
     def load_weights(self, named: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy canonical (name, tensor) pairs in; ModelLoadError names a missing/unexpected/mis-shaped tensor.
@@ -158,9 +178,14 @@ class VisionLanguageModel(nn.Module):
 
     @torch.no_grad()
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden [B, hidden] -> logits [B, vocab] float32."""
+        """hidden [B, hidden] -> logits [B, vocab] float32. A tensor-parallel shard gathers the vocab slices onto
+        rank 0; the other ranks get back their own slice [B, ceil(vocab / N)] (unused: only rank 0 samples)."""
         weight = self.model.language_model.embed_tokens.weight if self.tied else self.lm_head.weight
-        return nn.functional.linear(hidden, weight).float()
+        logits = nn.functional.linear(hidden, weight).float()
+        if self.tp is not None:
+            full = gather_logits(logits, self.spec.vocab_size, self.tp)
+            return full if full is not None else logits
+        return logits
 
 
 def materialize(module: nn.Module, dtype: torch.dtype, device: torch.device) -> nn.Module:
@@ -171,7 +196,8 @@ def materialize(module: nn.Module, dtype: torch.dtype, device: torch.device) -> 
 def weight_slots(root: nn.Module, skip: Iterable[str] = ()) -> dict[str, torch.Tensor]:
     """Every canonical tensor name the checkpoint must provide -> the tensor (or view) it is copied into.
 
-    A parameter's own name is canonical, except inside MergedLinear, which expands to its parts' names.
+    A parameter's own name is canonical, except inside MergedLinear, which expands to its parts' names, and a
+    module with `checkpoint_slots(prefix)` (e.g. stacked MoE experts), which names its own views.
     Names in `skip` (e.g. a tied lm_head) are left out.
     """
     slots: dict[str, torch.Tensor] = {}
@@ -179,6 +205,9 @@ def weight_slots(root: nn.Module, skip: Iterable[str] = ()) -> dict[str, torch.T
         parent = prefix.rsplit(".", 1)[0] + "." if "." in prefix else ""
         if isinstance(mod, MergedLinear):
             slots.update(mod.slots(parent))
+            continue
+        if hasattr(mod, "checkpoint_slots"):
+            slots.update(mod.checkpoint_slots(prefix))
             continue
         for name, param in mod.named_parameters(recurse=False):
             slots[f"{prefix}.{name}" if prefix else name] = param

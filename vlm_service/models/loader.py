@@ -6,7 +6,8 @@ shards listed in model.safetensors.index.json. Tensors are streamed one at a tim
 (transformers-5) layout and copied into the model, which casts them to its dtype and device.
 
 Key layouts: the hub layout (`model.layers.*`, `model.embed_tokens.*`, `model.norm.*`, `visual.*`) is mapped onto
-the canonical one (`model.language_model.*`, `model.visual.*`); `lm_head.weight` is the same in both.
+the canonical one (`model.language_model.*`, `model.visual.*`); `lm_head.weight` is the same in both. MoE expert
+tensors (per expert, fused, or fused transposed) are told apart by the model's own load_weights (qwen3_vl_moe.py).
 
 Every failure is a ModelLoadError with a one-line message naming the file (and tensor) at fault.
 """
@@ -129,11 +130,25 @@ class _Cursor:
     tensor: str | None = None
 
 
-def iter_tensors(files: list[Path], cursor: _Cursor | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-    """Stream (canonical name, CPU tensor) from safetensors files; ModelLoadError names a corrupt file/tensor."""
+def _read(handle, name: str, canonical: str, slices: dict) -> torch.Tensor:
+    """The whole tensor, or only this rank's slice of it (safetensors reads just those bytes)."""
+    if canonical not in slices:
+        return handle.get_tensor(name)
+    from vlm_service.models.parallel import fit_slice
+
+    dim, start, stop, rows = slices[canonical]
+    part = handle.get_slice(name)
+    return fit_slice(part[start:stop] if dim == 0 else part[:, start:stop], rows, dim)
+
+
+def iter_tensors(files: list[Path], cursor: _Cursor | None = None,
+                 slices: dict | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """Stream (canonical name, CPU tensor) from safetensors files; ModelLoadError names a corrupt file/tensor.
+    `slices` (canonical name -> (dim, start, stop, rows), models/parallel.shard_slices) reads a tensor-parallel
+    rank's slice of those tensors instead of the whole."""
     from safetensors import SafetensorError, safe_open
 
-    cursor = cursor or _Cursor()
+    cursor, slices = cursor or _Cursor(), slices or {}
     for f in files:
         cursor.file = f
         try:
@@ -144,34 +159,37 @@ def iter_tensors(files: list[Path], cursor: _Cursor | None = None) -> Iterator[t
             for name in handle.keys():
                 cursor.tensor = name
                 try:
-                    tensor = handle.get_tensor(name)
+                    tensor = _read(handle, name, canonical_name(name), slices)
                 except (SafetensorError, OSError, ValueError, RuntimeError) as e:
                     raise ModelLoadError(f"{f}: cannot read tensor {name!r} ({e})") from None
                 yield canonical_name(name), tensor
 
 
-def load_model(path: str | Path, dtype: torch.dtype, device: torch.device | str, vit_attention):
+def load_model(path: str | Path, dtype: torch.dtype, device: torch.device | str, vit_attention, tp=None):
     """Build the model of the checkpoint at `path` on `device` in `dtype`, with its weights loaded.
 
     vit_attention: a vit_backends.base.ViTAttention. Raises ModelLoadError (file and tensor named) on an unknown
     architecture, a missing shard, a corrupt or truncated safetensors file, a missing/unexpected tensor or a shape
     mismatch. A `random:<preset>` path builds that preset with random weights (models/presets.py).
+    `tp` (models/parallel.TensorParallel, size > 1) builds this rank's shard and reads only its slices.
     """
     from vlm_service.models import presets
 
     if presets.is_random(path):
-        return presets.build_random_model(str(path), dtype, device, vit_attention)
+        return presets.build_random_model(str(path), dtype, device, vit_attention, **({"tp": tp} if tp else {}))
     path = Path(path)
     config = read_config(path)
     cls = model_class(architecture_of(config, path))
     try:
-        model = cls(config, dtype, torch.device(device), vit_attention)
+        model = cls(config, dtype, torch.device(device), vit_attention, **({"tp": tp} if tp else {}))
     except (KeyError, TypeError, ValueError) as e:
         raise ModelLoadError(f"{path / 'config.json'}: missing or invalid field ({type(e).__name__}: {e})") from None
     files = weight_files(path)
     cursor = _Cursor()
     try:
-        model.load_weights(iter_tensors(files, cursor))
+        from vlm_service.models.parallel import shard_slices
+
+        model.load_weights(iter_tensors(files, cursor, shard_slices(model) if tp else None))
     except ModelLoadError as e:
         where = cursor.file if "missing tensor" not in str(e) else path
         if str(where) in str(e):

@@ -57,8 +57,45 @@ PRESETS: dict[str, dict] = {
                           "hidden_act": "gelu_pytorch_tanh", "in_channels": 3},
         "tie_word_embeddings": False, **_QWEN_TOKENS,
     },
+    # Qwen/Qwen3-VL-30B-A3B-Instruct config.json: 48 sparse layers of 128 experts (8 per token), the 8B's vision tower
+    "qwen3_vl_30b_a3b": {
+        "architectures": ["Qwen3VLMoeForConditionalGeneration"], "model_type": "qwen3_vl_moe",
+        "text_config": {"hidden_size": 2048, "intermediate_size": 6144, "num_hidden_layers": 48,
+                        "num_attention_heads": 32, "num_key_value_heads": 4, "head_dim": 128, "vocab_size": 151936,
+                        "max_position_embeddings": 262144, "rms_norm_eps": 1e-6, "hidden_act": "silu",
+                        "rope_theta": 5000000,
+                        "rope_scaling": {"mrope_interleaved": True, "mrope_section": [24, 20, 20],
+                                         "rope_type": "default"},
+                        "num_experts": 128, "num_experts_per_tok": 8, "moe_intermediate_size": 768,
+                        "norm_topk_prob": True, "decoder_sparse_step": 1, "mlp_only_layers": [],
+                        "bos_token_id": 151643, "eos_token_id": 151645, "tie_word_embeddings": False},
+        "vision_config": {"depth": 27, "hidden_size": 1152, "intermediate_size": 4304, "num_heads": 16,
+                          "out_hidden_size": 2048, "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2,
+                          "num_position_embeddings": 2304, "deepstack_visual_indexes": [8, 16, 24],
+                          "hidden_act": "gelu_pytorch_tanh", "in_channels": 3},
+        "tie_word_embeddings": False, **_QWEN_TOKENS,
+    },
 }
-_DEMO_ARCH = {"qwen2_5_vl_7b": "qwen2_5_vl", "qwen3_vl_8b": "qwen3_vl"}
+# Larger than one GPU (bf16): served with --tensor-parallel-size (engine/parallel/).
+PRESETS.update({
+    # Qwen/Qwen2.5-VL-72B-Instruct config.json (~145 GB in bf16: TP >= 2 on H200s)
+    "qwen2_5_vl_72b": {
+        **PRESETS["qwen2_5_vl_7b"],
+        "hidden_size": 8192, "intermediate_size": 29568, "num_hidden_layers": 80, "num_attention_heads": 64,
+        "num_key_value_heads": 8, "vocab_size": 152064,
+        "vision_config": {**PRESETS["qwen2_5_vl_7b"]["vision_config"], "intermediate_size": 3456,
+                          "out_hidden_size": 8192},
+    },
+    # Qwen/Qwen3-VL-32B-Instruct config.json (~66 GB in bf16)
+    "qwen3_vl_32b": {
+        **PRESETS["qwen3_vl_8b"],
+        "text_config": {**PRESETS["qwen3_vl_8b"]["text_config"], "hidden_size": 5120, "intermediate_size": 25600,
+                        "num_hidden_layers": 64, "num_attention_heads": 64, "num_key_value_heads": 8},
+        "vision_config": {**PRESETS["qwen3_vl_8b"]["vision_config"], "out_hidden_size": 5120},
+    },
+})
+_DEMO_ARCH = {"qwen2_5_vl_7b": "qwen2_5_vl", "qwen3_vl_8b": "qwen3_vl", "qwen3_vl_30b_a3b": "qwen3_vl"}
+_DEMO_ARCH.update({"qwen2_5_vl_72b": "qwen2_5_vl", "qwen3_vl_32b": "qwen3_vl"})
 
 
 def is_random(name: str | os.PathLike) -> bool:
@@ -80,14 +117,16 @@ def preset_config(name: str) -> dict:
 
 
 def build_random_model(name: str, dtype: torch.dtype, device: torch.device | str, vit_attention,
-                       seed: int = 0, std: float = 0.02):
-    """The preset's model class at full size on `device`, weights N(0, std) (norms one, biases zero)."""
+                       seed: int = 0, std: float = 0.02, tp=None):
+    """The preset's model class at full size on `device`, weights N(0, std) (norms one, biases zero). With `tp`
+    (models/parallel.TensorParallel) this rank's shard; the vision tower, built first, is the same on every rank."""
     from vlm_service.models.layers import init_random_
     from vlm_service.models.loader import normalize_config
     from vlm_service.models.registry import model_class
 
     config = normalize_config(preset_config(name), {"eos_token_id": _QWEN_EOS["eos_token_id"]})
-    model = model_class(config["architectures"][0])(config, dtype, torch.device(device), vit_attention)
+    extra = {"tp": tp} if tp else {}
+    model = model_class(config["architectures"][0])(config, dtype, torch.device(device), vit_attention, **extra)
     if torch.device(device).type != "meta":
         init_random_(model, std, seed)
     return model.eval()

@@ -18,6 +18,7 @@ from vit_backends.base import ViTAttention
 from vlm_service.errors import ModelLoadError
 from vlm_service.models.common import AttentionContext, ModelSpec
 from vlm_service.models.layers import MergedLinear, TextModel, VisionLanguageModel, materialize
+from vlm_service.models.parallel import TensorParallel, active, head_shard, lm_head, qkv_parts, row_linear
 from vlm_service.models.qwen2_5_vl_vision import Qwen2_5_VLVisionTower
 from vlm_service.models.vision_graphs import VisionGraphRunner
 
@@ -33,15 +34,17 @@ def text_config(config: dict) -> dict:
 class TextAttention(nn.Module):
     """GQA with biased q/k/v (fused) and contiguous MRoPE; the KV cache lives in the AttentionContext."""
 
-    def __init__(self, cfg: dict, layer: int):
+    def __init__(self, cfg: dict, layer: int, tp: TensorParallel | None = None):
         super().__init__()
         self.layer = layer
-        self.num_heads = cfg["num_attention_heads"]
-        self.num_kv_heads = cfg.get("num_key_value_heads") or self.num_heads
-        self.head_dim = cfg["hidden_size"] // self.num_heads
-        q, kv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        self.qkv_proj = MergedLinear(cfg["hidden_size"], {"q_proj": q, "k_proj": kv, "v_proj": kv}, bias=True)
-        self.o_proj = nn.Linear(q, cfg["hidden_size"], bias=False)
+        heads = cfg["num_attention_heads"]
+        self.head_dim = cfg["hidden_size"] // heads
+        # this rank's heads (all of them at TP=1; see models/parallel.py)
+        shard = head_shard(heads, cfg.get("num_key_value_heads") or heads, tp)
+        self.num_heads, self.num_kv_heads = shard.num_heads, shard.num_kv_heads
+        parts, starts = qkv_parts(shard, self.head_dim)
+        self.qkv_proj = MergedLinear(cfg["hidden_size"], parts, bias=True, starts=starts if active(tp) else None)
+        self.o_proj = row_linear(heads * self.head_dim, cfg["hidden_size"], False, tp)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, ctx: AttentionContext, rope) -> torch.Tensor:
         T = x.shape[0]  # x: [T, hidden]
@@ -69,23 +72,25 @@ class _Rope:
 class _Inner(nn.Module):
     """`model.*` of the canonical layout: visual + language_model."""
 
-    def __init__(self, config: dict, text: dict, vit_attention: ViTAttention):
+    def __init__(self, config: dict, text: dict, vit_attention: ViTAttention, tp: TensorParallel | None):
         super().__init__()
-        self.visual = Qwen2_5_VLVisionTower(config["vision_config"], vit_attention)
-        self.language_model = TextModel(text, TextAttention)
+        self.visual = Qwen2_5_VLVisionTower(config["vision_config"], vit_attention)  # whole on every rank
+        self.language_model = TextModel(text, TextAttention, tp)
 
 
 class Qwen2_5_VLForConditionalGeneration(VisionLanguageModel):
     """Qwen2.5-VL implementing the VLModel protocol (models/common.py)."""
 
-    def __init__(self, config: dict, dtype: torch.dtype, device: torch.device | str, vit_attention: ViTAttention):
+    def __init__(self, config: dict, dtype: torch.dtype, device: torch.device | str, vit_attention: ViTAttention,
+                 tp: TensorParallel | None = None):
         super().__init__()
         text = text_config(config)
+        self.tp = tp if active(tp) else None
         self.tied = bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", False)))
         with torch.device("meta"):
-            self.model = _Inner(config, text, vit_attention)
+            self.model = _Inner(config, text, vit_attention, self.tp)
             if not self.tied:
-                self.lm_head = nn.Linear(text["hidden_size"], text["vocab_size"], bias=False)
+                self.lm_head = lm_head(text["hidden_size"], text["vocab_size"], self.tp)
         materialize(self, dtype, torch.device(device))
         attn0 = self.model.language_model.layers[0].self_attn
         self.rope = _Rope(text, attn0.head_dim, device)

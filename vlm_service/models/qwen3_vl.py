@@ -13,7 +13,8 @@ from torch import nn
 import kernels
 from kernels.reference import rope_cos_sin_cache
 from vlm_service.models.common import AttentionContext, ModelSpec
-from vlm_service.models.layers import MergedLinear, RMSNorm, TextModel, VisionLanguageModel, materialize
+from vlm_service.models.layers import MergedLinear, MLPFactory, RMSNorm, TextModel, VisionLanguageModel, materialize
+from vlm_service.models.parallel import TensorParallel, active, head_shard, lm_head, qkv_parts, row_linear
 from vlm_service.models.qwen3_vl_vision import Qwen3VLVisionTower
 from vlm_service.models.vision_graphs import VisionGraphRunner
 
@@ -21,15 +22,18 @@ from vlm_service.models.vision_graphs import VisionGraphRunner
 class TextAttention(nn.Module):
     """GQA with per-head q/k RMSNorm and interleaved MRoPE; the cache lives in the AttentionContext."""
 
-    def __init__(self, cfg: dict, layer: int):
+    def __init__(self, cfg: dict, layer: int, tp: TensorParallel | None = None):
         super().__init__()
         self.layer = layer
-        self.num_heads, self.num_kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
-        self.head_dim = cfg.get("head_dim") or cfg["hidden_size"] // self.num_heads
-        q, kv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        heads = cfg["num_attention_heads"]
+        self.head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
+        # this rank's heads (all of them at TP=1; see models/parallel.py)
+        shard = head_shard(heads, cfg["num_key_value_heads"], tp)
+        self.num_heads, self.num_kv_heads = shard.num_heads, shard.num_kv_heads
+        parts, starts = qkv_parts(shard, self.head_dim)
         bias = bool(cfg.get("attention_bias", False))
-        self.qkv_proj = MergedLinear(cfg["hidden_size"], {"q_proj": q, "k_proj": kv, "v_proj": kv}, bias)
-        self.o_proj = nn.Linear(q, cfg["hidden_size"], bias=bias)
+        self.qkv_proj = MergedLinear(cfg["hidden_size"], parts, bias, starts=starts if active(tp) else None)
+        self.o_proj = row_linear(heads * self.head_dim, cfg["hidden_size"], bias, tp)
         self.q_norm = RMSNorm(self.head_dim, cfg.get("rms_norm_eps", 1e-6))
         self.k_norm = RMSNorm(self.head_dim, cfg.get("rms_norm_eps", 1e-6))
 
@@ -56,29 +60,39 @@ class _Rope:
 class _Inner(nn.Module):
     """`model.*` of the canonical layout: visual + language_model."""
 
-    def __init__(self, config: dict, vit_attention):
+    def __init__(self, config: dict, vit_attention, tp: TensorParallel | None, *, mlp: MLPFactory | None = None):
         super().__init__()
-        self.visual = Qwen3VLVisionTower(config["vision_config"], vit_attention)
-        self.language_model = TextModel(config["text_config"], TextAttention)
+        self.visual = Qwen3VLVisionTower(config["vision_config"], vit_attention)  # whole on every rank
+        self.language_model = TextModel(config["text_config"], TextAttention, tp, mlp=mlp)
 
 
 class Qwen3VLForConditionalGeneration(VisionLanguageModel):
-    """Qwen3-VL dense model implementing the VLModel protocol (models/common.py)."""
+    """Qwen3-VL dense model implementing the VLModel protocol (models/common.py). Subclasses (qwen3_vl_moe.py)
+    change the architecture name and the text MLPs only."""
 
-    def __init__(self, config: dict, dtype: torch.dtype, device: torch.device, vit_attention):
+    ARCH = "Qwen3VLForConditionalGeneration"
+
+    @staticmethod
+    def text_mlp(text: dict) -> MLPFactory | None:
+        """The per-layer text MLP factory for this text config; None = the dense GatedMLP."""
+        return None
+
+    def __init__(self, config: dict, dtype: torch.dtype, device: torch.device, vit_attention,
+                 tp: TensorParallel | None = None):
         super().__init__()
         text = config["text_config"]
+        self.tp = tp if active(tp) else None
         self.config = config
         self.tied = bool(config.get("tie_word_embeddings", False))
         with torch.device("meta"):
-            self.model = _Inner(config, vit_attention)
+            self.model = _Inner(config, vit_attention, self.tp, mlp=self.text_mlp(text))
             if not self.tied:
-                self.lm_head = nn.Linear(text["hidden_size"], text["vocab_size"], bias=False)
+                self.lm_head = lm_head(text["hidden_size"], text["vocab_size"], self.tp)
         materialize(self, dtype, device)
         attn0 = self.model.language_model.layers[0].self_attn
         self.rope = _Rope(text, attn0.head_dim, device)
         self.model.visual.build_caches(device)
-        self.spec = _spec(config, attn0)
+        self.spec = _spec(config, attn0, self.ARCH)
         self.vision_graphs = VisionGraphRunner()
 
     # ---- VLModel ----------------------------------------------------------------------------------------------
@@ -93,10 +107,10 @@ class Qwen3VLForConditionalGeneration(VisionLanguageModel):
         return visual.split(outputs, meta.sizes)
 
 
-def _spec(config: dict, attn: TextAttention) -> ModelSpec:
+def _spec(config: dict, attn: TextAttention, architecture: str) -> ModelSpec:
     text, vision = config["text_config"], config["vision_config"]
     return ModelSpec(
-        architecture="Qwen3VLForConditionalGeneration",
+        architecture=architecture,
         num_layers=text["num_hidden_layers"], num_heads=attn.num_heads, num_kv_heads=attn.num_kv_heads,
         head_dim=attn.head_dim, hidden_size=text["hidden_size"], vocab_size=text["vocab_size"],
         max_position_embeddings=int(text.get("max_position_embeddings", 32768)),

@@ -1,6 +1,6 @@
 """Architecture name (config.json "architectures"[0]) -> model class, imported lazily.
 
-Contract every model class follows (qwen2_5_vl.py, qwen3_vl.py):
+Contract every model class follows (qwen2_5_vl.py, qwen3_vl.py, qwen3_vl_moe.py):
 - the class is named after its architecture and built as
   `Cls(config: dict, dtype: torch.dtype, device: torch.device, vit_attention: ViTAttention)`, where `config` is
   config.json after `loader.normalize_config` (text fields under "text_config", rope under
@@ -22,6 +22,7 @@ from vlm_service.errors import ModelLoadError
 _MODULES: dict[str, str] = {
     "Qwen2_5_VLForConditionalGeneration": "vlm_service.models.qwen2_5_vl",
     "Qwen3VLForConditionalGeneration": "vlm_service.models.qwen3_vl",
+    "Qwen3VLMoeForConditionalGeneration": "vlm_service.models.qwen3_vl_moe",
 }
 
 

@@ -47,14 +47,39 @@ def decode_image(data: bytes, mime_type: str, max_pixels: int, field: str) -> Im
 
     `max_pixels` bounds width*height as declared by the header, checked before the pixels are decoded.
     """
+    return _decode_rgb(open_checked(data, mime_type, max_pixels, field), field)
+
+
+def open_checked(data: bytes, mime_type: str, max_pixels: int, field: str) -> Image.Image:
+    """The image with only its header parsed, after every check decode_image makes before decoding (mime type,
+    format, size, aspect ratio); raises InvalidImage(field=field). The caller closes it (decode_image: when done)."""
     if not data:
         raise InvalidImage("image is empty (zero bytes)", field=field)
     expected = _expected_format(mime_type, field)
     img = _open_lazily(data, field)
-    if expected is not None and _FORMAT_ALIASES.get(img.format, img.format) != expected:
-        raise InvalidImage(f"declared mime type {mime_type!r} but the bytes are {img.format}", field=field)
-    _check_size(img.width, img.height, max_pixels, field)
-    return _decode_rgb(img, field)
+    try:
+        if expected is not None and _FORMAT_ALIASES.get(img.format, img.format) != expected:
+            raise InvalidImage(f"declared mime type {mime_type!r} but the bytes are {img.format}", field=field)
+        _check_size(img.width, img.height, max_pixels, field)
+    except InvalidImage:
+        img.close()
+        raise
+    return img
+
+
+def probe_image(data: bytes, mime_type: str, max_pixels: int, field: str) -> tuple[int, int, int]:
+    """(width, height, bands) from the header alone, with every check decode_image makes before decoding."""
+    if not data:
+        raise InvalidImage("image is empty (zero bytes)", field=field)
+    expected = _expected_format(mime_type, field)
+    img = _open_lazily(data, field)
+    try:
+        if expected is not None and _FORMAT_ALIASES.get(img.format, img.format) != expected:
+            raise InvalidImage(f"declared mime type {mime_type!r} but the bytes are {img.format}", field=field)
+        _check_size(img.width, img.height, max_pixels, field)
+        return img.width, img.height, len(img.getbands())
+    finally:
+        img.close()
 
 
 def _expected_format(mime_type: str, field: str) -> str | None:

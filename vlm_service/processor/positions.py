@@ -9,6 +9,8 @@ are type 1).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 
@@ -24,17 +26,42 @@ def mrope_positions(
     The decode step at sequence index i uses position i + delta on all three axes.
     """
     segments = _image_segments(input_ids, grid_thws, image_token_id, vision_start_token_id, merge_size)
+    runs = [VisualRun(off, t, gh // merge_size, gw // merge_size) for off, (t, gh, gw) in segments]
+    return run_positions(len(input_ids), runs)
+
+
+@dataclass(frozen=True)
+class VisualRun:
+    """One run of visual pad tokens: at `offset`, t frames of h x w merged tokens (row-major within a frame).
+
+    time_interval spaces the frames on the temporal axis: Qwen2.5-VL videos use tokens_per_second *
+    int(second_per_grid_t); images, and Qwen3-VL (whose video runs are single frame groups), use 1."""
+
+    offset: int
+    t: int
+    h: int
+    w: int
+    time_interval: int = 1
+
+    @property
+    def num_tokens(self) -> int:
+        return self.t * self.h * self.w
+
+
+def run_positions(length: int, runs: list[VisualRun]) -> tuple[torch.Tensor, int]:
+    """(positions [3, length] int64, delta) for a prompt whose visual runs (ascending offsets) are `runs`, by
+    get_rope_index's rule: after a run the running position resumes at its start + max(h, w)."""
     pieces = []  # each [3, n]
-    cursor, start = 0, 0  # cursor: index in input_ids; start: the running position
-    for offset, (t, gh, gw) in segments:
-        pieces.append(_text_positions(offset - cursor, start))
-        start += offset - cursor
-        pieces.append(_image_positions(t, gh // merge_size, gw // merge_size, start))
-        cursor = offset + t * (gh // merge_size) * (gw // merge_size)
-        start += max(gh, gw) // merge_size
-    pieces.append(_text_positions(len(input_ids) - cursor, start))
+    cursor, start = 0, 0  # cursor: index in the prompt; start: the running position
+    for run in runs:
+        pieces.append(_text_positions(run.offset - cursor, start))
+        start += run.offset - cursor
+        pieces.append(_image_positions(run.t, run.h, run.w, start, run.time_interval))
+        cursor = run.offset + run.num_tokens
+        start += max(run.h, run.w)
+    pieces.append(_text_positions(length - cursor, start))
     positions = torch.cat(pieces, dim=1)
-    delta = int(positions.max()) + 1 - len(input_ids) if len(input_ids) else 0
+    delta = int(positions.max()) + 1 - length if length else 0
     return positions, delta
 
 
@@ -73,10 +100,10 @@ def _text_positions(length: int, start: int) -> torch.Tensor:
     return (torch.arange(length, dtype=torch.int64) + start).expand(3, -1)  # [3, length]
 
 
-def _image_positions(t: int, h: int, w: int, start: int) -> torch.Tensor:
-    """[3, t*h*w] positions of one image's merged tokens (frame, row, col), offset by `start`."""
+def _image_positions(t: int, h: int, w: int, start: int, time_interval: int = 1) -> torch.Tensor:
+    """[3, t*h*w] positions of one visual run's merged tokens (frame * interval, row, col), offset by `start`."""
     tt, hh, ww = torch.meshgrid(
-        torch.arange(t, dtype=torch.int64), torch.arange(h, dtype=torch.int64), torch.arange(w, dtype=torch.int64),
-        indexing="ij",
+        torch.arange(t, dtype=torch.int64) * time_interval, torch.arange(h, dtype=torch.int64),
+        torch.arange(w, dtype=torch.int64), indexing="ij",
     )
     return torch.stack([tt, hh, ww]).reshape(3, -1) + start

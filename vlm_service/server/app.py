@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 from pathlib import Path
 from typing import Callable
 
@@ -20,10 +21,10 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from vlm_service import types
-from vlm_service._proto.vlm.v1 import vlm_pb2, vlm_pb2_grpc
+from vlm_service._proto.vlm.v1 import vlm_pb2
 from vlm_service.config import Config
 from vlm_service.pipeline import Pipeline
-from vlm_service.server import auth, tls
+from vlm_service.server import auth, tls, wire
 from vlm_service.server.metrics import poll_engine, start_metrics
 from vlm_service.server.servicer import VisionLanguageServicer
 
@@ -41,12 +42,27 @@ def _grpc_options(cfg: Config) -> list[tuple[str, int]]:
 
 
 def _prepare_socket(path: Path) -> None:
-    """Remove a stale socket file (never any other kind of file) and make sure the folder exists."""
+    """Remove a stale socket file (never a live one, nor any other kind of file) and make sure the folder exists."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_socket():
+        if _socket_is_live(path):
+            raise ValueError(f"--uds {path}: a live server is listening on it; stop it or choose another path")
         path.unlink()
     elif path.exists():
         raise ValueError(f"--uds {path}: exists and is not a socket")
+
+
+def _socket_is_live(path: Path) -> bool:
+    """Whether something accepts connections on the socket file (refused = a stale file left by a dead server)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(2.0)
+        try:
+            probe.connect(str(path))
+            return True
+        except (ConnectionRefusedError, FileNotFoundError):
+            return False
+        except OSError:  # a timeout (full backlog) or no permission: someone owns it, never take it over
+            return True
 
 
 class Server:
@@ -71,10 +87,11 @@ class Server:
 
     async def start(self) -> list[str]:
         """Register the services, bind the listeners and start answering; returns the client targets."""
-        vlm_pb2_grpc.add_VisionLanguageServiceServicer_to_server(self.servicer, self._server)
+        wire.add_servicer(self.servicer, self._server)  # undecodable requests -> INVALID_ARGUMENT
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection((SERVICE_NAME, "grpc.health.v1.Health", reflection.SERVICE_NAME),
                                             self._server)
+        tls.ensure_private_dir(Path(self.cfg.server.state_dir))  # 0700 whatever the umask
         self.targets = self._bind()
         self.servicer.metrics = start_metrics(self.cfg.server, self.cfg.model.model)
         await self._server.start()
@@ -132,6 +149,7 @@ class Server:
     async def load(self, warmup: bool = True) -> None:
         """Load the runtime off the event loop, start the engine, warm up, then mark the service SERVING."""
         runtime = await asyncio.to_thread(self._load_runtime, self.cfg)
+        self._watch_parallel(runtime)
         runtime.start()
         if warmup:
             await _warmup(runtime, self.cfg.server.warmup_image_side)
@@ -141,6 +159,20 @@ class Server:
             self._poller = asyncio.ensure_future(poll_engine(self.servicer.metrics, runtime.engine))
         await self.health.set(SERVICE_NAME, SERVING)
         log.info("model %s ready on %s", runtime.info.model_id, runtime.info.device)
+
+    def _watch_parallel(self, runtime) -> None:
+        """A tensor-parallel rank that dies turns health NOT_SERVING at once and refuses new calls; the runtime
+        then exits the process with status 1 (engine/parallel/launch.py)."""
+        parallel = (getattr(runtime, "extras", None) or {}).get("parallel")
+        if parallel is None:
+            return
+        loop = asyncio.get_running_loop()
+        parallel.on_failure(lambda reason: asyncio.run_coroutine_threadsafe(self._fail_health(), loop))
+
+    async def _fail_health(self) -> None:
+        await self.health.set(SERVICE_NAME, NOT_SERVING)
+        await self.health.set("", NOT_SERVING)
+        self.servicer.start_drain()
 
     async def drain(self) -> bool:
         """Stop taking work and let in-flight streams finish; True when they all finished in time."""
@@ -207,7 +239,11 @@ async def serve(cfg: Config, load_runtime: Callable[[Config], object] | None = N
     if load_runtime is None:
         from vlm_service.runtime import load_runtime
     server = Server(cfg, load_runtime)
-    await server.start()
+    try:
+        await server.start()
+    except (ValueError, OSError, RuntimeError) as exc:  # a taken socket or port, unusable TLS files
+        log.error("cannot start: %s", exc)
+        return 2
     _install_signals(server)
     loader = asyncio.ensure_future(server.load())
     await asyncio.wait([loader, asyncio.ensure_future(server.wait())], return_when=asyncio.FIRST_COMPLETED)

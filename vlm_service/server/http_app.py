@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 
 from vlm_service import errors, types
 from vlm_service.config import Config
+from vlm_service.ownership import ANONYMOUS, Identity, client_id, identity_from_api_key
 from vlm_service.pipeline import Pipeline
 from vlm_service.server import http_convert as hc
 from vlm_service.server import http_media
@@ -55,11 +56,12 @@ class FrontDoor:
     def model_name(self) -> str:
         return self.cfg.model.served_model_name or self.cfg.model.model
 
-    def identity(self, request) -> str | None:
-        """The API key's name (None with keys off); Unauthenticated otherwise."""
+    def identity(self, request) -> Identity:
+        """The API key's name (anonymous with keys off: uvicorn does not hand the peer certificate to the app);
+        Unauthenticated otherwise."""
         if self.api_keys is None:
-            return None
-        return self.api_keys.identify(request.headers.get("authorization"))
+            return ANONYMOUS
+        return identity_from_api_key(self.api_keys.identify(request.headers.get("authorization")))
 
     def media_client(self):
         if self._media_client is None:
@@ -150,7 +152,7 @@ class ChatResponse(Response):
                 first = await outs.__anext__()
             except errors.ServiceError as exc:
                 return await error_response(exc)(scope, None, send)
-            shape = hr.ResponseShape(first.request_id, self.door.model_name, self.door.token_text,
+            shape = hr.ResponseShape(client_id(first.request_id), self.door.model_name, self.door.token_text,
                                      self.call.sampling.logprobs)
             if self.call.stream:
                 await _stream(send, shape, first, outs, self.call.include_usage)

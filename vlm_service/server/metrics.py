@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import unicodedata
 
 import grpc
 
@@ -55,6 +56,25 @@ def status_name(exc: BaseException | None, context) -> str:
     return code.name if isinstance(code, grpc.StatusCode) else "INTERNAL"
 
 
+LOG_TEXT_CHARS = 160  # a logged client string is cut here (ids are at most 128; this also bounds refused ones)
+
+
+def log_safe(value: str, limit: int = LOG_TEXT_CHARS) -> str:
+    """`value` cut to `limit` chars with control and line/format characters escaped (\\n, \\x1b, \\u2028) and
+    backslashes doubled, so a client string can never start a new log line or drive a terminal."""
+    cut = value[:limit]
+    out = "".join(_escape_char(c) for c in cut)
+    return out + ("..." if len(value) > limit else "")
+
+
+def _escape_char(c: str) -> str:
+    if c == "\\":
+        return "\\\\"
+    if unicodedata.category(c)[0] == "C" or unicodedata.category(c) in ("Zl", "Zp"):
+        return repr(c)[1:-1] if c.isascii() else f"\\u{ord(c):04x}"
+    return c
+
+
 _TEMPORAL_PATCH = 2  # Qwen2.5-VL and Qwen3-VL
 
 
@@ -69,7 +89,7 @@ class RequestObserver:
     """Per-request bookkeeping for metrics and the request log line (see the module docstring)."""
 
     def __init__(self, request_id: str, peer: str, images: int, metrics: Metrics | None):
-        self.fields = {"request_id": request_id, "peer": peer, "images": images, "pixels": 0,
+        self.fields = {"request_id": log_safe(request_id), "peer": log_safe(peer), "images": images, "pixels": 0,
                        "prompt_tokens": 0, "completion_tokens": 0, "status": "OK", "ttft_ms": None,
                        "e2e_ms": None}
         self._metrics = metrics

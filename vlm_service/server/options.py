@@ -11,8 +11,8 @@ import dataclasses
 import os
 from pathlib import Path
 
-from vlm_service.config import (Config, EngineConfig, HTTPConfig, LimitsConfig, ModelConfig, ServerConfig,
-                                TLSConfig, default_state_dir)
+from vlm_service.config import (Config, EngineConfig, HTTPConfig, LimitsConfig, ModelConfig, ParallelConfig,
+                                ServerConfig, TLSConfig, default_state_dir)
 
 _TRUE = ("1", "true", "yes", "on")
 _SERVER_FLAGS = [  # (field, type, help) of ServerConfig/TLSConfig, written out for their help texts
@@ -82,6 +82,7 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
     _add(tls, "insecure", bool, False, "PLAINTEXT listener (a warning is logged); only for trusted networks")
     _add_dataclass(parser, LimitsConfig, "limits")
     _add_dataclass(parser, EngineConfig, "engine")
+    _add_dataclass(parser, ParallelConfig, "tensor parallel")
     _add(parser, "log_level", str, "info", "debug | info | warning | error")
     add_http_flags(parser)
 
@@ -128,7 +129,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
     limits = _pick(LimitsConfig, args)
     server = _pick(ServerConfig, args, tls=tls, limits=limits, state_dir=Path(args.state_dir or default_state_dir()),
                    http=_http_config(args), api_keys=tuple(args.api_key or ()), api_keys_file=args.api_keys_file)
-    return Config(model=_pick(ModelConfig, args), engine=_pick(EngineConfig, args), server=server)
+    return Config(model=_pick(ModelConfig, args), engine=_pick(EngineConfig, args), server=server,
+                  parallel=_pick(ParallelConfig, args))
 
 
 def redacted(cfg: Config) -> dict:

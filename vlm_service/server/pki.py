@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from vlm_service.server.tls import KeyPair  # noqa: F401  (re-exported for callers of this module)
+from vlm_service.server.tls import KeyPair, ensure_private_dir  # noqa: F401  (KeyPair re-exported)
 
 LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
 
@@ -31,22 +31,26 @@ def _san(names: tuple[str, ...]) -> x509.SubjectAlternativeName:
     return x509.SubjectAlternativeName(entries)
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Write a secret with mode 0600 from the first byte (never world-readable, even briefly)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _write(path: Path, data: bytes, mode: int) -> None:
+    """Write through a temp file created with `mode` and chmod-ed to it (the umask could only narrow or, at 000,
+    leave it; either way the file ends with exactly `mode`); folders made here are 0700."""
+    ensure_private_dir(path.parent)
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode & 0o600)  # never readable by others while written
     with os.fdopen(fd, "wb") as f:
         f.write(data)
-    os.chmod(tmp, 0o600)
+    os.chmod(tmp, mode)
     os.replace(tmp, path)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """A secret: mode 0600 from the first byte (never world-readable, even briefly)."""
+    _write(path, data, 0o600)
 
 
 def _write_public(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    """A certificate: mode 0644."""
+    _write(path, data, 0o644)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:

@@ -2,7 +2,8 @@
 
 Generate: proto -> pipeline.generate (drain check, convert, admission, preprocess, engine, deadline, abort on leaving)
 -> proto responses; a typed service error becomes its gRPC status with rich details (convert.error_status).
-The caller's identity (API key id, from the auth interceptor) is passed to the pipeline for ownership.
+The caller's identity (the API key's name when keys are on, else the client certificate's subject) is passed to
+the pipeline for ownership (vlm_service/ownership.py). An exception no check foresaw is INTERNAL, message generic.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import grpc
 from vlm_service import errors
 from vlm_service._proto.vlm.v1 import vlm_pb2, vlm_pb2_grpc
 from vlm_service.config import LimitsConfig
+from vlm_service.ownership import Identity, client_id, identity_from_api_key, identity_from_auth_context
 from vlm_service.pipeline import PREPROCESS_THREADS, Pipeline
 from vlm_service.server import auth, convert
 
@@ -40,9 +42,11 @@ class VisionLanguageServicer(vlm_pb2_grpc.VisionLanguageServiceServicer):
         try:
             async with contextlib.aclosing(outputs):
                 async for out in outputs:
-                    yield convert.output_to_proto(out)
+                    yield convert.output_to_proto(out, client_id(out.request_id))
         except errors.ServiceError as exc:
             await self._fail(context, exc)
+        except Exception as exc:
+            await self._fail_unexpected(context, exc)
 
     async def GetModelInfo(self, request, context):
         await self._identity(context)
@@ -90,12 +94,13 @@ class VisionLanguageServicer(vlm_pb2_grpc.VisionLanguageServiceServicer):
     def close(self) -> None:
         self.pipeline.close()
 
-    async def _identity(self, context) -> str | None:
-        """The caller's API key name (None when keys are off); UNAUTHENTICATED without a valid key."""
+    async def _identity(self, context) -> Identity:
+        """The caller's API key name when keys are on (UNAUTHENTICATED without a valid key), else its verified
+        client certificate (mTLS) or anonymous."""
         if self._keys is None:
-            return None
+            return identity_from_auth_context(context.auth_context())
         try:
-            return self._keys.identify(auth.grpc_metadata_value(context.invocation_metadata()))
+            return identity_from_api_key(self._keys.identify(auth.grpc_metadata_value(context.invocation_metadata())))
         except errors.ServiceError as exc:
             await self._fail(context, exc)
 
@@ -107,3 +112,11 @@ class VisionLanguageServicer(vlm_pb2_grpc.VisionLanguageServiceServicer):
         log.debug("request refused: %s (%s)", exc, exc.code)  # the request line says it too
         await context.abort(convert.status_code(exc), status.message,
                             trailing_metadata=convert.status_metadata(status))
+
+    @staticmethod
+    async def _fail_unexpected(context, exc: Exception):
+        """An error no check foresaw: the client gets INTERNAL with a generic message, the log the traceback."""
+        if isinstance(exc, grpc.aio.AbortError):  # a status already chosen (context.abort)
+            raise exc
+        log.error("Generate failed unexpectedly", exc_info=exc)
+        await context.abort(grpc.StatusCode.INTERNAL, convert.INTERNAL_MESSAGE)
