@@ -53,7 +53,7 @@ def test_neutral_values_of_unsupported_fields_pass(http):
     ({"messages": MSG, "top_p": 1.5}, "top_p"), ({"messages": MSG, "max_tokens": 0}, "max_tokens"),
     ({"messages": MSG, "max_completion_tokens": True}, "max_completion_tokens"),
     ({"messages": MSG, "top_logprobs": 3}, "top_logprobs"), ({"messages": MSG, "stop": [1]}, "stop"),
-    ({"messages": MSG, "stop": [""]}, "stop"), ({"messages": MSG, "seed": -1}, "seed"),
+    ({"messages": MSG, "stop": [""]}, "stop[0]"), ({"messages": MSG, "seed": -1}, "seed"),
     ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
     ({"messages": [{"role": "user", "content": [{"type": "input_audio"}]}]}, "messages[0].content[0].type"),
     ({"messages": [{"role": "assistant", "content": "x", "tool_calls": []}]}, "messages[0].tool_calls"),
