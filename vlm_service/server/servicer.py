@@ -80,6 +80,11 @@ class VisionLanguageServicer(vlm_pb2_grpc.VisionLanguageServiceServicer):
         return self.pipeline.draining
 
     @property
+    def owners(self):
+        """The pipeline's ownership map (vlm_service/ownership.py), shared with the HTTP app."""
+        return self.pipeline.owners
+
+    @property
     def inflight(self) -> int:
         return self.pipeline.inflight
 
