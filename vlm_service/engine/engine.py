@@ -62,7 +62,7 @@ class LLMEngine:
     # ---- requests --------------------------------------------------------------------------------------------
     def check(self, processed: ProcessedInput, sampling: SamplingParams) -> int:
         """Validate a request; returns its completion limit (max_tokens capped by the context)."""
-        validate_sampling(sampling, self.model.spec.vocab_size)
+        validate_sampling(sampling, self.model.spec.vocab_size, client=False)
         n = len(processed.input_ids)
         if n == 0:
             raise InvalidInput("the prompt is empty", field="messages")

@@ -82,13 +82,15 @@ def _check_stop_ids(ids, vocab_size: int) -> None:
             raise _refuse(f"stop_token_ids[{i}]", f"must be a token id in [0, {vocab_size})", t)
 
 
-def validate_sampling(p: SamplingParams, vocab_size: int | None = None) -> None:
+def validate_sampling(p: SamplingParams, vocab_size: int | None = None, client: bool = True) -> None:
     """Raise InvalidInput naming the sampling field a user got wrong (see the module docstring for why each range).
-    `vocab_size` bounds stop_token_ids (None: only >= 0 is checked)."""
+    `vocab_size` bounds stop_token_ids (None: only >= 0 is checked). client=False (the engine's own check) skips
+    the contradiction min_tokens > max_tokens, which cannot break a step (max_tokens wins) and which the pipeline
+    refuses for clients."""
     _check_floats(p)
     _check_ints(p)
     _check_stop_ids(p.stop_token_ids, vocab_size if vocab_size is not None else UINT64_MAX)
-    if p.max_tokens is not None and p.min_tokens > p.max_tokens:  # a contradiction the client should hear of
+    if client and p.max_tokens is not None and p.min_tokens > p.max_tokens:  # a contradiction the client should hear of
         raise _refuse("min_tokens", f"must be <= max_tokens ({p.max_tokens})", p.min_tokens)
     for i, stop in enumerate(p.stop):
         if not stop:  # an empty stop string would match at once
