@@ -13,7 +13,7 @@
 # (device tool, carry .whl (fetch_wheels.sh all + googleapis-common-protos 1.72.0) and vlm_service/_proto)
 source benchmarks/gpu_env.sh >/dev/null || exit 1
 log() { grep -v "leaked\|nanobind\|^ - \|USDT\|Warning:" | tail -n "$1"; }
-preset_dir() { python3 -c "from vlm_service.models.presets import ensure_preset_dir as e; print(e('/tmp/vlm-state','$1'))"; }
+preset_dir() { python3 -c "from vlm_service.demo.presets import ensure_preset_dir as e; print(e('/tmp/vlm-state','$1'))"; }
 case "${1:-}" in
   tests)  # owed: the kernels GPU suite in full (FlashInfer norm fix, never re-run) and the engine CUDA-graph test
     timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests/kernels 2>&1 | tee $OUT/gpu_tests_kernels.log | log 8

@@ -130,7 +130,7 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def cmd_make_demo_model(args: argparse.Namespace) -> int:
-    from vlm_service.models.demo import ensure_demo_model
+    from vlm_service.demo.checkpoint import ensure_demo_model
 
     print(ensure_demo_model(Path(args.out), args.arch))
     return 0

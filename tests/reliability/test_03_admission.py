@@ -13,7 +13,7 @@ from reliability_helpers import collect, png, rel_config, wait_idle, wait_until
 from test_05_decompression_bomb import bomb_png
 from vlm_service._proto.vlm.v1 import vlm_pb2_grpc
 from vlm_service.client import build_request
-from vlm_service.server.testing import running_server
+from tests.server_harness import running_server
 
 N, K = 3, 4
 

@@ -158,7 +158,7 @@ async def _warmup(runtime, image_side: int = 0) -> None:
     captures the tower's CUDA graph for that size (models/vision_graphs.py)."""
     import numpy as np
 
-    from vlm_service.bench.images import make_image
+    from vlm_service.demo.images import make_image
 
     images = [make_image(np.random.default_rng(seed), image_side, image_side, "noise", "png")
               for seed in range(2 if image_side else 0)]
