@@ -24,7 +24,6 @@ class ModelConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16
     vit_attention_backend: str = "auto"  # auto | sdpa | fa3 | flashinfer_cudnn
-    seed: int = 0
 
     def __post_init__(self):
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
