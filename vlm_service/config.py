@@ -10,6 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+# What a request gets when it does not say (server, Python client and CLI agree): a finite completion, so a request
+# that forgets max_tokens returns in seconds rather than generating to the end of a 32k context; and a deadline
+DEFAULT_MAX_TOKENS = 256
+DEFAULT_DEADLINE_S = 300.0
+
+
 def default_state_dir() -> Path:
     """VLM_STATE_DIR, else the user's cache dir: server and bundled client agree on where the dev CA lives."""
     if os.environ.get("VLM_STATE_DIR"):
@@ -57,8 +63,13 @@ class LimitsConfig:
     max_prompt_tokens: int = 0  # 0 = max_model_len
     max_waiting_requests: int = 256
     max_waiting_tokens: int = 0  # 0 = unlimited
-    default_deadline_s: float = 0.0  # 0 = none
+    default_deadline_s: float = DEFAULT_DEADLINE_S  # when the client gives none; 0 = none
     max_deadline_s: float = 0.0  # 0 = none
+    default_max_tokens: int = DEFAULT_MAX_TOKENS  # when the request gives none; 0 = up to the context
+
+    def __post_init__(self):
+        if self.default_max_tokens < 0 or self.default_deadline_s < 0 or self.max_deadline_s < 0:
+            raise ValueError("--default-max-tokens, --default-deadline-s and --max-deadline-s must be >= 0")
 
 
 @dataclass(frozen=True)

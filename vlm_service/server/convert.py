@@ -61,6 +61,7 @@ def sampling_from_proto(sp: vlm_pb2.SamplingParams) -> types.SamplingParams:
     _check(sp.min_tokens >= 0, "sampling.min_tokens", "must be >= 0")
     _check(max_tokens is None or sp.min_tokens <= max_tokens, "sampling.min_tokens", "must be <= max_tokens")
     _check(rep > 0, "sampling.repetition_penalty", "must be > 0")
+    _check(sp.top_logprobs == 0 or sp.logprobs, "sampling.top_logprobs", "needs sampling.logprobs = true")
     _check(0 <= sp.top_logprobs <= MAX_TOP_LOGPROBS, "sampling.top_logprobs", f"must be in [0, {MAX_TOP_LOGPROBS}]")
     _check(all(s for s in sp.stop), "sampling.stop", "stop strings must not be empty")
     _check(all(t >= 0 for t in sp.stop_token_ids), "sampling.stop_token_ids", "token ids must be >= 0")
@@ -68,7 +69,7 @@ def sampling_from_proto(sp: vlm_pb2.SamplingParams) -> types.SamplingParams:
         temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
         seed=sp.seed if sp.HasField("seed") else None, max_tokens=max_tokens, min_tokens=sp.min_tokens,
         stop=tuple(sp.stop), stop_token_ids=tuple(sp.stop_token_ids), ignore_eos=sp.ignore_eos,
-        repetition_penalty=rep, logprobs=sp.logprobs or sp.top_logprobs > 0, top_logprobs=sp.top_logprobs)
+        repetition_penalty=rep, logprobs=sp.logprobs, top_logprobs=sp.top_logprobs)
 
 
 def _part_from_proto(part: vlm_pb2.ContentPart, field: str) -> types.ContentPart:

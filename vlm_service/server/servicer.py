@@ -104,7 +104,7 @@ class VisionLanguageServicer(vlm_pb2_grpc.VisionLanguageServiceServicer):
         self._enter()
         try:
             processed = await self._preprocess(req, context)
-            obs.processed(processed)
+            obs.processed(processed, req)
             async for out in self._outputs(req, processed, deadline, context):
                 obs.output(out)
                 yield out
