@@ -169,6 +169,8 @@ _HINTS = (
     ("WRONG_VERSION_NUMBER", "the server may be plaintext here: add --insecure"),
     ("CERTIFICATE_VERIFY_FAILED", "the server's certificate is not signed by a CA this client trusts: --ca FILE, "
                                   "or the same --state-dir as the server (its dev CA is STATE_DIR/tls/ca.crt)"),
+    ("Hostname Verification", "the certificate does not name the host dialled: --server-name NAME "
+                              "(the dev certificate names localhost)"),
     ("not in peer certificate", "the certificate does not name the host dialled: --server-name NAME "
                                 "(the dev certificate names localhost)"),
     ("Connection refused", "nothing listens there: is `vlm-service serve` running, on this --target?"),

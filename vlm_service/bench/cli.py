@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import dataclasses
 import datetime as dt
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -192,6 +191,14 @@ def run(args) -> dict:
     return _report(args, runs, result_dir)
 
 
+def _have_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _report(args, runs: list[Run], result_dir: Path) -> dict:
     slos = parse_goodput(args.goodput)
     named, entries = [], []
@@ -207,7 +214,7 @@ def _report(args, runs: list[Run], result_dir: Path) -> dict:
         table, rows = report.ratio_table(order)
         print(f"\nratios against {order[0][0]}:\n{table}")
         extra["ratios"] = {"baseline": order[0][0], "rows": rows}
-    if not args.no_plots and runs and importlib.util.find_spec("matplotlib") is None:
+    if not args.no_plots and runs and not _have_matplotlib():
         print("note: no plots (matplotlib is not installed: pip install 'vlm-service[bench]'; --no-plots hides "
               "this note)", file=sys.stderr)
     elif not args.no_plots and runs:
