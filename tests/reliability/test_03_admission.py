@@ -49,7 +49,7 @@ def test_queue_limit_refuses_exactly_k_before_decode(admission_server):
     runtime = admission_server.server.runtime
     counter = _CountingProcessor(runtime.processor)
     runtime.processor = counter
-    long = dict(max_tokens=2000, min_tokens=2000)
+    long = dict(max_tokens=900, min_tokens=900)  # within the 1024-token context (more is INVALID_ARGUMENT)
     with admission_server.channel() as ch:
         stub = vlm_pb2_grpc.VisionLanguageServiceStub(ch)
         running = stub.Generate(build_request("run", [png(seed=30)], **long))

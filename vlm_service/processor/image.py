@@ -59,8 +59,11 @@ def decode_image(data: bytes, mime_type: str, max_pixels: int, field: str) -> Im
 
 
 def _check_still(img: Image.Image, field: str) -> None:
-    """An animated GIF/WebP is refused rather than silently cut to its first frame: the model would answer about
-    one frame while the user asked about the animation."""
+    """An animated GIF/WebP/PNG is refused rather than silently cut to its first frame: the model would answer about
+    one frame while the user asked about the animation. (A multi-picture JPEG, as phone cameras write, also has
+    frames; its first picture is the photo, and it stays accepted.)"""
+    if img.format not in ("GIF", "WEBP", "PNG"):
+        return
     try:
         frames = getattr(img, "n_frames", 1)  # counts frames by walking the file's blocks (no pixel decode)
     except _DECODE_ERRORS as exc:

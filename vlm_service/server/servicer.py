@@ -48,7 +48,8 @@ class VisionLanguageServicer(vlm_pb2_grpc.VisionLanguageServiceServicer):
         request_id = request.request_id or uuid.uuid4().hex
         arrival = time.monotonic()
         deadline = self._deadline(context)
-        obs = RequestObserver(request_id, context.peer(), convert.count_images(request), self.metrics)
+        obs = RequestObserver(request_id, context.peer(), convert.count_images(request), self.metrics,
+                              client_deadline_s=context.time_remaining())
         error = None
         try:
             req = await self._admit(request, request_id, arrival, context)
