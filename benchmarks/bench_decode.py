@@ -26,7 +26,7 @@ from vlm_service.types import ChatMessage, ImageInput, SamplingParams
 
 def load(name: str, device: torch.device, vit: str, state_dir: Path):
     import vit_backends
-    from vlm_service.models import presets
+    from vlm_service.demo import presets
     from vlm_service.processor.processor import Processor
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

@@ -22,7 +22,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vlm_service.bench.images import encode, make_image  # noqa: E402
+from vlm_service.demo.images import encode, make_image  # noqa: E402
 from vlm_service.processor.gpu_preprocess import GpuPreprocessor  # noqa: E402
 from vlm_service.processor.image import decode_image  # noqa: E402
 from vlm_service.processor.vision import ImageConfig, demo_image_config, preprocess_image  # noqa: E402

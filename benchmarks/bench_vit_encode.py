@@ -71,7 +71,7 @@ def time_graph_ms(model, pixels: torch.Tensor, grid: torch.Tensor, reps: int) ->
 
 
 def bench_preset(name: str, size: int, reps: int, state_dir: str) -> dict:
-    from vlm_service.models import presets
+    from vlm_service.demo import presets
     from vlm_service.processor.processor import Processor
     from vlm_service.types import ChatMessage, ImageInput
 

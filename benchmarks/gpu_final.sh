@@ -6,7 +6,7 @@
 # limit and leaves its results under $OUT even when a later step fails.
 source benchmarks/gpu_env.sh >/dev/null || exit 1
 log() { grep -v "leaked\|nanobind\|^ - " | tail -n "$1"; }
-python3 -c "from vlm_service.models.presets import ensure_preset_dir as e; print(e('/tmp/vlm-state','qwen3_vl_8b'))"
+python3 -c "from vlm_service.demo.presets import ensure_preset_dir as e; print(e('/tmp/vlm-state','qwen3_vl_8b'))"
 m="serve:--model random:qwen3_vl_8b --vit-attention-backend"
 timeout 240 python3 benchmarks/ttft.py --compare "$m fa3" "$m flashinfer_cudnn" "$m auto" --compare-labels fa3 flashinfer_cudnn auto \
   --compare-rounds 1 --num-prompts 256 --max-concurrency 32 --images-per-request 1 --image-resolution 560x560 \

@@ -34,7 +34,7 @@ moe_ready() {
   done
   echo "$1 ready at ${SECONDS}s"
 }
-preset_dir() { python3 -c "from vlm_service.models.presets import ensure_preset_dir as e; print(e('/tmp/vlm-state','$1'))"; }
+preset_dir() { python3 -c "from vlm_service.demo.presets import ensure_preset_dir as e; print(e('/tmp/vlm-state','$1'))"; }
 case "${1:-}" in
   tp)  # tensor parallelism (issue 18): TP=1 unchanged on one GPU; the NCCL tests and the channel cost need >= 2 GPUs
     timeout 200 python3 benchmarks/bench_decode.py --model random:qwen2_5_vl_7b --vit auto \

@@ -10,7 +10,7 @@
 source benchmarks/gpu_env.sh >/dev/null || exit 1
 python3 -c "import av" 2>/dev/null || { echo "PyAV (av) is missing: carry its wheel in .whl/" >&2; exit 1; }
 log() { grep -v "leaked\|nanobind\|^ - \|USDT\|Warning:" | tail -n "$1"; }
-preset_dir() { python3 -c "from vlm_service.models.presets import ensure_preset_dir as e; print(e('/tmp/vlm-state','$1'))"; }
+preset_dir() { python3 -c "from vlm_service.demo.presets import ensure_preset_dir as e; print(e('/tmp/vlm-state','$1'))"; }
 case "${1:-}" in
   ttft)
     for m in qwen3_vl_8b qwen2_5_vl_7b; do

@@ -28,7 +28,8 @@ import psutil
 from vlm_service._proto.vlm.v1 import vlm_pb2, vlm_pb2_grpc
 from vlm_service.client import build_request
 from vlm_service.config import Config, EngineConfig, LimitsConfig, ModelConfig, ServerConfig, TLSConfig
-from vlm_service.server.testing import running_server
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: the test harness lives in tests/
+from tests.server_harness import running_server  # noqa: E402
 
 TOLERANCE = 0.05
 

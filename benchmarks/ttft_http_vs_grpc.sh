@@ -10,7 +10,7 @@
 # results as $OUT/ttft_http_vs_grpc.tgz. About 2-3 minutes: model load + warm-up ~90 s, each run ~10 s.
 source benchmarks/gpu_env.sh >/dev/null || exit 1
 python3 -c "import fastapi, uvicorn, httpx" || { echo "the http extra is missing on this host (see above)" >&2; exit 1; }
-dir=$(python3 -c "from vlm_service.models.presets import ensure_preset_dir as e; print(e('/tmp/vlm-state','random:qwen3_vl_8b'))")
+dir=$(python3 -c "from vlm_service.demo.presets import ensure_preset_dir as e; print(e('/tmp/vlm-state','random:qwen3_vl_8b'))")
 python3 -m vlm_service.cli serve --model random:qwen3_vl_8b --insecure --port 50051 --http-port 8000 \
   --log-format json > /tmp/serve_http.log 2>&1 &
 pid=$!

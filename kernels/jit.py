@@ -1,4 +1,4 @@
-"""Compile-on-first-use of CUDA sources, cached on disk, and FlashInfer's JIT kernels behind one cache directory.
+"""FlashInfer's JIT kernels behind one on-disk cache directory (compiled on first use).
 
 Cache directory: $VLM_KERNEL_CACHE, else $XDG_CACHE_HOME/vlm-service/kernels (~/.cache/... by default), i.e. under
 the service's default state dir. A first build costs tens of seconds (FlashInfer's rmsnorm took 31 s on the H200);
@@ -40,22 +40,6 @@ def flashinfer_norm() -> ModuleType:
     except ImportError as exc:
         raise _missing("flashinfer-python", exc) from exc
     return flashinfer.norm
-
-
-@functools.cache
-def load_cuda(name: str, cuda_source: str, functions: tuple[str, ...], cpp_source: str = "") -> ModuleType:
-    """Build (once per source, cached under cache_dir()/name) and import a torch extension from CUDA source.
-
-    `functions` are bound to Python by name (torch.utils.cpp_extension.load_inline); their C++ declarations go in
-    cpp_source when load_inline cannot infer them.
-    """
-    from torch.utils import cpp_extension
-
-    build = cache_dir() / "cuda" / name
-    build.mkdir(parents=True, exist_ok=True)
-    return cpp_extension.load_inline(name=name, cpp_sources=[cpp_source] if cpp_source else [],
-                                     cuda_sources=[cuda_source], functions=list(functions),
-                                     build_directory=str(build), with_cuda=True, verbose=False)
 
 
 def warm_up_flashinfer_norm(hidden: int, dtype=None) -> None:

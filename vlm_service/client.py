@@ -14,7 +14,7 @@ from typing import AsyncIterator, Iterator, Sequence
 import grpc
 
 from vlm_service._proto.vlm.v1 import vlm_pb2, vlm_pb2_grpc
-from vlm_service.config import default_state_dir
+from vlm_service.config import DEFAULT_DEADLINE_S, DEFAULT_MAX_TOKENS, default_state_dir
 from vlm_service.server.tls import channel_credentials
 
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -40,10 +40,15 @@ def _add_image(content, image: ImageArg) -> None:
 def build_request(prompt: str, images: Sequence[ImageArg] = (), system: str | None = None,
                   request_id: str = "", videos: Sequence = (), **sampling) -> vlm_pb2.GenerateRequest:
     """One user turn (images first, then the text), optional system prompt; `sampling` are SamplingParams fields.
+    max_tokens defaults to DEFAULT_MAX_TOKENS (256, the server's default too); max_tokens=None leaves it unset, so
+    the server's --default-max-tokens applies.
 
     Built in place (messages.add(), content.add()): handing a finished sub-message to a constructor copies it,
     and with protobuf's upb backend building GenerateRequest(messages=[Message(content=[ContentPart(image=...)])])
     around one 3.1 MB PNG took 6-11 ms on this project's CPU machine against 0.07 ms in place."""
+    sampling.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
+    if sampling["max_tokens"] is None:
+        del sampling["max_tokens"]
     request = vlm_pb2.GenerateRequest(request_id=request_id, sampling=vlm_pb2.SamplingParams(**sampling))
     if system:
         request.messages.add(role="system").content.add(text=system)
@@ -100,12 +105,15 @@ class Client:
         self.channel = _channel(grpc, target, creds, server_name)
         self.stub = vlm_pb2_grpc.VisionLanguageServiceStub(self.channel)
 
-    def generate(self, request: vlm_pb2.GenerateRequest, timeout: float | None = None) -> Iterator[vlm_pb2.GenerateResponse]:
-        """Stream responses: Chunks, then one Complete. Raises grpc.RpcError on errors."""
+    def generate(self, request: vlm_pb2.GenerateRequest,
+                 timeout: float | None = DEFAULT_DEADLINE_S) -> Iterator[vlm_pb2.GenerateResponse]:
+        """Stream responses: Chunks, then one Complete. Raises grpc.RpcError on errors. timeout: the deadline in
+        seconds (default 300, the server's default too; None = none)."""
         return self.stub.Generate(request, timeout=timeout)
 
-    def generate_text(self, prompt: str, images=(), timeout: float | None = None, **sampling) -> tuple[str, vlm_pb2.Complete]:
-        """Convenience: the whole text and the Complete of one request."""
+    def generate_text(self, prompt: str, images=(), timeout: float | None = DEFAULT_DEADLINE_S,
+                      **sampling) -> tuple[str, vlm_pb2.Complete]:
+        """Convenience: the whole text and the Complete of one request (max_tokens 256 unless given)."""
         text, complete = [], None
         for resp in self.generate(build_request(prompt, images, **sampling), timeout=timeout):
             if resp.HasField("chunk"):
@@ -140,9 +148,20 @@ class AsyncClient:
         self.stub = vlm_pb2_grpc.VisionLanguageServiceStub(self.channel)
 
     def generate(self, request: vlm_pb2.GenerateRequest,
-                 timeout: float | None = None) -> AsyncIterator[vlm_pb2.GenerateResponse]:
-        """The streaming call (iterate with `async for`; .cancel() cancels it)."""
+                 timeout: float | None = DEFAULT_DEADLINE_S) -> AsyncIterator[vlm_pb2.GenerateResponse]:
+        """The streaming call (iterate with `async for`; .cancel() cancels it); timeout as in Client.generate."""
         return self.stub.Generate(request, timeout=timeout)
+
+    async def generate_text(self, prompt: str, images=(), timeout: float | None = DEFAULT_DEADLINE_S,
+                            **sampling) -> tuple[str, vlm_pb2.Complete]:
+        """Convenience: the whole text and the Complete of one request (max_tokens 256 unless given)."""
+        text, complete = [], None
+        async for resp in self.generate(build_request(prompt, images, **sampling), timeout=timeout):
+            if resp.HasField("chunk"):
+                text.append(resp.chunk.text)
+            else:
+                complete = resp.complete
+        return "".join(text), complete
 
     async def info(self, timeout: float | None = 10.0) -> vlm_pb2.ModelInfo:
         return await self.stub.GetModelInfo(vlm_pb2.GetModelInfoRequest(), timeout=timeout)
@@ -158,3 +177,34 @@ class AsyncClient:
 
     async def __aexit__(self, *exc):
         await self.close()
+
+
+# substrings of gRPC's connection errors -> what the user can do about them (client.error_hint)
+_HINTS = (
+    ("Socket closed", "the server may speak TLS here: drop --insecure (plaintext against a TLS port)"),
+    ("WRONG_VERSION_NUMBER", "the server may be plaintext here: add --insecure"),
+    ("CERTIFICATE_VERIFY_FAILED", "the server's certificate is not signed by a CA this client trusts: --ca FILE, "
+                                  "or the same --state-dir as the server (its dev CA is STATE_DIR/tls/ca.crt)"),
+    ("Hostname Verification", "the certificate does not name the host dialled: --server-name NAME "
+                              "(the dev certificate names localhost)"),
+    ("not in peer certificate", "the certificate does not name the host dialled: --server-name NAME "
+                                "(the dev certificate names localhost)"),
+    ("Connection refused", "nothing listens there: is `vlm-service serve` running, on this --target?"),
+    ("No such file or directory", "no socket at that path: is the server running with this --uds?"),
+)
+
+
+def error_hint(exc: grpc.RpcError) -> str:
+    """A hint for a failed call's connection error ("" when there is none to give)."""
+    details = exc.details() or ""
+    for needle, hint in _HINTS:
+        if needle in details:
+            return hint
+    return ""
+
+
+def error_line(exc: grpc.RpcError) -> str:
+    """`CODE: details (hint)` on one line."""
+    details = " ".join((exc.details() or "").split())
+    hint = error_hint(exc)
+    return f"{exc.code().name}: {details}" + (f" (hint: {hint})" if hint else "")

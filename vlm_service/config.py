@@ -10,6 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+# What a request gets when it does not say (server, Python client and CLI agree): a finite completion, so a request
+# that forgets max_tokens returns in seconds rather than generating to the end of a 32k context; and a deadline
+DEFAULT_MAX_TOKENS = 256
+DEFAULT_DEADLINE_S = 300.0
+
+
 def default_state_dir() -> Path:
     """VLM_STATE_DIR, else the user's cache dir: server and bundled client agree on where the dev CA lives."""
     if os.environ.get("VLM_STATE_DIR"):
@@ -24,7 +30,6 @@ class ModelConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16
     vit_attention_backend: str = "auto"  # auto | sdpa | fa3 | flashinfer_cudnn
-    seed: int = 0
     served_model_name: str = ""  # what /v1/models, responses and GetModelInfo report; "" = the model id
     chat_template: str = ""  # a jinja file overriding the checkpoint's chat template; "" = the checkpoint's
     preprocess_device: str = "auto"  # auto (= cpu for now: see gpu_preprocess.py) | cpu | cuda: image decode + preprocess
@@ -63,7 +68,7 @@ class LimitsConfig:
     max_prompt_tokens: int = 0  # 0 = max_model_len
     max_waiting_requests: int = 256
     max_waiting_tokens: int = 0  # 0 = unlimited
-    default_deadline_s: float = 0.0  # 0 = none
+    default_deadline_s: float = DEFAULT_DEADLINE_S  # when the client gives none; 0 = none
     max_deadline_s: float = 0.0  # 0 = none
     # backpressure: TokenDeltas a stream may hold unread before its request is paused (KV blocks freed,
     # recomputed when the reader has taken half of them); 0 = never pause
@@ -82,6 +87,11 @@ class LimitsConfig:
     max_video_fps: float = 8.0  # a request's sampling fps is capped by it
     video_decode_timeout_s: float = 30.0  # demux + decode of one video
     max_visual_tokens: int = 0  # image + video tokens of one request; 0 = bounded by the prompt limit only
+    default_max_tokens: int = DEFAULT_MAX_TOKENS  # when the request gives none; 0 = up to the context
+
+    def __post_init__(self):
+        if self.default_max_tokens < 0 or self.default_deadline_s < 0 or self.max_deadline_s < 0:
+            raise ValueError("--default-max-tokens, --default-deadline-s and --max-deadline-s must be >= 0")
 
 
 @dataclass(frozen=True)

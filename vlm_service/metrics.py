@@ -6,9 +6,17 @@ Every metric carries the `model_name` label.
 
 from __future__ import annotations
 
+import socket
+import threading
 from dataclasses import dataclass
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+
+# no `<name>_created` series: they double the counters and histograms, and vLLM's dashboards do not read them
+prometheus_client.disable_created_metrics()
 
 _LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
                     20.0, 40.0, 80.0)
@@ -66,6 +74,9 @@ class Metrics:
         self.success = counter("vlm:request_success_total", "Finished requests", ["finished_reason"])
         self.rejected = counter("vlm:request_rejected_total", "Requests refused with a gRPC status", ["code"])
         self.prefix_hits = counter("vlm:prefix_cache_hit_tokens_total", "Prompt tokens served from the prefix cache")
+        # vLLM's pair (tokens): hit rate = rate(vlm:prefix_cache_hits_total) / rate(vlm:prefix_cache_queries_total)
+        self.prefix_queries = counter("vlm:prefix_cache_queries", "Prompt tokens looked up in the prefix cache")
+        self.prefix_cache_hits = counter("vlm:prefix_cache_hits", "Prompt tokens found in the prefix cache")
         self.image_cache_hits = counter("vlm:image_cache_hits_total", "Images served from the vision cache")
         self.image_cache_queries = counter("vlm:image_cache_queries_total", "Images looked up in the vision cache")
 
@@ -83,6 +94,8 @@ class Metrics:
         self._l(self.generation_tokens).inc(r.completion_tokens)
         self._l(self.image_tokens).inc(r.image_tokens)
         self._l(self.prefix_hits).inc(r.cached_tokens)
+        self._l(self.prefix_queries).inc(r.prompt_tokens)
+        self._l(self.prefix_cache_hits).inc(r.cached_tokens)
 
     def observe_rejected(self, code: str) -> None:
         self._l(self.rejected, code=code).inc()
@@ -97,8 +110,13 @@ class Metrics:
         self._l(self.image_cache_queries).inc(queries)
 
     def serve(self, port: int, host: str = "0.0.0.0"):
-        """Start the /metrics HTTP endpoint in a daemon thread; returns (server, thread)."""
-        self._http = start_http_server(port, addr=host, registry=self.registry)
+        """Start the /metrics HTTP endpoint in a daemon thread (every other path: 404); returns (server, thread)."""
+        cls = _ThreadingWSGIServer6 if ":" in host else _ThreadingWSGIServer
+        server = make_server(host.strip("[]"), port, _only_metrics(make_wsgi_app(self.registry)), cls,
+                             handler_class=_QuietHandler)
+        thread = threading.Thread(target=server.serve_forever, daemon=True, name="metrics-http")
+        thread.start()
+        self._http = (server, thread)
         return self._http
 
     def close(self) -> None:
@@ -107,3 +125,28 @@ class Metrics:
             self._http[0].shutdown()
             self._http[0].server_close()
             self._http = None
+
+
+def _only_metrics(app):
+    """The WSGI app answers /metrics only: a probe pointed at /health must not get a 200 full of metrics."""
+
+    def wrapped(environ, start_response):
+        if environ.get("PATH_INFO", "") != "/metrics":
+            start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"not found: metrics are at /metrics\n"]
+        return app(environ, start_response)
+
+    return wrapped
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _ThreadingWSGIServer6(_ThreadingWSGIServer):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - the base class's name; scrapes are not worth a log line
+        pass

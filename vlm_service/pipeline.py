@@ -68,7 +68,7 @@ class Pipeline:
         identity = identity or ANONYMOUS
         arrival = time.monotonic()
         deadline = self.deadline(remaining_s)
-        obs = RequestObserver(request_id, peer, n_images, self.metrics)
+        obs = RequestObserver(request_id, peer, n_images, self.metrics, client_deadline_s=remaining_s)
         error, claimed = None, False
         try:
             check_request_id(request_id)
@@ -162,7 +162,7 @@ class Pipeline:
         self._enter()
         try:
             processed = await self._preprocess(req)
-            obs.processed(processed)
+            obs.processed(processed, req)
             async for out in self._outputs(req, processed, deadline):
                 obs.output(out)
                 yield out

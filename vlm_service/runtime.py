@@ -115,13 +115,13 @@ def resolve_model_path(cfg: Config) -> tuple[str, str | Path, Path]:
     """(model id, what load_model takes, tokenizer/processor dir) for demo / demo:<arch> / random:<preset> / a dir."""
     name, state = cfg.model.model, Path(cfg.server.state_dir)
     if name == "demo" or name.startswith("demo:"):
-        from vlm_service.models.demo import ensure_demo_model
+        from vlm_service.demo.checkpoint import ensure_demo_model
 
         arch = name.split(":", 1)[1] if ":" in name else "qwen3_vl"
         path = Path(ensure_demo_model(state, arch))
         return name, path, path
     if name.startswith("random:"):
-        from vlm_service.models import presets
+        from vlm_service.demo import presets
 
         return name, name, Path(presets.ensure_preset_dir(state, name))
     path = Path(name).expanduser()

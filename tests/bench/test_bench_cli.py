@@ -61,5 +61,5 @@ def test_server_errors_are_counted_and_bad_flags_refused(tmp_path, fake_server):
     assert rc == 1  # nothing completed: reported, not raised
     m = json.loads((tmp_path / "summary.json").read_text())["runs"][0]["metrics"]
     assert m["failed"] == 5 and m["errors"] == {"DEADLINE_EXCEEDED": 5}
-    assert main(["--num-prompts", "1"]) == 2
+    assert main(["--num-prompts", "1", "--ca", str(tmp_path / "missing.crt")]) == 2  # (no target: the local one)
     assert main(["--target", "x:1", "--goodput", "nope:1", "--result-dir", str(tmp_path)]) == 2

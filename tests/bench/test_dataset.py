@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from vlm_service.bench.dataset import DatasetSpec, TextMaker, build_dataset, parse_range
-from vlm_service.bench.images import ResolutionSampler, make_image
+from vlm_service.demo.images import ResolutionSampler, make_image
 
 
 def test_parse_range():

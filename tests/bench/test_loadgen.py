@@ -8,7 +8,7 @@ from fake_server import FakeServicer, start_fake
 
 from vlm_service._proto.vlm.v1 import vlm_pb2, vlm_pb2_grpc
 from vlm_service.bench.dataset import BenchRequest, DatasetSpec, build_dataset
-from vlm_service.bench.images import ImageItem
+from vlm_service.demo.images import ImageItem
 from vlm_service.bench.loadgen import LoadPlan, Target, build_proto, open_channel, run_load, warmup
 from vlm_service.bench.metrics import summarize
 

@@ -14,8 +14,8 @@ KEY = "sk-bench"
 
 @pytest.fixture(scope="module")
 def real_server(tmp_path_factory):
-    pytest.importorskip("vlm_service.models.demo")
-    testing = pytest.importorskip("vlm_service.server.testing")
+    pytest.importorskip("vlm_service.demo.checkpoint")
+    testing = pytest.importorskip("tests.server_harness")
     cfg = Config(model=ModelConfig(model="demo", device="cpu", dtype="float32", vit_attention_backend="sdpa"),
                  engine=EngineConfig(num_blocks=256, max_num_seqs=8, cuda_graphs=False),
                  server=ServerConfig(port=0, state_dir=tmp_path_factory.mktemp("state"), api_keys=(KEY,),

@@ -12,8 +12,8 @@ from vlm_service.config import Config, EngineConfig, ModelConfig, ServerConfig, 
 
 @pytest.fixture(scope="module")
 def real_server(tmp_path_factory):
-    pytest.importorskip("vlm_service.models.demo")
-    testing = pytest.importorskip("vlm_service.server.testing")
+    pytest.importorskip("vlm_service.demo.checkpoint")
+    testing = pytest.importorskip("tests.server_harness")
     cfg = Config(model=ModelConfig(model="demo", device="cpu", dtype="float32", vit_attention_backend="sdpa"),
                  engine=EngineConfig(num_blocks=256, max_num_seqs=8, cuda_graphs=False),
                  server=ServerConfig(port=0, state_dir=tmp_path_factory.mktemp("state"),
@@ -55,7 +55,7 @@ def test_fixed_rate_and_concurrency_against_the_real_server(tmp_path, real_serve
 
 
 def test_compare_launches_a_server_from_a_spec_and_stops_it(tmp_path, fake_server):
-    pytest.importorskip("vlm_service.models.demo")
+    pytest.importorskip("vlm_service.demo.checkpoint")
     spec = (f"serve:--model demo --device cpu --dtype float32 --vit-attention-backend sdpa --num-blocks 256 "
             f"--no-cuda-graphs --state-dir {tmp_path / 'state'}")
     out = tmp_path / "out"

@@ -13,12 +13,12 @@ import pytest
 pytest.importorskip("cryptography")
 
 from vlm_service.config import Config, EngineConfig, LimitsConfig, ModelConfig, ServerConfig, TLSConfig
-from vlm_service.server.testing import make_test_pki, running_server  # noqa: E402
+from tests.server_harness import make_test_pki, running_server  # noqa: E402
 from vlm_service.server.tls import channel_credentials  # noqa: E402
 
 
 def _require_runtime():
-    pytest.importorskip("vlm_service.models.demo")
+    pytest.importorskip("vlm_service.demo.checkpoint")
     engine = pytest.importorskip("vlm_service.engine")
     if not hasattr(engine, "AsyncEngine"):
         pytest.skip("vlm_service.engine.AsyncEngine not there yet")

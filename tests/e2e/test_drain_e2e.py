@@ -12,12 +12,12 @@ from grpc_health.v1 import health_pb2
 
 from vlm_service._proto.vlm.v1 import vlm_pb2, vlm_pb2_grpc
 from vlm_service.client import build_request
-from vlm_service.server.testing import free_port, server_subprocess
+from tests.server_harness import free_port, server_subprocess
 from vlm_service.server.tls import channel_credentials
 
 
 def test_sigterm_drains_in_flight_stream_and_exits_zero(state_dir, tmp_path):
-    pytest.importorskip("vlm_service.models.demo")
+    pytest.importorskip("vlm_service.demo.checkpoint")
     port = free_port()
     args = ["--model", "demo", "--device", "cpu", "--port", str(port), "--state-dir", str(state_dir),
             "--drain-timeout-s", "60", "--num-blocks", "128"]

@@ -9,7 +9,7 @@ import pytest
 from tests.e2e.conftest import e2e_config
 from vlm_service.client import Client
 from vlm_service.config import ModelConfig, TLSConfig
-from vlm_service.server.testing import running_server
+from tests.server_harness import running_server
 
 
 @pytest.mark.gpu

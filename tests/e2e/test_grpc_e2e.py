@@ -19,7 +19,7 @@ from vlm_service._proto.vlm.v1 import vlm_pb2, vlm_pb2_grpc
 from vlm_service.client import Client, build_request
 from vlm_service.server import convert
 from vlm_service.server.pki import LOCAL_NAMES, make_leaf
-from vlm_service.server.testing import SERVICE_NAME
+from tests.server_harness import SERVICE_NAME
 from vlm_service.server.tls import channel_credentials
 
 
@@ -58,7 +58,7 @@ def _wait_idle(runtime, timeout=2.0) -> bool:
 
 
 def _reference_tokens(runtime, png: bytes, prompt: str, n: int) -> list[int]:
-    from vlm_service.models.generate import generate
+    from tests.models.reference_generate import generate
 
     msgs = (types.ChatMessage("user", (types.ImageInput(png, "image/png"), prompt)),)
     p = runtime.processor.process(msgs)
@@ -175,7 +175,7 @@ def test_admission_refuses_the_excess(tmp_path_factory, state_dir):
     """A separate server with max_waiting_requests=1 and one running slot: extra requests get RESOURCE_EXHAUSTED."""
     from tests.e2e.conftest import e2e_config
     from vlm_service.config import TLSConfig
-    from vlm_service.server.testing import running_server
+    from tests.server_harness import running_server
 
     cfg = e2e_config(state_dir, TLSConfig(insecure=True), max_waiting_requests=1)
     with running_server(cfg, warmup=False) as srv, srv.channel() as ch:
@@ -199,7 +199,7 @@ def test_warmup_runs_two_distinct_images_through_the_vision_tower(state_dir, sid
 
     from tests.e2e.conftest import e2e_config
     from vlm_service.config import TLSConfig
-    from vlm_service.server.testing import running_server
+    from tests.server_harness import running_server
 
     cfg = e2e_config(state_dir, TLSConfig(insecure=True))
     cfg = dataclasses.replace(cfg, server=dataclasses.replace(cfg.server, warmup_image_side=side),

@@ -17,7 +17,7 @@ from tests.e2e.conftest import _require_runtime, e2e_config
 from vlm_service._proto.vlm.v1 import vlm_pb2, vlm_pb2_grpc
 from vlm_service.client import build_request
 from vlm_service.config import HTTPConfig, TLSConfig
-from vlm_service.server.testing import running_server
+from tests.server_harness import running_server
 from vlm_service.server.tls import channel_credentials
 
 openai = pytest.importorskip("openai")

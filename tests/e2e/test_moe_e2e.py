@@ -17,7 +17,7 @@ from vlm_service._proto.vlm.v1 import vlm_pb2_grpc
 from vlm_service.client import build_request
 from vlm_service.config import Config, EngineConfig, ModelConfig, ServerConfig, TLSConfig
 from vlm_service.models.layers import seeded_weights_
-from vlm_service.server.testing import running_server
+from tests.server_harness import running_server
 from vlm_service.server.tls import channel_credentials
 
 MAX_TOKENS = 32

@@ -20,10 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine" / "paralle
 from tp_helpers import tiny_checkpoint, tp_config, tp_runtime  # noqa: E402
 
 from vlm_service._proto.vlm.v1 import vlm_pb2_grpc  # noqa: E402
-from vlm_service.bench.images import make_image  # noqa: E402
+from vlm_service.demo.images import make_image  # noqa: E402
 from vlm_service.client import build_request  # noqa: E402
 from vlm_service.config import ServerConfig, TLSConfig  # noqa: E402
-from vlm_service.server.testing import free_port, running_server, server_subprocess  # noqa: E402
+from tests.server_harness import free_port, running_server, server_subprocess  # noqa: E402
 from vlm_service.server.tls import channel_credentials  # noqa: E402
 from vlm_service.types import ChatMessage, ImageInput, SamplingParams  # noqa: E402
 

@@ -50,7 +50,7 @@ def test_engine_matches_transformers_on_the_demo_model(arch, tmp_path_factory):
         pytest.skip(f"vlm_service.models.{arch} not written yet")
     from transformers import AutoModelForImageTextToText
 
-    from vlm_service.models.demo import ensure_demo_model
+    from vlm_service.demo.checkpoint import ensure_demo_model
     from vlm_service.models.loader import load_model
 
     path = ensure_demo_model(tmp_path_factory.mktemp("state"), arch)

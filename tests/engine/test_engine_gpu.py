@@ -45,7 +45,7 @@ def test_cuda_graphs_do_not_change_greedy_tokens(tmp_path):
     from transformers import AutoModelForImageTextToText
 
     import vit_backends
-    from vlm_service.models.demo import ensure_demo_model
+    from vlm_service.demo.checkpoint import ensure_demo_model
     from vlm_service.models.loader import load_model
 
     path = ensure_demo_model(tmp_path, "qwen3_vl")

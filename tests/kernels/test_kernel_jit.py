@@ -23,32 +23,6 @@ def test_missing_flashinfer_names_the_extra():
         jit.flashinfer_norm()
 
 
-_SCALE_SRC = """
-#include <torch/extension.h>
-__global__ void scale_kernel(const float* x, float* y, float a, int64_t n) {
-  int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
-  if (i < n) y[i] = a * x[i];
-}
-torch::Tensor scale(torch::Tensor x, double a) {
-  auto y = torch::empty_like(x);
-  int64_t n = x.numel();
-  scale_kernel<<<(n + 255) / 256, 256>>>(x.data_ptr<float>(), y.data_ptr<float>(), (float)a, n);
-  return y;
-}
-"""
-
-
-@pytest.mark.gpu
-def test_gpu_load_cuda_builds_once_into_the_cache(monkeypatch, tmp_path):
-    monkeypatch.setenv("VLM_KERNEL_CACHE", str(tmp_path))
-    mod = jit.load_cuda("vlm_test_scale", _SCALE_SRC, ("scale",), "torch::Tensor scale(torch::Tensor x, double a);")
-    x = torch.arange(1000, dtype=torch.float32, device="cuda")
-    torch.testing.assert_close(mod.scale(x, 2.5), x * 2.5)
-    assert any((tmp_path / "cuda" / "vlm_test_scale").glob("*.so"))
-    assert jit.load_cuda("vlm_test_scale", _SCALE_SRC, ("scale",),
-                         "torch::Tensor scale(torch::Tensor x, double a);") is mod
-
-
 @pytest.mark.gpu
 def test_gpu_flashinfer_norm_module_runs():
     pytest.importorskip("flashinfer")

@@ -7,7 +7,7 @@ import torch
 from qwen3_tiny_helpers import make_prompt
 
 from vlm_service.models.common import MultimodalEmbeds
-from vlm_service.models.generate import DenseKVContext, generate, multimodal_embeds
+from tests.models.reference_generate import DenseKVContext, generate, multimodal_embeds
 
 
 def test_chunked_prefill_matches_one_shot(our_qwen3):

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 import vit_backends
 from vlm_service.errors import ModelLoadError
-from vlm_service.models.generate import DenseKVContext, multimodal_embeds
+from tests.models.reference_generate import DenseKVContext, multimodal_embeds
 from vlm_service.models.loader import canonical_name, load_model, normalize_config
 
 

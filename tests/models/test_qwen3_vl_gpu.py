@@ -10,7 +10,7 @@ import torch
 from qwen3_tiny_helpers import hf_positions, make_prompt
 
 import vit_backends
-from vlm_service.models.generate import DenseKVContext, generate, multimodal_embeds
+from tests.models.reference_generate import DenseKVContext, generate, multimodal_embeds
 from vlm_service.models.loader import load_model
 
 pytestmark = pytest.mark.gpu

@@ -10,7 +10,7 @@ from qwen3_moe_tiny_helpers import MOE_VARIANTS, build_tiny_qwen3_moe
 from qwen3_tiny_helpers import hf_positions, make_prompt
 
 import vit_backends
-from vlm_service.models.generate import DenseKVContext, generate, multimodal_embeds
+from tests.models.reference_generate import DenseKVContext, generate, multimodal_embeds
 from vlm_service.models.layers import GatedMLP
 from vlm_service.models.loader import load_model
 from vlm_service.models.qwen3_vl_moe import SparseMoeBlock

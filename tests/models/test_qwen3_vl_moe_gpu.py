@@ -13,7 +13,7 @@ from qwen3_moe_tiny_helpers import build_tiny_qwen3_moe
 from qwen3_tiny_helpers import hf_positions, make_prompt
 
 import vit_backends
-from vlm_service.models.generate import DenseKVContext, generate, multimodal_embeds
+from tests.models.reference_generate import DenseKVContext, generate, multimodal_embeds
 from vlm_service.models.layers import seeded_weights_
 from vlm_service.models.loader import load_model, normalize_config
 from vlm_service.models.qwen3_vl_moe import Qwen3VLMoeForConditionalGeneration

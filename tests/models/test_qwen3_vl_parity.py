@@ -6,7 +6,7 @@ import pytest
 import torch
 from qwen3_tiny_helpers import hf_positions, make_prompt
 
-from vlm_service.models.generate import DenseKVContext, generate, multimodal_embeds
+from tests.models.reference_generate import DenseKVContext, generate, multimodal_embeds
 
 PROMPTS = {
     "text_only": [12],

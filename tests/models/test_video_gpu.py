@@ -13,7 +13,7 @@ from video_parity_helpers import chat, clip, hf_model_inputs, our_embeds, png
 import vit_backends
 from vlm_service.config import EngineConfig
 from vlm_service.engine.engine import LLMEngine
-from vlm_service.models.generate import DenseKVContext
+from tests.models.reference_generate import DenseKVContext
 from vlm_service.types import SamplingParams
 
 pytestmark = pytest.mark.gpu
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.gpu
 def family(request, tmp_path_factory):
     import transformers
 
-    from vlm_service.models.demo import ensure_demo_model
+    from vlm_service.demo.checkpoint import ensure_demo_model
     from vlm_service.processor.processor import Processor
 
     if not torch.cuda.is_available():

@@ -18,7 +18,7 @@ from video_parity_helpers import chat, clip, hf_model_inputs, our_embeds, png  #
 
 from vlm_service.config import EngineConfig  # noqa: E402
 from vlm_service.engine.engine import LLMEngine  # noqa: E402
-from vlm_service.models.generate import DenseKVContext  # noqa: E402
+from tests.models.reference_generate import DenseKVContext  # noqa: E402
 from vlm_service.types import SamplingParams, VideoInput  # noqa: E402
 
 PROMPTS = {
@@ -35,7 +35,7 @@ FAMILIES = ("qwen3_vl", "qwen2_5_vl")
 def family(request, tmp_path_factory):
     """(arch, transformers model, our model, our processor) for one demo checkpoint, fp32 on CPU."""
     import vit_backends
-    from vlm_service.models.demo import ensure_demo_model
+    from vlm_service.demo.checkpoint import ensure_demo_model
     from vlm_service.models.loader import load_model
     from vlm_service.processor.processor import Processor
 

@@ -104,8 +104,8 @@ def _prompts(n: int = 8):
 @pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl"])
 def test_greedy_tokens_agree_and_logits_close(arch, tmp_path_factory):
     import vit_backends
-    from vlm_service.models.demo import ensure_demo_model
-    from vlm_service.models.generate import generate
+    from vlm_service.demo.checkpoint import ensure_demo_model
+    from tests.models.reference_generate import generate
     from vlm_service.models.loader import load_model
     from vlm_service.processor.processor import Processor
     from vlm_service.types import ChatMessage, ImageInput
@@ -133,7 +133,7 @@ def test_greedy_tokens_agree_and_logits_close(arch, tmp_path_factory):
 
 
 def _last_logits(model, ids, positions, pv, grid) -> torch.Tensor:
-    from vlm_service.models.generate import DenseKVContext, multimodal_embeds
+    from tests.models.reference_generate import DenseKVContext, multimodal_embeds
 
     ids, positions = ids.cuda(), positions.cuda()
     with torch.no_grad():
@@ -148,7 +148,7 @@ def test_server_with_gpu_preprocessing(tmp_path_factory):
     from tests.e2e.conftest import e2e_config
     from vlm_service.client import Client
     from vlm_service.config import ModelConfig, TLSConfig
-    from vlm_service.server.testing import running_server
+    from tests.server_harness import running_server
 
     state = tmp_path_factory.mktemp("state")
     texts = {}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from reliability_helpers import rel_config
-from vlm_service.server.testing import free_port, running_server
+from tests.server_harness import free_port, running_server
 
 
 @pytest.fixture(scope="session")

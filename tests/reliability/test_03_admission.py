@@ -13,7 +13,7 @@ from reliability_helpers import collect, png, rel_config, wait_idle, wait_until
 from test_05_decompression_bomb import bomb_png
 from vlm_service._proto.vlm.v1 import vlm_pb2_grpc
 from vlm_service.client import build_request
-from vlm_service.server.testing import running_server
+from tests.server_harness import running_server
 
 N, K = 3, 4
 
@@ -54,7 +54,7 @@ def test_queue_limit_refuses_exactly_k_before_decode(admission_server):
     runtime = admission_server.server.runtime
     counter = _CountingProcessor(runtime.processor)
     runtime.processor = counter
-    long = dict(max_tokens=2000, min_tokens=2000)
+    long = dict(max_tokens=900, min_tokens=900)  # within the 1024-token context (more is INVALID_ARGUMENT)
     with admission_server.channel() as ch:
         stub = vlm_pb2_grpc.VisionLanguageServiceStub(ch)
         running = stub.Generate(build_request("run", [png(seed=30)], **long))

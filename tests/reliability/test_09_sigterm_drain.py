@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2
 from reliability_helpers import wait_until
 from vlm_service._proto.vlm.v1 import vlm_pb2, vlm_pb2_grpc
 from vlm_service.client import build_request
-from vlm_service.server.testing import free_port, server_subprocess
+from tests.server_harness import free_port, server_subprocess
 
 TOKENS = 300
 

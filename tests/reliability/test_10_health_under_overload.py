@@ -10,7 +10,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from reliability_helpers import png, wait_idle, wait_until
 from vlm_service.client import build_request
-from vlm_service.server.testing import SERVICE_NAME
+from tests.server_harness import SERVICE_NAME
 
 LOAD = 40  # streams: 8 running, 32 waiting
 

@@ -15,7 +15,7 @@ from reliability_helpers import rel_config  # noqa: E402
 from vlm_service.client import Client  # noqa: E402
 from vlm_service.config import TLSConfig  # noqa: E402
 from vlm_service.server.pki import LOCAL_NAMES, make_leaf  # noqa: E402
-from vlm_service.server.testing import make_test_pki, running_server  # noqa: E402
+from tests.server_harness import make_test_pki, running_server  # noqa: E402
 from vlm_service.server.tls import channel_credentials  # noqa: E402
 
 

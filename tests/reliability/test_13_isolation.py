@@ -20,7 +20,7 @@ from vlm_service._proto.vlm.v1 import vlm_pb2, vlm_pb2_grpc  # noqa: E402
 from vlm_service.client import build_request  # noqa: E402
 from vlm_service.config import TLSConfig  # noqa: E402
 from vlm_service.server.convert import field_violations  # noqa: E402
-from vlm_service.server.testing import make_test_pki, running_server  # noqa: E402
+from tests.server_harness import make_test_pki, running_server  # noqa: E402
 from vlm_service.server.tls import channel_credentials  # noqa: E402
 
 LEAK = "index 151936 is out of bounds for dimension 1 with size 151936"

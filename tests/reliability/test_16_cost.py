@@ -33,7 +33,7 @@ from vlm_service.client import build_request
 from vlm_service.processor.budget import decode_bytes
 from vlm_service.processor.vision import smart_resize
 from vlm_service.server import convert
-from vlm_service.server.testing import running_server
+from tests.server_harness import running_server
 
 MIB = 1 << 20
 

@@ -16,7 +16,7 @@ from vlm_service._proto.vlm.v1 import vlm_pb2, vlm_pb2_grpc  # noqa: E402
 from vlm_service.bench.clips import make_audio_only, make_clip  # noqa: E402
 from vlm_service.config import TLSConfig  # noqa: E402
 from vlm_service.server import convert  # noqa: E402
-from vlm_service.server.testing import make_test_pki, running_server  # noqa: E402
+from tests.server_harness import make_test_pki, running_server  # noqa: E402
 from vlm_service.server.tls import channel_credentials  # noqa: E402
 
 MAX_VIDEO_BYTES = 1 << 20

@@ -12,7 +12,7 @@ import pytest
 from reliability_helpers import collect, rel_config, wait_idle, wait_until
 from vlm_service._proto.vlm.v1 import vlm_pb2, vlm_pb2_grpc
 from vlm_service.client import build_request
-from vlm_service.server.testing import running_server
+from tests.server_harness import running_server
 
 SMALL_WINDOW = [("grpc.http2.lookahead_bytes", 1024), ("grpc.http2.bdp_probe", 0)]
 N = 200

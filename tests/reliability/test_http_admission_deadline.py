@@ -13,7 +13,7 @@ from reliability_helpers import png, rel_config, wait_idle, wait_until
 from test_03_admission import K, N, _CountingProcessor
 from test_05_decompression_bomb import bomb_png
 from vlm_service._proto.vlm.v1 import vlm_pb2, vlm_pb2_grpc
-from vlm_service.server.testing import running_server
+from tests.server_harness import running_server
 
 
 @pytest.fixture(scope="module")

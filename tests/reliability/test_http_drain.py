@@ -15,7 +15,7 @@ from http_helpers import chat_body, events
 from reliability_helpers import wait_until
 from vlm_service._proto.vlm.v1 import vlm_pb2, vlm_pb2_grpc
 from vlm_service.client import build_request
-from vlm_service.server.testing import free_port, server_subprocess
+from tests.server_harness import free_port, server_subprocess
 
 TOKENS = 300
 

@@ -18,7 +18,7 @@ from reliability_helpers import collect, rel_config
 from vlm_service._proto.vlm.v1 import vlm_pb2, vlm_pb2_grpc
 from vlm_service.client import build_request
 from vlm_service.server.app import _prepare_socket
-from vlm_service.server.testing import running_server
+from tests.server_harness import running_server
 
 GENERATE = "/vlm.v1.VisionLanguageService/Generate"
 ABORT = "/vlm.v1.VisionLanguageService/Abort"

@@ -13,7 +13,7 @@ from tests.server.http_fakes import http_cfg, http_runtime
 from vlm_service._proto.vlm.v1 import vlm_pb2, vlm_pb2_grpc
 from vlm_service.client import build_request
 from vlm_service.server.auth import ApiKeys
-from vlm_service.server.testing import running_server
+from tests.server_harness import running_server
 
 ALICE, BOB = "sk-alice-0123", "sk-bob-4567"
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}

@@ -13,7 +13,7 @@ from vlm_service.server import convert
 
 
 def test_request_round_trip_with_defaults():
-    req = convert.request_from_proto(build_request("hi", [b"png"], system="be brief"), "r1", 5.0)
+    req = convert.request_from_proto(build_request("hi", [b"png"], system="be brief", max_tokens=None), "r1", 5.0)
     assert req.request_id == "r1" and req.arrival_time == 5.0
     assert [m.role for m in req.messages] == ["system", "user"]
     assert req.messages[1].content == (types.ImageInput(b"png", ""), "hi")
@@ -23,7 +23,7 @@ def test_request_round_trip_with_defaults():
 def test_sampling_values_carry_over():
     sp = vlm_pb2.SamplingParams(temperature=0.5, top_p=0.9, top_k=5, min_p=0.1, seed=7, max_tokens=9, min_tokens=9,
                                 stop=["x"], stop_token_ids=[3], ignore_eos=True, repetition_penalty=1.2,
-                                top_logprobs=2)
+                                logprobs=True, top_logprobs=2)
     s = convert.sampling_from_proto(sp)
     assert (s.temperature, s.top_k, s.seed, s.max_tokens, s.min_tokens, s.stop, s.stop_token_ids) == \
         (0.5, 5, 7, 9, 9, ("x",), (3,))

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.server.http_fakes import http_cfg, http_runtime
-from vlm_service.server.testing import _make_server, _run_loop, running_server
+from tests.server_harness import _make_server, _run_loop, running_server
 
 MSG = [{"role": "user", "content": "hi"}]
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.server.http_fakes import http_cfg, http_runtime
-from vlm_service.server.testing import running_server
+from tests.server_harness import running_server
 
 IMAGE = os.urandom(2000)  # the fake processor takes any bytes: what matters is that these arrive
 CAP = 8192

@@ -15,7 +15,7 @@ pytest.importorskip("cryptography")
 from tests.server.http_fakes import http_cfg, http_runtime  # noqa: E402
 from vlm_service.config import TLSConfig  # noqa: E402
 from vlm_service.server.pki import LOCAL_NAMES, make_leaf  # noqa: E402
-from vlm_service.server.testing import make_test_pki, running_server  # noqa: E402
+from tests.server_harness import make_test_pki, running_server  # noqa: E402
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
 

@@ -15,7 +15,7 @@ from vlm_service._proto.vlm.v1 import vlm_pb2, vlm_pb2_grpc
 from vlm_service.client import build_request
 from vlm_service.config import Config, LimitsConfig, ServerConfig, TLSConfig
 from vlm_service.server import convert
-from vlm_service.server.testing import running_server
+from tests.server_harness import running_server
 
 
 def _cfg(tmp_path, **limits) -> Config:

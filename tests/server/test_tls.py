@@ -16,7 +16,7 @@ from tests.server.fakes import fake_runtime
 from vlm_service.client import Client
 from vlm_service.config import Config, ServerConfig, TLSConfig
 from vlm_service.server.pki import ensure_dev_pki, make_leaf, LOCAL_NAMES
-from vlm_service.server.testing import make_test_pki, running_server
+from tests.server_harness import make_test_pki, running_server
 from vlm_service.server.tls import channel_credentials
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime as dt
 import sys
 from pathlib import Path
@@ -13,18 +14,25 @@ from vlm_service.bench.dataset import DatasetSpec, build_dataset, parse_range
 from vlm_service.bench.loadgen import LoadPlan, Target
 from vlm_service.bench.metrics import parse_goodput, summarize
 from vlm_service.bench.runner import Run, bench_target, compare, compare_labels
+from vlm_service.client import DEFAULT_TARGET
+from vlm_service.config import default_state_dir
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vlm-service bench",
-                                description="TTFT / throughput benchmark over gRPC or OpenAI-compatible HTTP")
-    t = p.add_argument_group("target")
-    t.add_argument("--target", help="host:port or unix:PATH of a running server")
+    p = argparse.ArgumentParser(prog="vlm-service bench", description="TTFT / throughput benchmark over gRPC or OpenAI-compatible HTTP")
+    t = p.add_argument_group("target (the same flags as `vlm-service generate`)")
+    t.add_argument("--target", help=f"host:port or unix:PATH of a running server (default {DEFAULT_TARGET}, the "
+                                    "local `vlm-service serve`, unless --compare or --peer is given)")
+    t.add_argument("--uds", type=Path, help="dial this Unix socket instead (plaintext unless --ca/--cert)")
     t.add_argument("--insecure", action="store_true", help="plaintext (no TLS)")
-    t.add_argument("--tls-ca", type=Path, help="CA bundle that signed the server certificate")
-    t.add_argument("--tls-cert", type=Path, help="client certificate (mTLS)")
-    t.add_argument("--tls-key", type=Path, help="client key (mTLS)")
-    t.add_argument("--tls-server-name", help="TLS name to expect when it differs from the host dialled")
+    t.add_argument("--ca", type=Path, help="CA to trust (default: the dev CA in STATE_DIR/tls, else system roots)")
+    t.add_argument("--cert", type=Path, help="client certificate (mTLS)")
+    t.add_argument("--key", type=Path, help="client private key (mTLS)")
+    t.add_argument("--server-name", help="TLS name to check the certificate against when it differs from the host")
+    t.add_argument("--state-dir", type=Path, default=default_state_dir(), help="where the dev CA lives")
+    for old, dest, kind in (("--tls-ca", "ca", Path), ("--tls-cert", "cert", Path), ("--tls-key", "key", Path),
+                            ("--tls-server-name", "server_name", str)):  # the names of earlier versions
+        t.add_argument(old, dest=dest, type=kind, help=argparse.SUPPRESS)
     t.add_argument("--backend", choices=("grpc", "openai"), default="grpc",
                    help="grpc (vlm.v1) or openai: streaming chat completions with data-URL images to any "
                         "OpenAI-compatible server (--target is then its URL, e.g. http://127.0.0.1:8000); "
@@ -103,14 +111,37 @@ def _plans(args) -> list[LoadPlan]:
             for rate in args.request_rate for conc in args.max_concurrency]
 
 
+def _dev_ca(args, address: str) -> Path | None:
+    """The CA a TLS target is checked against: --ca, else the dev CA of --state-dir when there is one (as the
+    other client commands do), else None (the system roots)."""
+    if args.ca is not None or args.insecure or (address.startswith("unix:") and args.cert is None):
+        return args.ca
+    dev = Path(args.state_dir) / "tls" / "ca.crt"
+    return dev if dev.is_file() else None
+
+
 def _target(args, address: str | None) -> Target:
-    return Target(address or "", insecure=args.insecure, ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key,
-                  server_name=args.tls_server_name, backend=args.backend, api_key=args.api_key, model=args.model)
+    address = address or ""
+    return Target(address, insecure=args.insecure, ca=_dev_ca(args, address), cert=args.cert, key=args.key,
+                  server_name=args.server_name, backend=args.backend, api_key=args.api_key, model=args.model)
+
+
+def _default_target(args) -> None:
+    """--uds becomes a unix: target; with no target, comparison or peer at all, the local server."""
+    if args.uds is not None:
+        if args.target:
+            raise ValueError("--target and --uds exclude each other")
+        args.target = f"unix:{Path(args.uds).resolve()}"
+    if not (args.target or args.compare or args.peer):
+        args.target = DEFAULT_TARGET
 
 
 def _validate(args) -> None:
-    if not (args.target or args.compare or args.peer):
-        raise ValueError("give --target, --compare or --peer")
+    _default_target(args)
+    for flag in ("ca", "cert", "key"):
+        path = getattr(args, flag)
+        if path is not None and not Path(path).is_file():
+            raise ValueError(f"--{flag} {path}: no such file")
     if args.target and args.compare:
         raise ValueError("--target and --compare exclude each other (list the target in --compare)")
     if args.compare and len(_plans(args)) > 1:
@@ -124,14 +155,31 @@ def _validate(args) -> None:
     parse_goodput(args.goodput)
 
 
-async def _measure(args, measured, warm, result_dir: Path) -> list[Run]:
+def _fresh_points(args, count: int, first: list) -> list[list]:
+    """The measured requests of each sweep point. Synthetic images get a new seed per point, so no point meets
+    vision or prefix caches that an earlier point warmed; a folder/JSONL dataset cannot, and is reused (said once)."""
+    n_points = len(_plans(args))
+    if n_points == 1 or args.compare:
+        return [first]
+    if args.dataset != "synthetic":
+        print(f"note: the {n_points} sweep points reuse the {args.dataset} dataset's images: after the first point "
+              "the server's vision and prefix caches are warm for them", file=sys.stderr)
+        return [first] * n_points
+    points = [first]
+    for k in range(1, n_points):  # seeds far from the warm-up and from each other
+        spec = dataclasses.replace(_dataset_spec(args, count), seed=args.seed + 1000 * k)
+        points.append(build_dataset(spec))
+    return points
+
+
+async def _measure(args, per_point: list[list], warm, result_dir: Path) -> list[Run]:
     prefix = f"{args.label}:" if args.label else ""
     if args.compare:
         labels = compare_labels(args.compare, args.compare_labels)
-        return await compare(args.compare, labels, _target(args, None), measured, warm, _plans(args)[0],
+        return await compare(args.compare, labels, _target(args, None), per_point[0], warm, _plans(args)[0],
                              args.compare_rounds, args.compare_launch, result_dir, args.server_ready_timeout)
     if args.target:
-        return await bench_target(_target(args, args.target), measured, warm, _plans(args), prefix)
+        return await bench_target(_target(args, args.target), per_point, warm, _plans(args), prefix)
     return []
 
 
@@ -152,10 +200,19 @@ def run(args) -> dict:
     count = args.num_prompts or args.pool_size
     dataset = build_dataset(_dataset_spec(args, count + args.num_warmup))
     measured, warm = dataset[:count], dataset[count:]
-    runs = asyncio.run(_measure(args, measured, warm, result_dir))
+    per_point = _fresh_points(args, count, measured)
+    runs = asyncio.run(_measure(args, per_point, warm, result_dir))
     if args.peer:
         runs.append(_peer_run(args, measured, warm))
     return _report(args, runs, result_dir)
+
+
+def _have_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _report(args, runs: list[Run], result_dir: Path) -> dict:
@@ -173,7 +230,10 @@ def _report(args, runs: list[Run], result_dir: Path) -> dict:
         table, rows = report.ratio_table(order)
         print(f"\nratios against {order[0][0]}:\n{table}")
         extra["ratios"] = {"baseline": order[0][0], "rows": rows}
-    if not args.no_plots and runs:
+    if not args.no_plots and runs and not _have_matplotlib():
+        print("note: no plots (matplotlib is not installed: pip install 'vlm-service[bench]'; --no-plots hides "
+              "this note)", file=sys.stderr)
+    elif not args.no_plots and runs:
         from vlm_service.bench import plots
 
         extra["plots"] = [str(p) for p in plots.write_all(result_dir, [(r.label, r.results, m)

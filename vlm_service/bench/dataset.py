@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vlm_service.bench.images import ImageItem, ResolutionSampler, load_image_file, make_image
+from vlm_service.demo.images import ImageItem, ResolutionSampler, load_image_file, make_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif")
 # Short common words: each is about one token for byte-level BPE vocabularies such as Qwen's (with its leading space).

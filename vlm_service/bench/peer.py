@@ -43,7 +43,7 @@ def resolve_model_dir(spec: str, state_dir: Path | None = None) -> Path:
     else is refused with a message saying what is needed."""
     if spec == "demo" or spec.startswith("demo:"):
         from vlm_service.config import default_state_dir
-        from vlm_service.models.demo import ensure_demo_model
+        from vlm_service.demo.checkpoint import ensure_demo_model
 
         arch = spec.split(":", 1)[1] if ":" in spec else "qwen3_vl"
         return Path(ensure_demo_model(Path(state_dir or default_state_dir()) / "models", arch))

@@ -33,16 +33,17 @@ def _warm_ok(results: Sequence[RequestResult]) -> dict:
     return {"warmup_requests": len(results), "warmup_failed": sum(not r.ok for r in results)}
 
 
-async def bench_target(target: Target, measured: Sequence[BenchRequest], warm: Sequence[BenchRequest],
+async def bench_target(target: Target, per_plan: Sequence[Sequence[BenchRequest]], warm: Sequence[BenchRequest],
                        plans: Sequence[LoadPlan], label_prefix: str = "") -> list[Run]:
-    """Warm up once, then run each plan against one server, one after another."""
+    """Warm up once, then run each plan against one server, one after another; plan k sends per_plan[k] (its own
+    images, so it meets no cache that an earlier plan warmed)."""
     backend = make_backend(target)
     try:
         info = await backend.info()
-        backend.prepare([*measured, *warm], plans[0])
+        backend.prepare([*(r for measured in per_plan for r in measured), *warm], plans[0])
         warm_results = await warmup(backend, warm, len(warm), plans[0])
         runs = []
-        for plan in plans:
+        for plan, measured in zip(plans, per_plan, strict=True):
             results, duration = await run_load(backend, measured, plan)
             extra = {"target": target.address, "backend": target.backend, "server": info, "plan": vars(plan),
                      **_warm_ok(warm_results)}

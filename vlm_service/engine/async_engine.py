@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import AsyncIterator
 
 from vlm_service.config import EngineConfig, LimitsConfig
@@ -121,6 +121,14 @@ class AsyncEngine:
                                field="messages")
         self.engine.check(processed, sampling)
 
+    def with_defaults(self, sampling: SamplingParams) -> SamplingParams:
+        """The server's default max_tokens (limits.default_max_tokens; 0 = up to the context) where the request
+        set none; never below its min_tokens."""
+        default = self.limits.default_max_tokens
+        if sampling.max_tokens is not None or not default:
+            return sampling
+        return replace(sampling, max_tokens=max(default, sampling.min_tokens))
+
     # ---- streams ---------------------------------------------------------------------------------------------
     async def generate(self, request_id: str, processed: ProcessedInput, sampling: SamplingParams,
                        arrival_time: float) -> AsyncIterator[TokenDelta | Finished]:
@@ -131,6 +139,7 @@ class AsyncEngine:
             return
         if request_id not in self._reserved:
             self.reserve(request_id)
+        sampling = self.with_defaults(sampling)
         try:
             self._check(processed, sampling)
         except InvalidInput:

@@ -69,7 +69,10 @@ class LLMEngine:
         if n >= self.max_model_len:
             raise InvalidInput(f"prompt has {n} tokens; the context holds {self.max_model_len} (prompt + at least "
                                "one generated token)", field="messages")
-        room = self.max_model_len - n
+        if sampling.max_tokens is not None and sampling.max_tokens > self.max_model_len:
+            raise InvalidInput(f"sampling.max_tokens: {sampling.max_tokens} is more than the whole context "
+                               f"({self.max_model_len} tokens)", field="sampling.max_tokens")
+        room = self.max_model_len - n  # a max_tokens that fits the context but not beside this prompt is capped
         return min(sampling.max_tokens, room) if sampling.max_tokens is not None else room
 
     def add(self, request_id: str, processed: ProcessedInput, sampling: SamplingParams,
@@ -263,8 +266,11 @@ class LLMEngine:
 
         usage = Usage(seq.num_prompt_tokens, len(seq.output_ids), seq.num_cached_tokens,
                       seq.processed.num_image_tokens if seq.processed else 0)
-        timings = Timings(queue_ms=ms(tm.arrival, tm.first_scheduled),
-                          preprocess_ms=seq.processed.preprocess_ms if seq.processed else 0.0,
+        preprocess_ms = seq.processed.preprocess_ms if seq.processed else 0.0
+        # arrival is when the server got the request, before preprocessing: queue time is the wait for the
+        # scheduler alone, so a large image shows up in preprocess_ms rather than looking like overload
+        timings = Timings(queue_ms=max(ms(tm.arrival, tm.first_scheduled) - preprocess_ms, 0.0),
+                          preprocess_ms=preprocess_ms,
                           vision_ms=tm.vision_ms, prefill_ms=ms(tm.first_scheduled, tm.first_token),
                           ttft_ms=ms(tm.arrival, tm.first_token), e2e_ms=ms(tm.arrival, now),
                           decode_ms=seq.processed.decode_ms if seq.processed else 0.0)

@@ -94,10 +94,6 @@ class Sequence:
         """Tokens whose KV is not yet computed (1 in steady decode, many during (re)prefill)."""
         return self.num_tokens - self.num_computed_tokens
 
-    def token_at(self, i: int) -> int:
-        n = len(self.prompt_ids)
-        return self.prompt_ids[i] if i < n else self.output_ids[i - n]
-
     def token_range(self, start: int, end: int) -> list[int]:
         n = len(self.prompt_ids)
         if end <= n:

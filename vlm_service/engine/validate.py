@@ -92,6 +92,8 @@ def validate_sampling(p: SamplingParams, vocab_size: int | None = None, client: 
     _check_stop_ids(p.stop_token_ids, vocab_size if vocab_size is not None else UINT64_MAX)
     if client and p.max_tokens is not None and p.min_tokens > p.max_tokens:  # a contradiction the client should hear of
         raise _refuse("min_tokens", f"must be <= max_tokens ({p.max_tokens})", p.min_tokens)
+    if client and p.top_logprobs and not p.logprobs:  # would be ignored silently otherwise
+        raise _refuse("top_logprobs", "needs logprobs = true", p.top_logprobs)
     for i, stop in enumerate(p.stop):
         if not stop:  # an empty stop string would match at once
             raise _refuse(f"stop[{i}]", "must not be empty", stop)

@@ -162,11 +162,6 @@ class VisionLanguageModel(nn.Module):
         load_into(self, named, ignore=("lm_head.weight",) if self.tied else ())
         self.weights_loaded()
 
-    def init_random(self, std: float = 0.02, seed: int = 0) -> None:
-        """Random weights in place (random: presets)."""
-        init_random_(self, std, seed)
-        self.weights_loaded()
-
     def weights_loaded(self) -> None:
         """Hook run after the weights are in."""
 

@@ -170,10 +170,10 @@ def load_model(path: str | Path, dtype: torch.dtype, device: torch.device | str,
 
     vit_attention: a vit_backends.base.ViTAttention. Raises ModelLoadError (file and tensor named) on an unknown
     architecture, a missing shard, a corrupt or truncated safetensors file, a missing/unexpected tensor or a shape
-    mismatch. A `random:<preset>` path builds that preset with random weights (models/presets.py).
+    mismatch. A `random:<preset>` path builds that preset with random weights (vlm_service/demo/presets.py).
     `tp` (models/parallel.TensorParallel, size > 1) builds this rank's shard and reads only its slices.
     """
-    from vlm_service.models import presets
+    from vlm_service.demo import presets
 
     if presets.is_random(path):
         return presets.build_random_model(str(path), dtype, device, vit_attention, **({"tp": tp} if tp else {}))

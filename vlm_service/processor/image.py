@@ -61,6 +61,7 @@ def open_checked(data: bytes, mime_type: str, max_pixels: int, field: str) -> Im
         if expected is not None and _FORMAT_ALIASES.get(img.format, img.format) != expected:
             raise InvalidImage(f"declared mime type {mime_type!r} but the bytes are {img.format}", field=field)
         _check_size(img.width, img.height, max_pixels, field)
+        _check_still(img, field)
     except InvalidImage:
         img.close()
         raise
@@ -74,6 +75,22 @@ def probe_image(data: bytes, mime_type: str, max_pixels: int, field: str) -> tup
         return img.width, img.height, len(img.getbands())
     finally:
         img.close()
+
+
+def _check_still(img: Image.Image, field: str) -> None:
+    """An animated GIF/WebP/PNG is refused rather than silently cut to its first frame: the model would answer about
+    one frame while the user asked about the animation. (A multi-picture JPEG, as phone cameras write, also has
+    frames; its first picture is the photo, and it stays accepted.)"""
+    if img.format not in ("GIF", "WEBP", "PNG"):
+        return
+    try:
+        frames = getattr(img, "n_frames", 1)  # counts frames by walking the file's blocks (no pixel decode)
+    except _DECODE_ERRORS as exc:
+        raise InvalidImage(f"corrupt or truncated image: {exc}", field=field) from None
+    if frames > 1:
+        img.close()
+        raise InvalidImage(f"an animated {img.format} ({frames} frames); only still images are accepted: send one "
+                           "frame (e.g. as PNG)", field=field)
 
 
 def _expected_format(mime_type: str, field: str) -> str | None:

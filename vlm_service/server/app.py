@@ -8,6 +8,7 @@ UNAVAILABLE, lets in-flight streams finish within drain_timeout_s, stops the eng
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
@@ -23,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from vlm_service import types
 from vlm_service._proto.vlm.v1 import vlm_pb2
 from vlm_service.config import Config
+from vlm_service.errors import ModelLoadError
 from vlm_service.pipeline import Pipeline
 from vlm_service.server import auth, tls, wire
 from vlm_service.server.metrics import poll_engine, start_metrics
@@ -123,6 +125,14 @@ class Server:
         return targets
 
     def _add_port(self, address: str, on_uds: bool) -> int:
+        try:
+            return self._add_listener(address, on_uds)
+        except RuntimeError as exc:  # grpc: "Failed to bind to address ..."
+            flag = "--uds" if on_uds else "--host/--port"
+            raise ValueError(f"{flag}: cannot listen on {address}: in use by another process (another vlm-service?) "
+                             "or not an address of this machine; --port 0 picks a free port") from exc
+
+    def _add_listener(self, address: str, on_uds: bool) -> int:
         if not tls.uses_tls(self.cfg.server, on_uds):
             if self.cfg.server.tls.insecure:
                 log.warning("PLAINTEXT on %s (--insecure): anyone who can reach it can read and send requests", address)
@@ -130,6 +140,10 @@ class Server:
         creds, self.cert_fetcher = tls.server_credentials(self.cfg.server)
         mode = "mTLS" if self.cfg.server.tls.client_ca else "TLS"
         log.info("%s on %s", mode, address)
+        if not on_uds and self.cfg.server.tls.cert is None and not is_loopback(self.cfg.server.host):
+            log.warning("--host %s with the dev certificate, which names only localhost, 127.0.0.1 and ::1: remote "
+                        "clients will fail the hostname check. Give --tls-cert/--tls-key for this host's name, or "
+                        "clients pass --server-name localhost (and trust STATE_DIR/tls/ca.crt)", self.cfg.server.host)
         return self._server.add_secure_port(address, creds)
 
     async def _start_http(self) -> None:
@@ -174,6 +188,10 @@ class Server:
         await self.health.set("", NOT_SERVING)
         self.servicer.start_drain()
 
+    @property
+    def draining(self) -> bool:
+        return self._drain_started
+
     async def drain(self) -> bool:
         """Stop taking work and let in-flight streams finish; True when they all finished in time."""
         if self._drain_started:  # a second signal: the first drain is already under way
@@ -207,6 +225,16 @@ class Server:
         await self._stopped.wait()
 
 
+def is_loopback(host: str) -> bool:
+    """localhost, 127.0.0.0/8 or ::1 (a name other than localhost counts as reachable from elsewhere)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 async def _warmup(runtime, image_side: int = 0) -> None:
     """A tiny text-only request through processor and engine, so the first user does not pay for lazy setup; then
     two requests with an image_side² noise image (two different images, so the vision cache cannot answer): the
@@ -214,7 +242,7 @@ async def _warmup(runtime, image_side: int = 0) -> None:
     captures the tower's CUDA graph for that size (models/vision_graphs.py)."""
     import numpy as np
 
-    from vlm_service.bench.images import make_image
+    from vlm_service.demo.images import make_image
 
     images = [make_image(np.random.default_rng(seed), image_side, image_side, "noise", "png")
               for seed in range(2 if image_side else 0)]
@@ -228,10 +256,22 @@ async def _warmup(runtime, image_side: int = 0) -> None:
 
 
 def _install_signals(server: Server) -> None:
+    """SIGTERM/SIGINT start a drain; a second SIGINT (Ctrl-C again) stops at once, exit code 130."""
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda s=sig: (log.info("got %s", signal.Signals(s).name),
-                                                    asyncio.ensure_future(server.drain())))
+        loop.add_signal_handler(sig, _on_signal, server, sig)
+
+
+def _on_signal(server: Server, sig: int) -> None:
+    name = signal.Signals(sig).name
+    if sig == signal.SIGINT and server.draining:
+        log.warning("got SIGINT again: stopping now, in-flight requests are cut")
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(130)  # the engine thread and the gRPC threads go with the process
+    hint = " (Ctrl-C again to stop at once)" if sig == signal.SIGINT else ""
+    log.info("got %s: draining%s", name, hint)
+    asyncio.ensure_future(server.drain())
 
 
 async def serve(cfg: Config, load_runtime: Callable[[Config], object] | None = None) -> int:
@@ -241,15 +281,15 @@ async def serve(cfg: Config, load_runtime: Callable[[Config], object] | None = N
     server = Server(cfg, load_runtime)
     try:
         await server.start()
-    except (ValueError, OSError, RuntimeError) as exc:  # a taken socket or port, unusable TLS files
-        log.error("cannot start: %s", exc)
-        return 2
+    except (OSError, RuntimeError) as exc:  # a taken socket or port, unusable TLS files
+        raise ValueError(f"cannot start: {exc}") from None  # the CLI prints it as one line, exit 2
     _install_signals(server)
     loader = asyncio.ensure_future(server.load())
     await asyncio.wait([loader, asyncio.ensure_future(server.wait())], return_when=asyncio.FIRST_COMPLETED)
     if loader.done() and loader.exception() is not None:
-        log.error("model load failed: %s", loader.exception())
+        exc = loader.exception()
+        log.error("model load failed: %s", exc)
         await server.drain()
-        return 1
+        return 2 if isinstance(exc, (ValueError, ModelLoadError)) else 1  # 2: the checkpoint or flags are at fault
     await server.wait()
     return 0

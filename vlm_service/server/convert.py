@@ -94,7 +94,7 @@ def sampling_from_proto(sp: vlm_pb2.SamplingParams) -> types.SamplingParams:
         min_p=opt("min_p", d.min_p), seed=opt("seed", None), max_tokens=opt("max_tokens", None),
         min_tokens=sp.min_tokens, stop=tuple(sp.stop), stop_token_ids=tuple(sp.stop_token_ids),
         ignore_eos=sp.ignore_eos, repetition_penalty=opt("repetition_penalty", d.repetition_penalty),
-        logprobs=sp.logprobs or sp.top_logprobs > 0, top_logprobs=sp.top_logprobs)
+        logprobs=sp.logprobs, top_logprobs=sp.top_logprobs)
 
 
 def _part_from_proto(part: vlm_pb2.ContentPart, field: str) -> types.ContentPart:

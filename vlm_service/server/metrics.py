@@ -2,8 +2,12 @@
 structured log line per request (logger `vlm_service.requests`).
 
 `RequestObserver` follows one Generate call: image count and pixels, inter-token gaps, the final status. At the end it
-feeds the histograms/counters and logs `request_id, peer, images, pixels, prompt/completion tokens, status, ttft_ms,
-e2e_ms`. It never sees image bytes or prompt text, so they can never reach the log.
+feeds the histograms/counters and logs `request_id, peer, images, pixels, vision_pixels, prompt/completion tokens,
+status, ttft_ms, e2e_ms, queue_ms, preprocess_ms`. `pixels` are the images as sent (width x height from their headers,
+what the bench records), `vision_pixels` what the vision tower saw after resize. `completion_tokens` counts the tokens
+streamed, so a request cut short still shows what it cost. `status` is the gRPC status, except ABORTED for a request
+ended by the Abort RPC and DEADLINE_EXCEEDED when the client's own deadline passed (gRPC reports it as a cancel).
+Image bytes and prompt text are never logged.
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ from vlm_service.metrics import Metrics, RequestRecord
 log = logging.getLogger(__name__)
 request_log = logging.getLogger("vlm_service.requests")
 
-# statuses that are the client's own doing (it left) rather than the server refusing: not counted as rejected
-_NOT_REJECTED = ("OK", "CANCELLED")
+# statuses that are the client's own doing (it left, or aborted) rather than the server refusing: not counted as rejected
+_NOT_REJECTED = ("OK", "CANCELLED", "ABORTED")
 
 
 def start_metrics(cfg: ServerConfig, model_name: str) -> Metrics | None:
@@ -88,18 +92,38 @@ def _pixels(pixel_values) -> int:
 class RequestObserver:
     """Per-request bookkeeping for metrics and the request log line (see the module docstring)."""
 
-    def __init__(self, request_id: str, peer: str, images: int, metrics: Metrics | None):
+    def __init__(self, request_id: str, peer: str, images: int, metrics: Metrics | None,
+                 client_deadline_s: float | None = None):
         self.fields = {"request_id": log_safe(request_id), "peer": log_safe(peer), "images": images, "pixels": 0,
+                       "vision_pixels": 0,
                        "prompt_tokens": 0, "completion_tokens": 0, "status": "OK", "ttft_ms": None,
-                       "e2e_ms": None}
+                       "e2e_ms": None, "queue_ms": None, "preprocess_ms": None}
+        self._aborted = False
+        self._client_deadline_s = client_deadline_s  # what the client's deadline left when the call arrived
         self._metrics = metrics
         self._start = time.monotonic()
         self._last_token: float | None = None
         self._gaps: list[float] = []
 
-    def processed(self, processed: types.ProcessedInput) -> None:
-        """Pixels fed to the vision tower (after resize), summed over images."""
-        self.fields["pixels"] = sum(_pixels(im.pixel_values) for im in processed.images)
+    def _outcome(self, status: str) -> str:
+        """A client whose deadline passed cancels the call itself, usually a moment before the server's copy of the
+        deadline fires, so gRPC reports CANCELLED: a cancel that comes within the last 5 % (at least 0.25 s) of the
+        client's deadline is logged as DEADLINE_EXCEEDED."""
+        if status == "OK" and self._aborted:
+            return "ABORTED"
+        if status == "CANCELLED" and self._client_deadline_s is not None:
+            elapsed = time.monotonic() - self._start
+            if elapsed >= self._client_deadline_s - max(0.25, 0.05 * self._client_deadline_s):
+                return "DEADLINE_EXCEEDED"
+        return status
+
+    def processed(self, processed: types.ProcessedInput, req: types.Request | None = None) -> None:
+        """Pixels as sent (from the image headers of req) and as fed to the vision tower, summed over images."""
+        self.fields["vision_pixels"] = sum(_pixels(im.pixel_values) for im in processed.images)
+        self.fields["prompt_tokens"] = len(processed.input_ids)
+        self.fields["preprocess_ms"] = round(processed.preprocess_ms, 2)
+        if req is not None:
+            self.fields["pixels"] = source_pixels(req)
 
     def output(self, out: types.EngineOutput) -> None:
         now = time.monotonic()
@@ -107,22 +131,43 @@ class RequestObserver:
             if self._last_token is not None:
                 self._gaps.append(now - self._last_token)
             self._last_token = now
+            self.fields["completion_tokens"] += len(out.token_ids)
             return
         u, t = out.usage, out.timings
+        self._aborted = out.finish_reason == types.FinishReason.ABORT
         self.fields.update(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
-                           ttft_ms=round(t.ttft_ms, 2), e2e_ms=round(t.e2e_ms, 2))
+                           ttft_ms=round(t.ttft_ms, 2), e2e_ms=round(t.e2e_ms, 2), queue_ms=round(t.queue_ms, 2),
+                           preprocess_ms=round(t.preprocess_ms, 2))
         if self._metrics is not None:
             self._metrics.observe_finished(record_of(out, tuple(self._gaps)))
 
     def done(self, status: str) -> None:
         """Log the request line; count a refusal by its status code."""
-        self.fields["status"] = status
+        self.fields["status"] = self._outcome(status)
         if self.fields["e2e_ms"] is None:
             self.fields["e2e_ms"] = round((time.monotonic() - self._start) * 1e3, 2)
         if self._metrics is not None and status not in _NOT_REJECTED:
             self._metrics.observe_rejected(status)
         text = " ".join(f"{k}={v}" for k, v in self.fields.items())
         request_log.info("request %s", text, extra={"fields": dict(self.fields)})
+
+
+def source_pixels(req: types.Request) -> int:
+    """width x height of every image of req as sent, read from the headers (already validated by the processor)."""
+    import io
+
+    from PIL import Image
+
+    total = 0
+    for msg in req.messages:
+        for part in msg.content:
+            if isinstance(part, types.ImageInput):
+                try:
+                    with Image.open(io.BytesIO(part.data)) as img:
+                        total += img.width * img.height
+                except Exception:  # noqa: BLE001 - a log field must never fail the request
+                    pass
+    return total
 
 
 async def poll_engine(metrics: Metrics, engine, period_s: float = 0.25) -> None:

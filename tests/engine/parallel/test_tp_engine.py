@@ -11,7 +11,7 @@ import pytest
 import torch
 from tp_helpers import chats, record_logits, tiny_checkpoint, tp_config, tp_runtime
 
-from vlm_service.bench.images import make_image
+from vlm_service.demo.images import make_image
 from vlm_service.types import SamplingParams
 
 FAMILIES = ("qwen3_vl", "qwen2_5_vl")

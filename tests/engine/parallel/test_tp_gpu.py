@@ -11,8 +11,8 @@ import pytest
 import torch
 from tp_helpers import chats, record_logits, tp_config, tp_runtime
 
-from vlm_service.bench.images import make_image
-from vlm_service.models.demo import ensure_demo_model
+from vlm_service.demo.images import make_image
+from vlm_service.demo.checkpoint import ensure_demo_model
 from vlm_service.types import SamplingParams
 
 pytestmark = pytest.mark.gpu

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from tp_helpers import tiny_checkpoint, tp_config, tp_runtime
 
-from vlm_service.bench.images import make_image
+from vlm_service.demo.images import make_image
 from vlm_service.types import ChatMessage, FinishReason, ImageInput, SamplingParams
 
 ENGINE = dict(num_blocks=28, block_size=4, max_num_seqs=6, max_batched_tokens=40)

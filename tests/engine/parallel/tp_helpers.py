@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from vlm_service.config import Config, EngineConfig, ModelConfig, ParallelConfig, ServerConfig
-from vlm_service.models.demo import _special_ids, _token_fields, build_once
+from vlm_service.demo.checkpoint import _special_ids, _token_fields, build_once
 from vlm_service.models.layers import seeded_weights_
 from vlm_service.types import ChatMessage, ImageInput
 

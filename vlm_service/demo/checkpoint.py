@@ -1,20 +1,30 @@
 """The built-in `demo` checkpoints: tiny Qwen3-VL / Qwen2.5-VL models with seeded random weights, written once in the
 HF format (config.json, model.safetensors, generation_config.json, tokenizer, preprocessor config) by transformers'
-own classes, so every real code path runs with no download and no GPU. Their output is gibberish by nature.
+configs, so every real code path runs with no download and no GPU. Their output is gibberish by nature.
+
+The weights are made by our own model classes and written under transformers' tensor names (fused projections split
+back, models/layers.weight_slots): importing transformers' modeling modules to build them cost a cold start
+20-30 s on 2 busy cores, longer than the rest of the build. The checkpoint still loads in transformers' Auto
+classes, and transformers gives the same greedy tokens on it (tests/demo/test_checkpoint.py).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from vlm_service.models.layers import seeded_weights_
 
 ARCHS = ("qwen3_vl", "qwen2_5_vl")
-VERSION = "v2"  # v2: text head_dim 64, a size FlashInfer's paged attention kernels support
+VERSION = "v3"  # v2: text head_dim 64, a size FlashInfer's paged attention kernels support; v3: weights seeded
+# in our models' parameter order (no transformers modeling import)
+_CLASSES = {"qwen3_vl": "Qwen3VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
 
 
 def _special_ids(tokenizer_dir: Path) -> tuple[dict[str, int], int]:
@@ -61,8 +71,6 @@ def _qwen2_5_config(ids: dict[str, int], vocab: int):
 
 def make_demo_model(out_dir: str | Path, arch: str = "qwen3_vl", seed: int = 0) -> Path:
     """Write the tiny `arch` demo checkpoint (HF format, a few MB) into out_dir and return it."""
-    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration
-
     from vlm_service.processor.tokenizer import build_demo_tokenizer
     from vlm_service.processor.vision import write_preprocessor_config
 
@@ -72,15 +80,30 @@ def make_demo_model(out_dir: str | Path, arch: str = "qwen3_vl", seed: int = 0) 
     build_demo_tokenizer(out)
     ids, vocab = _special_ids(out)
     config = (_qwen3_config if arch == "qwen3_vl" else _qwen2_5_config)(ids, vocab)
-    cls = Qwen3VLForConditionalGeneration if arch == "qwen3_vl" else Qwen2_5_VLForConditionalGeneration
-    model = cls(config).eval()
-    seeded_weights_(model, seed)  # matrices N(0, 0.05), norms ~1, small biases
-    model.generation_config.eos_token_id = [ids["im_end"], ids["eot"]]
-    model.generation_config.pad_token_id = ids["eot"]
-    model.generation_config.bos_token_id = ids["eot"]
-    model.save_pretrained(out)
+    config.architectures = [_CLASSES[arch]]
+    config.save_pretrained(out)  # config.json, as transformers writes it
+    generation = {"bos_token_id": ids["eot"], "eos_token_id": [ids["im_end"], ids["eot"]], "pad_token_id": ids["eot"]}
+    (out / "generation_config.json").write_text(json.dumps(generation, indent=2))
+    _write_weights(out, generation, seed)
     write_preprocessor_config(out, arch)
     return out
+
+
+def _write_weights(out: Path, generation: dict, seed: int) -> None:
+    """model.safetensors: our model class built from out/config.json, seeded, saved under transformers' names."""
+    from safetensors.torch import save_file
+
+    import vit_backends
+    from vlm_service.models.layers import weight_slots
+    from vlm_service.models.loader import normalize_config, read_json
+    from vlm_service.models.registry import model_class
+
+    config = normalize_config(read_json(out / "config.json"), generation)
+    model = model_class(config["architectures"][0])(config, torch.float32, torch.device("cpu"),
+                                                    vit_backends.create("sdpa"))
+    seeded_weights_(model, seed)  # matrices N(0, 0.05), norms ~1, small biases
+    tensors = {name: t.detach().clone().contiguous() for name, t in weight_slots(model).items()}
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
 
 
 def build_once(target: Path, build: Callable[[Path], object]) -> Path:

@@ -160,7 +160,7 @@ def write_preset_dir(out_dir: str | Path, name: str) -> Path:
 
 def ensure_preset_dir(state_dir: str | Path, name: str) -> Path:
     """state_dir/models/random-<preset>-v2, written once (demo.build_once); v2: the public checkpoints' pixel limits."""
-    from vlm_service.models.demo import build_once
+    from vlm_service.demo.checkpoint import build_once
 
     key = preset_name(name)
     return build_once(Path(state_dir) / "models" / f"random-{key}-v2", lambda d: write_preset_dir(d, key))

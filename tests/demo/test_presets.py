@@ -8,7 +8,7 @@ import torch
 import vit_backends
 from vlm_service.errors import ModelLoadError
 from vlm_service.models.loader import load_model, read_config
-from vlm_service.models.presets import build_random_model, ensure_preset_dir
+from vlm_service.demo.presets import build_random_model, ensure_preset_dir
 
 
 def _meta(name):
@@ -86,7 +86,7 @@ def test_preset_dir_tokenizer_uses_qwen_ids(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["random:qwen3_vl_8b", "random:qwen2_5_vl_7b", "random:qwen3_vl_30b_a3b"])
 def test_random_preset_runs_on_gpu(name):
-    from vlm_service.models.generate import generate
+    from tests.models.reference_generate import generate
 
     model = build_random_model(name, torch.bfloat16, "cuda", vit_backends.create("sdpa"))
     p, m = model.spec.patch_size, model.spec.spatial_merge_size

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import vit_backends
-from vlm_service.models.demo import VERSION, ensure_demo_model, make_demo_model
-from vlm_service.models.generate import DenseKVContext, generate, multimodal_embeds
+from vlm_service.demo.checkpoint import VERSION, ensure_demo_model, make_demo_model
+from tests.models.reference_generate import DenseKVContext, generate, multimodal_embeds
 from vlm_service.models.loader import load_model
 
 

@@ -1,4 +1,4 @@
-"""Helpers for tests and the benchmark harness: a throwaway PKI and the REAL server on loopback or a UDS,
+"""Helpers for tests and benchmarks/soak.py: a throwaway PKI and the REAL server on loopback or a UDS,
 in-process (a background thread with its own event loop) or as a subprocess (`python -m vlm_service.cli serve`).
 """
 
