@@ -3,9 +3,15 @@
 # the GPU image lacks: pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl
 # googleapis-common-protos==1.72.0) into /tmp/site and points Python at them and at this checkout.
 # The gRPC stubs must be carried too (vlm_service/_proto, generated here with grpcio-tools 1.84).
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  || { echo "wheel install failed" >&2; return 1; }
-export PYTHONPATH=/tmp/site:$PWD
+# A second folder, .whl2/ (PyAV, the http extra), goes to /tmp/site2: the 64 MiB carry limit does not hold both, so
+# a first call carries .whl and a second one, on the still-warm machine, carries .whl2 (.whl stays there).
+for d in .whl .whl2; do
+  compgen -G "$d/*.whl" >/dev/null || continue
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site${d#.whl} \
+    $d/*.whl || { echo "wheel install from $d failed" >&2; return 1; }
+done
+[ -d /tmp/site ] || { echo "no GPU extras: carry .whl (fresh machine)" >&2; return 1; }
+export PYTHONPATH=/tmp/site:/tmp/site2:$PWD
 export PYTHONUNBUFFERED=1
 export FLASHINFER_WORKSPACE_BASE=/tmp/flashinfer-cache
 export VLM_STATE_DIR=/tmp/vlm-state

@@ -28,7 +28,7 @@ case "${1:-}" in
   tests)
     timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests/processor/test_video_processor_gpu.py \
       tests/models/test_video_gpu.py 2>&1 | tee $OUT/gpu_tests_video.log | log 12
-    timeout 200 python3 -m pytest -q -p no:cacheprovider tests/processor/test_video.py tests/models/test_video_parity.py \
+    [ -n "${VIDEO_CPU_SUITES:-}" ] && timeout 200 python3 -m pytest -q -p no:cacheprovider tests/processor/test_video.py tests/models/test_video_parity.py \
       2>&1 | tee $OUT/tests_video_cpu_suites.log | log 8 ;;
   *) echo "usage: $0 ttft|tests" >&2; exit 2 ;;
 esac
