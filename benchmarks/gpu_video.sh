@@ -26,7 +26,7 @@ case "${1:-}" in
       tar czf $OUT/ttft_video_$m.tgz -C /tmp ttft_video_$m
     done ;;
   tests)
-    timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests/processor/test_video_processor_gpu.py \
+    timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/processor/test_video_processor_gpu.py \
       tests/models/test_video_gpu.py 2>&1 | tee $OUT/gpu_tests_video.log | log 12
     [ -n "${VIDEO_CPU_SUITES:-}" ] && timeout 200 python3 -m pytest -q -p no:cacheprovider tests/processor/test_video.py tests/models/test_video_parity.py \
       2>&1 | tee $OUT/tests_video_cpu_suites.log | log 8 ;;

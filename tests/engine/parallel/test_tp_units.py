@@ -102,8 +102,11 @@ def test_tensor_parallel_flags_and_env(monkeypatch):
     cfg = parse("--vision-parallel", "replicate")
     assert (cfg.parallel.tensor_parallel_size, cfg.parallel.vision_parallel) == (4, "replicate")
     assert parse("--tensor-parallel-size", "2").parallel.tensor_parallel_size == 2
-    with pytest.raises(ValueError, match="vision_parallel must be data or replicate"):
+    with pytest.raises(SystemExit):  # argparse: invalid choice, exit 2
         parse("--vision-parallel", "weights")
+    monkeypatch.setenv("VLM_VISION_PARALLEL", "weights")  # env values bypass argparse's choices: the config refuses
+    with pytest.raises(ValueError, match="vision_parallel must be data or replicate"):
+        parse()
 
 
 @pytest.mark.parametrize("name, billions", [("random:qwen2_5_vl_72b", 73.41), ("random:qwen3_vl_32b", 33.36)])
