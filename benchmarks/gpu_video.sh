@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# H200 runs for video input (issue 15), each one device call of under 4 minutes:
+# H200 runs for video input (issue 15), each one device call of under 8 minutes (a fresh machine builds FlashInfer's
+# JIT kernels inside the first server start: ~2 min):
 #   bash benchmarks/gpu_video.sh ttft    # TTFT of one 10 s 1280x720 H.264 clip (30 fps source, sampled at 2 fps),
 #                                        # qwen3_vl_8b and qwen2_5_vl_7b, server breakdown + transformers peer
 #   bash benchmarks/gpu_video.sh tests   # the GPU-marked video tests (processor half against transformers' video
@@ -16,7 +17,7 @@ case "${1:-}" in
     for m in qwen3_vl_8b qwen2_5_vl_7b; do
       dir=$(preset_dir $m)
       # unique clips: every request misses the vision and prefix caches, as a first request would
-      timeout 115 python3 benchmarks/ttft.py --compare "serve:--model random:$m --warmup-image-side 0" \
+      timeout ${VIDEO_TTFT_TIMEOUT_S:-240} python3 benchmarks/ttft.py --compare "serve:--model random:$m --warmup-image-side 0" \
         --compare-labels $m --compare-rounds 1 --num-prompts 3 --num-warmup 1 --max-concurrency 1 \
         --images-per-request 0 --videos-per-request 1 --video-seconds 10 --video-resolution 1280x720 \
         --video-fps 30 --video-format mp4 --unique-videos --input-len 32 --output-len 8 --tokenizer $dir \

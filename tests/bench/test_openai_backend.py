@@ -73,3 +73,25 @@ def test_a_wrong_key_is_counted_not_fatal(tmp_path, real_server):
     assert rc == 1  # nothing completed
     m = json.loads((out / "summary.json").read_text())["runs"][0]["metrics"]
     assert m["errors"] == {"HTTP_401": 6}
+
+
+def test_a_token_without_text_counts_only_with_logprobs():
+    """Random weights emit special tokens: their chunks carry no content, only (when asked) a logprobs entry."""
+    import json
+
+    from vlm_service.bench.loadgen import RequestResult
+    from vlm_service.bench.openai_client import _StreamState
+
+    def run(logprobs_entry):
+        state = _StreamState(RequestResult(index=0, request_id="r"), start=0.0)
+        chunk = {"choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": None,
+                              "logprobs": {"content": logprobs_entry} if logprobs_entry is not None else None}]}
+        state.event(json.dumps(chunk), now=0.25)
+        state.event("[DONE]", now=0.5)
+        state.finish(now=0.5)
+        return state.res
+
+    without = run(None)
+    assert not without.ok and without.status == "EMPTY_OUTPUT"
+    marked = run([{"token": "", "logprob": -1.5, "bytes": [], "top_logprobs": []}])
+    assert marked.ok and marked.ttft_ms == 250.0 and marked.output_tokens == 1

@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     lo.add_argument("--timeout", type=float, default=120.0, help="per-request deadline, seconds")
     lo.add_argument("--temperature", type=float, help="unset = greedy")
     lo.add_argument("--no-ignore-eos", action="store_true", help="let EOS end a request before max tokens")
+    lo.add_argument("--logprobs", action="store_true",
+                    help="ask for each token's logprob on both backends: over HTTP a token that decodes to no text "
+                         "(a special token, as random weights emit) sends no content, only its logprobs entry")
     d = p.add_argument_group("dataset")
     d.add_argument("--dataset", choices=("synthetic", "folder", "jsonl", "video_folder"), default="synthetic")
     d.add_argument("--dataset-path", type=Path, help="image folder, video folder or JSONL file")
@@ -107,6 +110,7 @@ def _plans(args) -> list[LoadPlan]:
     return [LoadPlan(request_rate=rate, burstiness=args.burstiness, max_concurrency=conc,
                      num_prompts=args.num_prompts, duration_s=args.duration, timeout_s=args.timeout or None,
                      seed=args.seed, ignore_eos=not args.no_ignore_eos, temperature=args.temperature,
+                     logprobs=args.logprobs,
                      warmup_concurrency=args.warmup_concurrency)
             for rate in args.request_rate for conc in args.max_concurrency]
 

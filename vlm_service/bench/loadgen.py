@@ -52,6 +52,7 @@ class LoadPlan:
     seed: int = 0
     ignore_eos: bool = True
     temperature: float | None = None
+    logprobs: bool = False  # ask each token's logprob (a token with no text then still marks its arrival over HTTP)
     warmup_concurrency: int = 1  # warm-up requests in flight at once (the run's cap warms what a loaded server runs)
 
 
@@ -110,6 +111,8 @@ def build_proto(req: BenchRequest, request_id: str, plan: LoadPlan) -> vlm_pb2.G
     """One user turn: images first, then the text (the order Qwen-VL chat examples use). Built in place by
     client.build_request: it runs inside each request's timed span."""
     sampling = {} if plan.temperature is None else {"temperature": plan.temperature}
+    if plan.logprobs:
+        sampling["logprobs"] = True
     videos = [(v.data, v.mime_type, v.sample_fps) for v in getattr(req, "videos", ())]
     return build_request(req.prompt, [(im.data, im.mime_type) for im in req.images], request_id=request_id,
                          videos=videos, max_tokens=req.max_tokens, min_tokens=req.min_tokens, ignore_eos=plan.ignore_eos, **sampling)

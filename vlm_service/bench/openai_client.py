@@ -1,9 +1,9 @@
 """`--backend openai`: the harness's dataset sent to any OpenAI-compatible server (ours, vLLM, SGLang) as streaming
 chat completions with data-URL images.
 
-Timing as for gRPC (bench/loadgen.py): TTFT = send -> first SSE chunk with content; ITL = gaps between content
-chunks; E2E = send -> [DONE]. Output tokens from the final usage chunk (stream_options.include_usage), else the
-content chunks. Request bodies are JSON-encoded (base64 images included) before the timed runs, as the dataset's
+Timing as for gRPC (bench/loadgen.py): TTFT = send -> first SSE chunk with content (or, with --logprobs, a
+logprobs entry: a token that decodes to no text); ITL = gaps between such chunks; E2E = send -> [DONE]. Output
+tokens from the final usage chunk (stream_options.include_usage), else the content chunks. Request bodies are JSON-encoded (base64 images included) before the timed runs, as the dataset's
 images are: a client would encode once, and the encode of a 1024² PNG (~4 MB of base64) is not the server's time.
 Greedy unless --temperature (vLLM's default temperature is 1.0, so 0 is sent explicitly); min_tokens and ignore_eos
 are vLLM's / SGLang's extra fields.
@@ -40,7 +40,8 @@ def chat_body(req: BenchRequest, plan: LoadPlan, model: str) -> dict:
     parts.append({"type": "text", "text": req.prompt})
     return {"model": model, "messages": [{"role": "user", "content": parts}], "stream": True,
             "stream_options": {"include_usage": True}, "max_tokens": req.max_tokens, "min_tokens": req.min_tokens,
-            "ignore_eos": plan.ignore_eos, "temperature": plan.temperature or 0.0}
+            "ignore_eos": plan.ignore_eos, "temperature": plan.temperature or 0.0,
+            **({"logprobs": True} if plan.logprobs else {})}
 
 
 def _verify(target: Target):
@@ -133,8 +134,8 @@ class _StreamState:
             raise RuntimeError(f"error event: {str(event['error'])[:300]}")
         self.usage = event.get("usage") or self.usage
         for choice in event.get("choices") or ():
-            if (choice.get("delta") or {}).get("content"):
-                self._stamp(now)
+            if (choice.get("delta") or {}).get("content") or (choice.get("logprobs") or {}).get("content"):
+                self._stamp(now)  # a token: text, or (with --logprobs) a token whose text is empty
             self.res.finish_reason = choice.get("finish_reason") or self.res.finish_reason
         return False
 
