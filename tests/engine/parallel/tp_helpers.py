@@ -19,11 +19,14 @@ TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_atte
             num_key_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-6)
 
 
-def _qwen3(ids, vocab):
+_MROPE = {16: [2, 3, 3], 64: [12, 10, 10]}  # head_dim -> mrope_section (sums to head_dim / 2)
+
+
+def _qwen3(ids, vocab, head_dim=16):
     from transformers import Qwen3VLConfig
 
-    text = dict(TEXT, vocab_size=vocab, head_dim=16, bos_token_id=ids["eot"], eos_token_id=ids["im_end"],
-                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3],
+    text = dict(TEXT, vocab_size=vocab, head_dim=head_dim, bos_token_id=ids["eot"], eos_token_id=ids["im_end"],
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": _MROPE[head_dim],
                                  "mrope_interleaved": True})
     vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=16,
                   spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
@@ -38,10 +41,10 @@ MOE_TEXT = dict(num_hidden_layers=3, moe_intermediate_size=48, num_experts=8, nu
                 mlp_only_layers=[1])
 
 
-def _qwen3_moe(ids, vocab):
+def _qwen3_moe(ids, vocab, head_dim=16):
     from transformers import Qwen3VLMoeConfig
 
-    dense = _qwen3(ids, vocab)
+    dense = _qwen3(ids, vocab, head_dim)
     text = dict(dense.text_config.to_dict(), **MOE_TEXT)
     return Qwen3VLMoeConfig(text_config=text, vision_config=dense.vision_config.to_dict(), tie_word_embeddings=False,
                             **_token_fields(ids))
@@ -64,7 +67,10 @@ def _classes(arch: str):
 
     return {"qwen3_vl": (_qwen3, transformers.Qwen3VLForConditionalGeneration),
             "qwen2_5_vl": (_qwen2_5, transformers.Qwen2_5_VLForConditionalGeneration),
-            "qwen3_vl_moe": (_qwen3_moe, transformers.Qwen3VLMoeForConditionalGeneration)}[arch]
+            "qwen3_vl_moe": (_qwen3_moe, transformers.Qwen3VLMoeForConditionalGeneration),
+            # head_dim 64, a size FlashInfer's paged attention supports (the GPU tests)
+            "qwen3_vl_moe_hd64": (lambda ids, vocab: _qwen3_moe(ids, vocab, 64),
+                                  transformers.Qwen3VLMoeForConditionalGeneration)}[arch]
 
 
 def _write(out: Path, arch: str) -> None:
@@ -79,11 +85,12 @@ def _write(out: Path, arch: str) -> None:
     seeded_weights_(model, 1)
     model.generation_config.eos_token_id = [ids["im_end"], ids["eot"]]
     model.save_pretrained(out)
-    write_preprocessor_config(out, "qwen3_vl" if arch == "qwen3_vl_moe" else arch)
+    write_preprocessor_config(out, "qwen3_vl" if arch.startswith("qwen3_vl_moe") else arch)
 
 
 def tiny_checkpoint(root: Path, arch: str) -> Path:
-    """arch: qwen3_vl, qwen2_5_vl or qwen3_vl_moe (its experts fused as transformers 5 saves them)."""
+    """arch: qwen3_vl, qwen2_5_vl, qwen3_vl_moe (its experts fused as transformers 5 saves them) or
+    qwen3_vl_moe_hd64 (the same with head_dim 64, for the GPU)."""
     return build_once(Path(root) / f"tp-{arch}", lambda d: _write(d, arch))
 
 
