@@ -2,9 +2,17 @@
 Qwen3-VL-MoE checkpoint made with transformers' classes (8 experts, 2 per token, one dense layer; 4 q / 2 KV
 heads, so at TP=4 a KV head is replicated on two ranks), TP=2 and TP=4 give TP=1's greedy tokens and logits
 within 1e-4 (fp32) for a text-only and a one-image request, from each expert layout of the checkpoint; every
-block is free afterwards."""
+block is free afterwards. `vlm-service serve` refuses a moe_intermediate_size that does not divide by the TP size
+with that message, exits non-zero and leaves no worker behind."""
 
 from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -57,3 +65,39 @@ def test_moe_tp_gives_tp1_tokens_and_logits(layout, size, reference, root, image
     for a, b in zip(logits, logits1):
         assert a.shape == b.shape
         torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of group pgid still runs (Linux /proc; a zombie, unreaped where no init reaps, has exited)."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state, _, pgrp = f.read().rsplit(") ", 1)[1].split()[:3]
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if int(pgrp) == pgid and state != "Z":
+            return True
+    return False
+
+
+def test_serve_refuses_a_moe_intermediate_size_that_does_not_divide(root, tmp_path):
+    ckpt = tmp_path / "odd"
+    shutil.copytree(moe_checkpoint(root), ckpt)
+    config = json.loads((ckpt / "config.json").read_text())
+    config["text_config"]["moe_intermediate_size"] = 47
+    (ckpt / "config.json").write_text(json.dumps(config))
+    proc = subprocess.Popen([sys.executable, "-m", "vlm_service.cli", "serve", "--model", str(ckpt), "--device", "cpu",
+                             "--dtype", "float32", "--tensor-parallel-size", "2", "--port", "0", "--state-dir",
+                             str(tmp_path / "s")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # its own process group: the spawned worker's too
+    try:
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode != 0
+        assert "moe_intermediate_size = 47 does not divide by --tensor-parallel-size 2" in out
+        deadline = time.monotonic() + 10
+        while _group_alive(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _group_alive(proc.pid), "a tensor-parallel worker outlived the refused server"
+    finally:
+        if _group_alive(proc.pid):
+            os.killpg(proc.pid, 9)
