@@ -66,16 +66,20 @@ class FusedExpertSlice:
         shape = tuple(part.get_shape())
         if shape not in (ours, hub):
             raise ModelLoadError(f"tensor {name!r} has shape {shape}, expected {ours} (or the transposed {hub})")
-        # the axis of I (2I for gate_up) in the file: 1 in ours for gate_up, 2 in ours for down; the other in hub's
-        axis = (1 if shape == ours else 2) if self.kind == "gate_up_proj" else (2 if shape == ours else 1)
+        transposed = shape != ours
+        axis = _I_AXIS[self.kind, transposed]
         out = torch.cat([_take(part, axis, a, b) for a, b in self._ranges()], dim=axis)
-        return out if shape == ours else out.transpose(1, 2)  # a view in our orientation
+        return out.transpose(1, 2) if transposed else out  # a view in our orientation
 
     def _ranges(self) -> list[tuple[int, int]]:
         s = self.shard
         if self.kind == "down_proj":
             return [(s.start, s.stop)]
         return [(s.start, s.stop), (s.inter + s.start, s.inter + s.stop)]  # gate rows, then up rows
+
+
+# (kind, file holds the hub's transposed orientation) -> the axis of I (2I for gate_up) in the file's tensor
+_I_AXIS = {("gate_up_proj", False): 1, ("gate_up_proj", True): 2, ("down_proj", False): 2, ("down_proj", True): 1}
 
 
 def _take(part, axis: int, start: int, stop: int) -> torch.Tensor:

@@ -32,7 +32,7 @@ from kernels.moe import fused_moe
 from vlm_service.errors import ModelLoadError
 from vlm_service.models.layers import GatedMLP, MLPFactory
 from vlm_service.models.moe_parallel import ExpertShard, expert_shard, expert_slices
-from vlm_service.models.parallel import TensorParallel
+from vlm_service.models.parallel import TensorParallel, active
 from vlm_service.models.qwen3_vl import Qwen3VLForConditionalGeneration
 
 _FUSED = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
@@ -99,7 +99,7 @@ class SparseMoeBlock(nn.Module):
 
     def __init__(self, text: dict, tp: TensorParallel | None = None):
         super().__init__()
-        self.tp = tp
+        self.tp = tp if active(tp) else None
         hidden = text["hidden_size"]
         self.top_k = int(text["num_experts_per_tok"])
         # transformers' router always renormalises (its config has no norm_topk_prob); the hub configs say true
