@@ -1,7 +1,8 @@
 """Tensor parallelism through the served API: the real server (mTLS on loopback) at TP=2 and TP=4 streams the
 greedy tokens and logprobs a TP=1 engine computes on the same checkpoint (both dense families, KV heads fewer
-than ranks at TP=4); a `vlm-service serve --tensor-parallel-size 2` subprocess whose worker is killed reports
-NOT_SERVING and exits non-zero within 10 s, and SIGTERM stops every rank with exit code 0."""
+than ranks at TP=4, and the MoE family at TP=2, its experts split along their intermediate dim); a `vlm-service
+serve --tensor-parallel-size 2` subprocess whose worker is killed reports NOT_SERVING and exits non-zero within
+10 s, and SIGTERM stops every rank with exit code 0."""
 
 from __future__ import annotations
 
@@ -76,7 +77,8 @@ def served(srv, image):
     return out
 
 
-@pytest.mark.parametrize("arch, size", [("qwen3_vl", 2), ("qwen3_vl", 4), ("qwen2_5_vl", 2), ("qwen2_5_vl", 4)])
+@pytest.mark.parametrize("arch, size", [("qwen3_vl", 2), ("qwen3_vl", 4), ("qwen2_5_vl", 2), ("qwen2_5_vl", 4),
+                                        ("qwen3_vl_moe", 2)])
 def test_served_tp_matches_tp1(arch, size, root, image, pki):
     pki, live = pki
     ckpt = tiny_checkpoint(root, arch)

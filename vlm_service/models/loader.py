@@ -136,16 +136,18 @@ def _read(handle, name: str, canonical: str, slices: dict) -> torch.Tensor:
         return handle.get_tensor(name)
     from vlm_service.models.parallel import fit_slice
 
-    dim, start, stop, rows = slices[canonical]
-    part = handle.get_slice(name)
+    spec, part = slices[canonical], handle.get_slice(name)
+    if hasattr(spec, "read"):  # a slice the model describes itself (e.g. moe_parallel.FusedExpertSlice)
+        return spec.read(part, name)
+    dim, start, stop, rows = spec
     return fit_slice(part[start:stop] if dim == 0 else part[:, start:stop], rows, dim)
 
 
 def iter_tensors(files: list[Path], cursor: _Cursor | None = None,
                  slices: dict | None = None) -> Iterator[tuple[str, torch.Tensor]]:
     """Stream (canonical name, CPU tensor) from safetensors files; ModelLoadError names a corrupt file/tensor.
-    `slices` (canonical name -> (dim, start, stop, rows), models/parallel.shard_slices) reads a tensor-parallel
-    rank's slice of those tensors instead of the whole."""
+    `slices` (canonical name -> (dim, start, stop, rows), or an object with read(part, name), models/parallel.
+    shard_slices) reads a tensor-parallel rank's slice of those tensors instead of the whole."""
     from safetensors import SafetensorError, safe_open
 
     cursor, slices = cursor or _Cursor(), slices or {}

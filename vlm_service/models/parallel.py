@@ -14,7 +14,8 @@ A shard's `spec.num_heads` / `spec.num_kv_heads` are the rank's own (its KV pool
 
 Every sharded parameter records where its slice sits in the checkpoint tensor (`tp_slices`: canonical name ->
 (dim, start, stop, rows): checkpoint rows [start, stop) along dim, into a parameter of `rows` there), so the
-loader reads that slice straight from safetensors (loader.py, safe_open get_slice).
+loader reads that slice straight from safetensors (loader.py, safe_open get_slice). A slice that is not one range
+is an object with read(part, name) instead (the MoE experts' fused tensors: moe_parallel.py).
 """
 
 from __future__ import annotations
@@ -175,12 +176,12 @@ def gather_logits(local: torch.Tensor, vocab: int, tp: TensorParallel) -> torch.
     return full[:, :vocab] if full is not None else None
 
 
-def shard_slices(root: nn.Module) -> dict[str, tuple[int, int, int, int]]:
-    """Canonical tensor name -> (dim, start, stop, rows) of the checkpoint slice it takes; unsharded names are
-    absent."""
+def shard_slices(root: nn.Module) -> dict[str, Any]:
+    """Canonical tensor name -> (dim, start, stop, rows) of the checkpoint slice it takes, or a module's own slice
+    object (with read(part, name)); unsharded names are absent."""
     from vlm_service.models.layers import MergedLinear
 
-    out: dict[str, tuple[int, int, int, int]] = {}
+    out: dict[str, Any] = {}
     for prefix, mod in root.named_modules():
         if isinstance(mod, MergedLinear) and mod.starts:
             parent = prefix.rsplit(".", 1)[0] + "." if "." in prefix else ""

@@ -14,10 +14,15 @@ Checkpoint layouts of the experts, whichever a checkpoint holds (see load_weight
 - fused, transposed, as the hub checkpoints hold them (written by transformers 4.57): [E, H, 2I] and [E, I, H].
   As transformers' conversion mapping does, a tensor already in our shape is taken as is (so a square one is never
   transposed).
+
+Tensor parallelism (moe_parallel.py): every rank holds all experts, each cut along its intermediate dim (gate/up
+column-parallel, down row-parallel), the router whole; one all-reduce of each sparse block's output. Dense layers,
+attention, embedding and lm_head are sharded as in the dense model (models/parallel.py).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator
 
 import torch
@@ -26,7 +31,8 @@ from torch import nn
 from kernels.moe import fused_moe
 from vlm_service.errors import ModelLoadError
 from vlm_service.models.layers import GatedMLP, MLPFactory
-from vlm_service.models.parallel import active
+from vlm_service.models.moe_parallel import ExpertShard, expert_shard, expert_slices
+from vlm_service.models.parallel import TensorParallel, active
 from vlm_service.models.qwen3_vl import Qwen3VLForConditionalGeneration
 
 _FUSED = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
@@ -45,13 +51,18 @@ def is_sparse_layer(text: dict, layer: int) -> bool:
 
 
 class StackedExperts(nn.Module):
-    """All experts of one layer as two stacked parameters: gate_up_proj [E, 2I, H], down_proj [E, H, I]."""
+    """All experts of one layer as two stacked parameters: gate_up_proj [E, 2I, H], down_proj [E, H, I].
+    Under tensor parallelism I is this rank's slice of moe_intermediate_size (`shard`), and `tp_slices` tells the
+    loader which part of each checkpoint tensor to read (moe_parallel.py)."""
 
-    def __init__(self, experts: int, hidden: int, inter: int):
+    def __init__(self, experts: int, hidden: int, inter: int, shard: ExpertShard | None = None):
         super().__init__()
-        self.num_experts, self.hidden, self.inter = experts, hidden, inter
-        self.gate_up_proj = nn.Parameter(torch.empty(experts, 2 * inter, hidden))
-        self.down_proj = nn.Parameter(torch.empty(experts, hidden, inter))
+        shard = shard or ExpertShard(inter, inter, 0)
+        self.num_experts, self.hidden, self.inter = experts, hidden, shard.local
+        self.gate_up_proj = nn.Parameter(torch.empty(experts, 2 * shard.local, hidden))
+        self.down_proj = nn.Parameter(torch.empty(experts, hidden, shard.local))
+        if shard.local != inter:
+            self.tp_slices = expert_slices(experts, hidden, shard)
 
     def checkpoint_slots(self, prefix: str) -> dict[str, torch.Tensor]:
         """Per-expert canonical names -> views of the stacks (layers.weight_slots): every layout is copied through
@@ -83,27 +94,31 @@ class StackedExperts(nn.Module):
 
 
 class SparseMoeBlock(nn.Module):
-    """Router + stacked experts; forward x [T, H] -> [T, H]. No host sync: routing happens inside fused_moe."""
+    """Router + stacked experts; forward x [T, H] -> [T, H]. No host sync: routing happens inside fused_moe.
+    With `tp` (size > 1) the experts hold this rank's intermediate slice and the output is all-reduced."""
 
-    def __init__(self, text: dict):
+    def __init__(self, text: dict, tp: TensorParallel | None = None):
         super().__init__()
+        self.tp = tp if active(tp) else None
         hidden = text["hidden_size"]
         self.top_k = int(text["num_experts_per_tok"])
         # transformers' router always renormalises (its config has no norm_topk_prob); the hub configs say true
         self.renormalize = bool(text.get("norm_topk_prob", True))
         self.gate = nn.Linear(hidden, num_experts(text), bias=False)
-        self.experts = StackedExperts(num_experts(text), hidden, int(text["moe_intermediate_size"]))
+        inter = int(text["moe_intermediate_size"])
+        self.experts = StackedExperts(num_experts(text), hidden, inter, expert_shard(inter, tp))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.gate(x)  # [T, E] in the model dtype; fused_moe takes the softmax in float32
-        return fused_moe(x, logits, self.experts.gate_up_proj, self.experts.down_proj, self.top_k, self.renormalize)
+        logits = self.gate(x)  # [T, E] in the model dtype (replicated: every rank routes alike); softmax in fp32
+        y = fused_moe(x, logits, self.experts.gate_up_proj, self.experts.down_proj, self.top_k, self.renormalize)
+        return self.tp.all_reduce(y) if self.tp is not None else y  # [T, H]: the ranks' intermediate shares summed
 
 
-def moe_text_mlp(text: dict, layer: int) -> nn.Module:
+def moe_text_mlp(text: dict, layer: int, tp: TensorParallel | None = None) -> nn.Module:
     """The MLP of decoder layer `layer`: a SparseMoeBlock, or a dense GatedMLP where the config keeps one."""
     if is_sparse_layer(text, layer):
-        return SparseMoeBlock(text)
-    return GatedMLP(text["hidden_size"], text["intermediate_size"])
+        return SparseMoeBlock(text, tp)
+    return GatedMLP(text["hidden_size"], text["intermediate_size"], tp=tp)
 
 
 class Qwen3VLMoeForConditionalGeneration(Qwen3VLForConditionalGeneration):
@@ -111,15 +126,10 @@ class Qwen3VLMoeForConditionalGeneration(Qwen3VLForConditionalGeneration):
 
     ARCH = "Qwen3VLMoeForConditionalGeneration"
 
-    def __init__(self, config: dict, dtype: torch.dtype, device: torch.device, vit_attention, tp=None):
-        if active(tp):  # the experts' intermediate dimension is not split yet (engine/parallel/ covers dense models)
-            raise ModelLoadError("Qwen3VLMoeForConditionalGeneration: --tensor-parallel-size > 1 is not supported "
-                                 "for the MoE family yet")
-        super().__init__(config, dtype, device, vit_attention)
-
-    @staticmethod
-    def text_mlp(text: dict) -> MLPFactory | None:
-        return moe_text_mlp
+    def text_mlp(self, text: dict) -> MLPFactory | None:
+        """Per layer: a sparse block or a dense GatedMLP, sharded like the rest when self.tp is set (the dense
+        __init__ sets it before building the layers)."""
+        return functools.partial(moe_text_mlp, tp=self.tp)
 
     def load_weights(self, named: Iterable[tuple[str, torch.Tensor]]) -> None:
         """As the dense model's, with fused expert tensors split into per-expert views on the way in."""
