@@ -68,7 +68,7 @@ class Pipeline:
         identity = identity or ANONYMOUS
         arrival = time.monotonic()
         deadline = self.deadline(remaining_s)
-        obs = RequestObserver(request_id, peer, n_images, self.metrics)
+        obs = RequestObserver(request_id, peer, n_images, self.metrics, identity=identity.name)
         error, claimed = None, False
         try:
             check_request_id(request_id)

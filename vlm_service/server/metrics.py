@@ -2,8 +2,8 @@
 structured log line per request (logger `vlm_service.requests`).
 
 `RequestObserver` follows one Generate call: image count and pixels, inter-token gaps, the final status. At the end it
-feeds the histograms/counters and logs `request_id, peer, images, pixels, prompt/completion tokens, status, ttft_ms,
-e2e_ms`. It never sees image bytes or prompt text, so they can never reach the log.
+feeds the histograms/counters and logs `request_id, peer, identity, images, pixels, prompt/completion tokens, status,
+ttft_ms, e2e_ms`. It never sees image bytes or prompt text, so they can never reach the log.
 """
 
 from __future__ import annotations
@@ -88,8 +88,11 @@ def _pixels(pixel_values) -> int:
 class RequestObserver:
     """Per-request bookkeeping for metrics and the request log line (see the module docstring)."""
 
-    def __init__(self, request_id: str, peer: str, images: int, metrics: Metrics | None):
-        self.fields = {"request_id": log_safe(request_id), "peer": log_safe(peer), "images": images, "pixels": 0,
+    def __init__(self, request_id: str, peer: str, images: int, metrics: Metrics | None, identity: str = ""):
+        # identity: the caller's certificate subject or API-key name ("-" = anonymous), the owner of request_id;
+        # spaces as \x20 so the text line stays whitespace-separated key=value pairs
+        self.fields = {"request_id": log_safe(request_id), "peer": log_safe(peer),
+                       "identity": log_safe(identity).replace(" ", "\\x20") or "-", "images": images, "pixels": 0,
                        "prompt_tokens": 0, "completion_tokens": 0, "status": "OK", "ttft_ms": None,
                        "e2e_ms": None}
         self._metrics = metrics
