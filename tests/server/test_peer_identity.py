@@ -126,3 +126,45 @@ def test_without_a_client_certificate_both_are_anonymous(pki):
     assert _http_identity(pki, None) is ANONYMOUS
     assert identity_from_auth_context({"transport_security_type": [b"ssl"]}) is ANONYMOUS
     assert identity_of({"type": "http"}) is ANONYMOUS
+
+
+async def _whoami(scope, receive, send):
+    """An ASGI app answering with the caller's identity name."""
+    body = identity_of(scope).name.encode()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+@pytest.mark.parametrize("http", ["h11", "httptools"])
+def test_both_uvicorn_http_protocols_carry_the_certificate(pki, tmp_path, http):
+    """The protocol subclass works over either of uvicorn's HTTP/1.1 implementations (hosts without httptools get
+    h11), and two requests on one kept-alive connection both carry it."""
+    pytest.importorskip(http)
+    uvicorn, httpx = pytest.importorskip("uvicorn"), pytest.importorskip("httpx")
+    from vlm_service.server.http_peer import peer_aware
+    cert = _client_cert(pki.ca, tmp_path / "w1", SUBJECT, SANS)
+
+    async def run():
+        config = uvicorn.Config(_whoami, http=http, log_level="warning", lifespan="off", host="127.0.0.1", port=0)
+        config.load()
+        config.ssl = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        config.ssl.load_cert_chain(pki.server.cert, pki.server.key)
+        config.ssl.load_verify_locations(cafile=str(pki.ca.cert))
+        config.ssl.verify_mode = ssl.CERT_REQUIRED
+        config.http_protocol_class = peer_aware(config.http_protocol_class)
+        server = uvicorn.Server(config)
+        task = asyncio.ensure_future(server.serve())
+        while not server.started:
+            await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        ctx = ssl.create_default_context(cafile=str(pki.ca.cert))
+        ctx.load_cert_chain(cert.cert, cert.key)
+        try:
+            async with httpx.AsyncClient(verify=ctx, base_url=f"https://localhost:{port}") as client:
+                return [(await client.get("/")).text for _ in range(2)]
+        finally:
+            server.should_exit = True
+            await task
+
+    names = asyncio.run(run())
+    assert names == [r"emailAddress=a@b.c,CN=worker é 1,OU=ml,O=Acme\, Inc\+x,C=DE"] * 2
