@@ -11,7 +11,8 @@
 # Overrides (for a CPU dry run of this script's logic with the demo model; defaults are the H200 run):
 #   VLM_BENCH_MODEL=random:qwen3_vl_8b  VLM_BENCH_SERVE_ARGS=""  VLM_BENCH_RESOLUTION=1024x1024  VLM_BENCH_PROMPTS=12
 #   VLM_BENCH_WARMUP=3  VLM_BENCH_RUN_TIMEOUT=60 (s per harness run)  VLM_BENCH_READY_S=200  VLM_BENCH_GRPC_PORT=50051
-#   VLM_BENCH_HTTP_PORT=8000  VLM_BENCH_WORK=/tmp/ttft_http  VLM_SKIP_GPU_ENV=1 (do not source gpu_env.sh)  PYTHON=python3
+#   VLM_BENCH_HTTP_PORT=8000  VLM_BENCH_WORK=/tmp/ttft_http  PYTHON=python3
+#   VLM_SKIP_GPU_ENV=1 (do not source gpu_env.sh: a CPU host; PYTHONPATH defaults to the checkout)
 #   e.g. OUT=/tmp/out VLM_SKIP_GPU_ENV=1 VLM_BENCH_MODEL=demo VLM_BENCH_SERVE_ARGS="--device cpu" \
 #        VLM_BENCH_RESOLUTION=64x64 VLM_BENCH_PROMPTS=2 VLM_BENCH_WARMUP=1 bash benchmarks/ttft_http_vs_grpc.sh
 : "${OUT:?set OUT to the folder the JSON goes to}"
@@ -34,7 +35,8 @@ dir=$($py -c "
 import sys
 from vlm_service.config import Config, ModelConfig, ServerConfig, default_state_dir
 from vlm_service.runtime import resolve_model_path
-print(resolve_model_path(Config(model=ModelConfig(model=sys.argv[1]), server=ServerConfig(state_dir=default_state_dir())))[2])
+cfg = Config(model=ModelConfig(model=sys.argv[1]), server=ServerConfig(state_dir=default_state_dir()))
+print(resolve_model_path(cfg)[2])
 " "$model") || exit 1
 # shellcheck disable=SC2086  # VLM_BENCH_SERVE_ARGS is a list of flags
 $py -m vlm_service.cli serve --model "$model" --insecure --host 127.0.0.1 --port "$grpc_port" \
