@@ -1,6 +1,7 @@
 """Request ownership (DESIGN.md, reliability 15): only the identity that started a request may abort it or learn that
-it is in flight. Transport-neutral: the gRPC servicer passes the client certificate's identity, the HTTP app passes
-the same (or an API key's id); both call `key` / `claim` / `release` / `abortable`.
+it is in flight. Transport-neutral: the gRPC servicer and the HTTP app both pass the client certificate's identity
+(one function, identity_from_certificate, so a certificate is one owner on both) or an API key's name; both call
+`key` / `claim` / `release` / `abortable`.
 
 Request ids are namespaced per identity: the engine sees `key(identity, id)`, so two identities may use the same id at
 once (no ALREADY_EXISTS leak across identities) and an Abort can only name the caller's own requests. The anonymous
@@ -10,7 +11,9 @@ identity (plaintext, a UDS, TLS without client certificates) keeps the raw id, a
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import ssl
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -36,18 +39,51 @@ ANONYMOUS = Identity()
 
 
 def identity_from_auth_context(auth: Mapping[str, Iterable[bytes]] | None) -> Identity:
-    """The identity of a gRPC peer from `context.auth_context()`: its verified client certificate (mTLS), else
-    anonymous. name = the certificate subject (or CN=<common name>), aliases = subject, CN and SANs."""
-    auth = auth or {}
-
-    def values(key: str) -> list[str]:
-        return [v.decode("utf-8", "replace") for v in auth.get(key, ())]
-
-    subject, common = values("x509_subject"), values("x509_common_name")
-    if not subject and not common:
+    """The identity of a gRPC peer from `context.auth_context()`: its verified client certificate (mTLS; gRPC hands
+    it over as `x509_pem_cert`), else anonymous. Derived by identity_from_certificate, as on HTTP."""
+    pem = list((auth or {}).get("x509_pem_cert", ()))
+    if not pem:
         return ANONYMOUS
-    name = subject[0] if subject else f"CN={common[0]}"
-    return Identity(name=name, aliases=frozenset([name, *subject, *common, *values("x509_subject_alternative_name")]))
+    return identity_from_certificate(ssl.PEM_cert_to_DER_cert(pem[0].decode("ascii", "replace")))
+
+
+# OpenSSL's short names where cryptography's RFC 4514 writer would print a dotted OID
+_ATTR_NAMES = {"1.2.840.113549.1.9.1": "emailAddress", "2.5.4.5": "serialNumber", "2.5.4.4": "SN",
+               "2.5.4.42": "GN", "2.5.4.12": "title", "2.5.4.43": "initials", "2.5.4.65": "pseudonym"}
+
+
+@functools.lru_cache(maxsize=1024)
+def identity_from_certificate(der: bytes | None) -> Identity:
+    """The identity of a verified client certificate (DER), the same on every transport (gRPC and HTTP both call
+    this, so one certificate is one owner): name = the subject as an RFC 4514 string (most specific part first,
+    e.g. "CN=alice,O=acme"; "SAN:<first SAN>" when the subject is empty); aliases = name, the common names and the
+    SANs (DNS, e-mail, URI, IP), which --operator-identity may match. None or b"" = anonymous."""
+    if not der:
+        return ANONYMOUS
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    cert = x509.load_der_x509_certificate(der)
+    overrides = {x509.ObjectIdentifier(oid): short for oid, short in _ATTR_NAMES.items()}
+    subject = cert.subject.rfc4514_string(overrides)
+    common = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    sans = _san_values(cert)
+    name = subject or (f"SAN:{sans[0]}" if sans else "")
+    if not name:
+        return ANONYMOUS
+    return Identity(name=name, aliases=frozenset([name, *common, *sans]))
+
+
+def _san_values(cert) -> list[str]:
+    """The certificate's DNS, e-mail, URI and IP subject alternative names, in certificate order."""
+    from cryptography import x509
+
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    kinds = (x509.DNSName, x509.RFC822Name, x509.UniformResourceIdentifier, x509.IPAddress)
+    return [str(n.value) for n in names if isinstance(n, kinds)]
 
 
 def identity_from_api_key(name: str) -> Identity:

@@ -68,14 +68,16 @@ class Pipeline:
         identity = identity or ANONYMOUS
         arrival = time.monotonic()
         deadline = self.deadline(remaining_s)
-        obs = RequestObserver(request_id, peer, n_images, self.metrics, client_deadline_s=remaining_s)
-        error, claimed = None, False
+        obs = RequestObserver(request_id, peer, n_images, self.metrics, client_deadline_s=remaining_s,
+                              identity=identity.name)
+        error, claimed, finished = None, False, False
         try:
             check_request_id(request_id)
             key = self.owners.claim(identity, request_id)  # the engine's id: namespaced per identity
             claimed = True
             req = self._admit(build(key, arrival), n_images)
             async for out in self._stream(req, deadline, obs):
+                finished = isinstance(out, types.Finished)
                 yield out
         except errors.ServiceError as exc:
             error = exc
@@ -85,7 +87,7 @@ class Pipeline:
             error = errors.InternalError(INTERNAL_MESSAGE)
             raise error from None
         except BaseException as exc:
-            error = exc
+            error = None if finished and isinstance(exc, GeneratorExit) else exc  # closed after its Finished: OK
             raise
         finally:
             if claimed:

@@ -19,10 +19,10 @@ from starlette.responses import JSONResponse, Response
 
 from vlm_service import errors, types
 from vlm_service.config import Config
-from vlm_service.ownership import ANONYMOUS, Identity, client_id, identity_from_api_key
+from vlm_service.ownership import Identity, client_id, identity_from_api_key
 from vlm_service.pipeline import Pipeline
 from vlm_service.server import http_convert as hc
-from vlm_service.server import http_media
+from vlm_service.server import http_media, http_peer
 from vlm_service.server import http_responses as hr
 
 _RETRY_AFTER = {429: "1", 503: "1"}
@@ -57,10 +57,10 @@ class FrontDoor:
         return self.cfg.model.served_model_name or self.cfg.model.model
 
     def identity(self, request) -> Identity:
-        """The API key's name (anonymous with keys off: uvicorn does not hand the peer certificate to the app);
-        Unauthenticated otherwise."""
+        """As on gRPC: the API key's name when keys are on (Unauthenticated without a valid key), else the verified
+        client certificate's identity (mTLS, server/http_peer.py) or anonymous."""
         if self.api_keys is None:
-            return ANONYMOUS
+            return http_peer.identity_of(request.scope)
         return identity_from_api_key(self.api_keys.identify(request.headers.get("authorization")))
 
     def media_client(self):

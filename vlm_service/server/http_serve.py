@@ -1,7 +1,8 @@
 """Run the HTTP app with uvicorn inside the gRPC server's asyncio loop, with TLS from the same certificates.
 
 - TLS policy as gRPC's TCP listener (server/tls.py): on unless --insecure; the dev CA's localhost certificate when no
-  --tls-cert is given; mTLS when --tls-client-ca is given.
+  --tls-cert is given; mTLS when --tls-client-ca is given. Each request's ASGI scope then carries the connection's
+  client certificate (the ASGI TLS extension, server/http_peer.py), which is the caller's identity as on gRPC.
 - Certificate files replaced on disk are served to NEW connections without a restart: the context's handshake
   callback (sni_callback, called on every ClientHello, with or without SNI) swaps in a context built from the new
   files when their stamp changed; a half-written pair keeps the old context.
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vlm_service.config import ServerConfig
-from vlm_service.server import tls
+from vlm_service.server import http_peer, tls
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,8 @@ async def start_http(app, cfg: ServerConfig) -> HttpListener:
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_keep_alive=30)
     config.load()  # loaded now, so serve() keeps the context set here (any uvicorn version)
     config.ssl = tls_ctx.context if tls_ctx else None
+    if tls_ctx is not None:  # requests carry the connection's client certificate (mTLS identity, server/http_peer.py)
+        config.http_protocol_class = http_peer.peer_aware(config.http_protocol_class)
     server = _Embedded(config)
     sock = _bind(cfg.host, cfg.http.port or 0)
     port = sock.getsockname()[1]

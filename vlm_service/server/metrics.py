@@ -2,7 +2,7 @@
 structured log line per request (logger `vlm_service.requests`).
 
 `RequestObserver` follows one Generate call: image count and pixels, inter-token gaps, the final status. At the end it
-feeds the histograms/counters and logs `request_id, peer, images, pixels, vision_pixels, prompt/completion tokens,
+feeds the histograms/counters and logs `request_id, peer, identity, images, pixels, vision_pixels, prompt/completion tokens,
 status, ttft_ms, e2e_ms, queue_ms, preprocess_ms`. `pixels` are the images as sent (width x height from their headers,
 what the bench records), `vision_pixels` what the vision tower saw after resize. `completion_tokens` counts the tokens
 streamed, so a request cut short still shows what it cost. `status` is the gRPC status, except ABORTED for a request
@@ -93,8 +93,11 @@ class RequestObserver:
     """Per-request bookkeeping for metrics and the request log line (see the module docstring)."""
 
     def __init__(self, request_id: str, peer: str, images: int, metrics: Metrics | None,
-                 client_deadline_s: float | None = None):
-        self.fields = {"request_id": log_safe(request_id), "peer": log_safe(peer), "images": images, "pixels": 0,
+                 client_deadline_s: float | None = None, identity: str = ""):
+        # identity: the caller's certificate subject or API-key name ("-" = anonymous), the owner of request_id;
+        # spaces as \x20 so the text line stays whitespace-separated key=value pairs
+        self.fields = {"request_id": log_safe(request_id), "peer": log_safe(peer),
+                       "identity": log_safe(identity).replace(" ", "\\x20") or "-", "images": images, "pixels": 0,
                        "vision_pixels": 0,
                        "prompt_tokens": 0, "completion_tokens": 0, "status": "OK", "ttft_ms": None,
                        "e2e_ms": None, "queue_ms": None, "preprocess_ms": None}

@@ -19,7 +19,7 @@ import pytest
 import torch
 from tp_helpers import chats, moe_checkpoint, record_logits, tp_config, tp_runtime
 
-from vlm_service.bench.images import make_image
+from vlm_service.demo.images import make_image
 from vlm_service.types import SamplingParams
 
 
