@@ -164,5 +164,8 @@ def test_flag_and_env(monkeypatch):
     assert parse(["--preprocess-device", "cpu"]) == "cpu"
     monkeypatch.setenv("VLM_PREPROCESS_DEVICE", "cuda")
     assert parse([]) == "cuda" and parse(["--preprocess-device", "cpu"]) == "cpu"
-    with pytest.raises(ValueError, match="preprocess_device"):
+    with pytest.raises(SystemExit):  # argparse's choices: exit 2, "invalid choice"
         parse(["--preprocess-device", "tpu"])
+    monkeypatch.setenv("VLM_PREPROCESS_DEVICE", "tpu")  # env values bypass argparse: the config refuses them
+    with pytest.raises(ValueError, match="preprocess_device"):
+        parse([])

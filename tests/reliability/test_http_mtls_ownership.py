@@ -114,7 +114,7 @@ def test_an_http_request_belongs_to_its_certificate_on_both_transports(mtls, cap
     assert _abort(stubs["alice"], "h-own") is True  # her gRPC Abort reaches her HTTP request
     assert stream.wait() == "abort"
     lines = {("http", "CN=bob", "OK"), ("grpc", "CN=bob", "OK"), ("http", "CN=alice", "ALREADY_EXISTS"),
-             ("grpc", "CN=alice", "ALREADY_EXISTS"), ("http", "CN=alice", "OK")}  # the last: the aborted stream
+             ("grpc", "CN=alice", "ALREADY_EXISTS"), ("http", "CN=alice", "ABORTED")}  # the last: the aborted stream
     assert wait_until(lambda: _log_lines(caplog, "h-own") == lines), _log_lines(caplog, "h-own")
 
 
