@@ -70,11 +70,12 @@ def rotary_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: i
     views returned; True: a new [3, T, H, D] buffer (qkv untouched), its contiguous slices returned."""
     t = qkv.shape[0]
     parts = qkv.view(t, 3, heads, -1)
+    # select, not unbind: unbind's views refuse in-place writes where autograd records
     if contiguous:
         parts = parts.transpose(0, 1).contiguous()  # [3, T, H, D]
-        q, k, v = parts.unbind(0)
+        q, k, v = parts[0], parts[1], parts[2]
     else:
-        q, k, v = parts.unbind(1)
+        q, k, v = parts[:, 0], parts[:, 1], parts[:, 2]
     apply_rotary_(q, k, cos, sin)
     return q, k, v
 

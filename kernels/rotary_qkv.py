@@ -72,4 +72,5 @@ def rotary_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: i
         _launch(qkv, dst, cos, sin, heads, d, True, block_t, block_h, num_warps)
         return dst[0], dst[1], dst[2]
     _launch(qkv, qkv, cos, sin, heads, d, False, block_t, block_h, num_warps)
-    return qkv.view(t, 3, heads, d).unbind(1)
+    parts = qkv.view(t, 3, heads, d)
+    return parts[:, 0], parts[:, 1], parts[:, 2]
