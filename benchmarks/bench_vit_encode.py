@@ -115,10 +115,11 @@ class TowerRun:
 
         self.runner = VisionGraphRunner(enabled=enabled)
 
+    def metadata(self):
+        return self.tower.metadata(self.grid, self.pixels.device) if self.qwen25 else self.tower.metadata(self.grid)
+
     def encode(self) -> list[torch.Tensor]:
-        t = self.tower
-        prepare = (lambda: t.metadata(self.grid, self.pixels.device)) if self.qwen25 else (lambda: t.metadata(self.grid))
-        return self.runner.run(self.pixels, self.rows, t.backends(), prepare, t.compute)[1]
+        return self.runner.run(self.pixels, self.rows, self.tower.backends(), self.metadata, self.tower.compute)[1]
 
 
 def _graph_ms(run: TowerRun, reps: int) -> float | str:
