@@ -12,6 +12,8 @@ first sight, the capture and a replay, so every timed call is a replay; a key th
 as an error). With --profile (default on) each backend also gets a per-kernel table of the graph replays
 (kernel_profile.kernel_table: name, total µs, count, share, kind) and, for Qwen3-VL, "graph_ms_gelu_split": the
 same replay with the MLP's GELU as its own kernel instead of fc1's cuBLASLt epilogue (the A/B of that fusion).
+Backends in --baseline-vit (default fa3) also get "unfused": graph_ms and kernel table of the op sequence before
+issue 17's fusions (benchmarks/vit_unfused.py) on the same tower, the before/after of one run.
 --full-model keeps the older measurement: the whole model built by presets.build_random_model, a real preprocessed
 noise PNG and model.encode_images. Transformers 5.17 on the same host: 152.6 ms (Qwen2.5-VL-7B) and 25.1 ms
 (Qwen3-VL-8B), from ../shared/GPU.md.
@@ -35,6 +37,7 @@ from vit_backends.base import ViTAttention
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling benchmark modules
 from kernel_profile import kernel_table  # noqa: E402
+import vit_unfused  # noqa: E402
 
 TRANSFORMERS_MS = {"qwen2_5_vl_7b": 152.6, "qwen3_vl_8b": 25.1}
 BACKENDS = ("fa3", "flashinfer_cudnn", "sdpa", "auto")
@@ -109,6 +112,7 @@ class TowerRun:
         self.pixels = torch.randn(side * side, width, device=device, dtype=torch.bfloat16)
         self.grid = torch.tensor(self.rows)
         self.runner = None
+        self.unfused = False
 
     def new_runner(self, enabled: bool) -> None:
         from vlm_service.models.vision_graphs import VisionGraphRunner
@@ -119,7 +123,13 @@ class TowerRun:
         return self.tower.metadata(self.grid, self.pixels.device) if self.qwen25 else self.tower.metadata(self.grid)
 
     def encode(self) -> list[torch.Tensor]:
-        return self.runner.run(self.pixels, self.rows, self.tower.backends(), self.metadata, self.tower.compute)[1]
+        return self.runner.run(self.pixels, self.rows, self.tower.backends(), self.metadata, self.compute)[1]
+
+    def compute(self, pixels, meta) -> list[torch.Tensor]:
+        if self.unfused:  # the op sequence before the fusions (benchmarks/vit_unfused.py)
+            fn = vit_unfused.qwen25_compute if self.qwen25 else vit_unfused.qwen3_compute
+            return fn(self.tower, pixels, meta)
+        return self.tower.compute(pixels, meta)
 
 
 def _graph_ms(run: TowerRun, reps: int) -> float | str:
@@ -129,9 +139,24 @@ def _graph_ms(run: TowerRun, reps: int) -> float | str:
     return ms if counts["replays"] >= reps else f"error: no graph replay (capture failed, eager fallback: {counts})"
 
 
-def bench_tower_backend(run: TowerRun, backend: str, reps: int, profile: bool) -> dict:
+def bench_unfused(run: TowerRun, reps: int, profile: bool) -> dict:
+    """graph_ms (and the kernel table) of the pre-fusion op sequence on the same tower and backend."""
+    run.unfused = True
+    try:
+        with torch.inference_mode():
+            out = {"graph_ms": _graph_ms(run, reps)}
+            if profile and isinstance(out["graph_ms"], float):
+                out["profile"] = kernel_table(run.encode, reps=5)
+        return out
+    finally:
+        run.unfused = False
+
+
+def bench_tower_backend(run: TowerRun, backend: str, reps: int, profile: bool, baseline: bool = False) -> dict:
     set_backend(run.tower, vit_backends.create(backend))
     out = {}
+    if baseline:
+        out["unfused"] = bench_unfused(run, reps, profile)
     with torch.inference_mode():
         run.new_runner(enabled=False)
         out["ms"] = time_ms(run.encode, reps)
@@ -150,19 +175,21 @@ def bench_tower_backend(run: TowerRun, backend: str, reps: int, profile: bool) -
     return out
 
 
-def bench_tower(name: str, size: int, reps: int, backends, profile: bool, device: str = "cuda") -> dict:
+def bench_tower(name: str, size: int, reps: int, backends, profile: bool, device: str = "cuda",
+                baseline=()) -> dict:
+    """One preset's row; backends in `baseline` also time the pre-fusion op sequence ("unfused")."""
     run = TowerRun(name, size, device)
     row = {"preset": name, "mode": "tower", "image": f"{size}x{size}", "grid": run.rows[0],
            "patches": int(run.pixels.shape[0]), "vision_mlp_padded": run.qwen25,
            "transformers_ms": TRANSFORMERS_MS.get(name), "ms": {}, "graph_ms": {}, "graph_ms_gelu_split": {},
-           "profile": {}}
+           "profile": {}, "unfused": {}}
     for backend in backends:
         try:
-            res = bench_tower_backend(run, backend, reps, profile)
+            res = bench_tower_backend(run, backend, reps, profile, backend in baseline)
         except Exception as exc:  # a backend that cannot run here is reported, not fatal
             row["ms"][backend] = f"error: {exc.__class__.__name__}: {exc}"[:300]
             continue
-        for key in ("ms", "graph_ms", "graph_ms_gelu_split", "profile"):
+        for key in ("ms", "graph_ms", "graph_ms_gelu_split", "profile", "unfused"):
             if key in res:
                 row[key][backend] = res[key]
     del run
@@ -219,6 +246,9 @@ def _brief(row: dict) -> None:
     for backend, prof in (row.get("profile") or {}).items():
         print(row["preset"], backend, "graph replay GPU busy", prof["gpu_busy_us"], "us; by kind",
               prof["us_per_rep_by_kind"])
+    for backend, res in (row.get("unfused") or {}).items():
+        print(row["preset"], backend, "UNFUSED (before issue 17) graph_ms", res.get("graph_ms"),
+              "by kind", (res.get("profile") or {}).get("us_per_rep_by_kind"))
 
 
 def main() -> None:
@@ -230,12 +260,15 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--full-model", action="store_true", help="whole model + processor + encode_images")
     ap.add_argument("--no-profile", action="store_true", help="skip the per-kernel tables (towers only)")
+    ap.add_argument("--baseline-vit", nargs="*", default=["fa3"],
+                    help="backends that also time the pre-fusion op sequence (towers only)")
     args = ap.parse_args()
     if args.full_model:
         state_dir = tempfile.mkdtemp()
         rows = [bench_preset(p, args.size, args.reps, state_dir, args.vit) for p in args.presets]
     else:
-        rows = [bench_tower(p, args.size, args.reps, args.vit, not args.no_profile) for p in args.presets]
+        rows = [bench_tower(p, args.size, args.reps, args.vit, not args.no_profile, baseline=args.baseline_vit)
+                for p in args.presets]
     result = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "gpu": torch.cuda.get_device_name(0),
               "torch": torch.__version__, "dtype": "bfloat16", "results": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

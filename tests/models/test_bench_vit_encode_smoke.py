@@ -44,6 +44,15 @@ def test_tower_rows(bench, preset):
     assert row["vision_mlp_padded"] == (preset == "qwen2_5_vl_7b")
 
 
+def test_baseline_runs_the_unfused_sequence(bench, monkeypatch):
+    calls = []
+    real = bench.vit_unfused.qwen3_compute
+    monkeypatch.setattr(bench.vit_unfused, "qwen3_compute", lambda *a: calls.append(1) or real(*a))
+    row = bench.bench_tower("qwen3_vl_8b", 64, reps=1, backends=["sdpa"], profile=False, device="cpu",
+                            baseline=["sdpa"])
+    assert calls and row["unfused"]["sdpa"]["graph_ms"].startswith("error: no graph replay")  # CPU: eager only
+
+
 def test_unknown_backend_is_reported_not_fatal(bench):
     row = bench.bench_tower("qwen3_vl_8b", 64, reps=1, backends=["nope", "sdpa"], profile=False, device="cpu")
     assert row["ms"]["nope"].startswith("error: ValueError") and isinstance(row["ms"]["sdpa"], float)
@@ -58,3 +67,18 @@ def test_kernel_kinds_and_busy_union():
     assert kp.kind_of("rope_qkv_kernel") == "rotary"
     assert kp.kind_of("add_layernorm_kernel") == "norm"
     assert kp._busy_us([(0.0, 2.0), (1.0, 3.0), (5.0, 6.0)]) == 4.0
+
+
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl"])
+def test_unfused_baseline_computes_what_the_tower_computes(bench, arch):
+    import vit_backends
+    from vision_tiny_helpers import GRIDS, pixels_for, tiny_tower
+
+    tower = tiny_tower(arch, vit_backends.create("sdpa"))
+    rows = GRIDS["three_clipped_windows"]
+    pixels, grid = pixels_for(arch, rows, 0), torch.tensor(rows)
+    meta = tower.metadata(grid, pixels.device) if arch == "qwen2_5_vl" else tower.metadata(grid)
+    fn = bench.vit_unfused.qwen25_compute if arch == "qwen2_5_vl" else bench.vit_unfused.qwen3_compute
+    with torch.no_grad():
+        for got, want in zip(fn(tower, pixels, meta), tower.compute(pixels, meta), strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
