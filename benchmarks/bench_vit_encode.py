@@ -132,6 +132,14 @@ class TowerRun:
         return self.tower.compute(pixels, meta)
 
 
+def _profile(run: TowerRun) -> dict:
+    """kernel_table of run.encode; an error is reported in the table's place (the timings stay)."""
+    try:
+        return kernel_table(run.encode, reps=5)
+    except Exception as exc:  # e.g. a CUPTI failure on this host
+        return {"error": f"{exc.__class__.__name__}: {exc}"[:300], "kernels": []}
+
+
 def _graph_ms(run: TowerRun, reps: int) -> float | str:
     run.new_runner(enabled=True)
     ms = time_ms(run.encode, reps)
@@ -146,7 +154,7 @@ def bench_unfused(run: TowerRun, reps: int, profile: bool) -> dict:
         with torch.inference_mode():
             out = {"graph_ms": _graph_ms(run, reps)}
             if profile and isinstance(out["graph_ms"], float):
-                out["profile"] = kernel_table(run.encode, reps=5)
+                out["profile"] = _profile(run)
         return out
     finally:
         run.unfused = False
@@ -162,10 +170,10 @@ def bench_tower_backend(run: TowerRun, backend: str, reps: int, profile: bool, b
         out["ms"] = time_ms(run.encode, reps)
         out["graph_ms"] = _graph_ms(run, reps)
         if profile and isinstance(out["graph_ms"], float):
-            out["profile"] = kernel_table(run.encode, reps=5)  # replays of the graph just timed
+            out["profile"] = _profile(run)  # replays of the graph just timed
             if not out["profile"]["kernels"]:  # a profiler that does not see graph-launched kernels
                 run.new_runner(enabled=False)
-                out["profile"] = {**kernel_table(run.encode, reps=5), "note": "eager: replays showed no kernels"}
+                out["profile"] = {**_profile(run), "note": "eager: replays showed no kernels"}
             if not run.qwen25:
                 set_gelu_epilogue(run.tower, False)
                 try:
@@ -244,8 +252,8 @@ def _brief(row: dict) -> None:
             print(row["preset"], row["patches"], "patches", column,
                   {k: (round(v, 2) if isinstance(v, float) else v) for k, v in row[column].items()})
     for backend, prof in (row.get("profile") or {}).items():
-        print(row["preset"], backend, "graph replay GPU busy", prof["gpu_busy_us"], "us; by kind",
-              prof["us_per_rep_by_kind"])
+        print(row["preset"], backend, "graph replay GPU busy", prof.get("gpu_busy_us"), "us; by kind",
+              prof.get("us_per_rep_by_kind"), prof.get("error", ""))
     for backend, res in (row.get("unfused") or {}).items():
         print(row["preset"], backend, "UNFUSED (before issue 17) graph_ms", res.get("graph_ms"),
               "by kind", (res.get("profile") or {}).get("us_per_rep_by_kind"))
