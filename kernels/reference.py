@@ -28,6 +28,13 @@ def layernorm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
                                           None if bias is None else bias.float(), eps).to(x.dtype)
 
 
+def fused_add_layernorm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                        eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (layernorm(x + residual), x + residual); the sum is rounded to x's dtype first, as an unfused add."""
+    summed = (x.float() + residual.float()).to(x.dtype)
+    return layernorm(summed, weight, bias, eps), summed
+
+
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     # x: [..., 2N] = [gate | up] -> [..., N]
     gate, up = x.chunk(2, dim=-1)
@@ -37,6 +44,11 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
 def gelu_tanh_and_mul(x: torch.Tensor) -> torch.Tensor:
     gate, up = x.chunk(2, dim=-1)
     return torch.nn.functional.gelu(gate, approximate="tanh") * up
+
+
+def linear_gelu_tanh(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    # x: [..., K], weight: [N, K] -> gelu_tanh(x @ weight.T + bias) [..., N]
+    return torch.nn.functional.gelu(torch.nn.functional.linear(x, weight, bias), approximate="tanh")
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -50,6 +62,22 @@ def apply_rotary_(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torc
     """In-place neox rotary on q [T, Hq, D] and k [T, Hk, D] with cos/sin [T, D/2] (2D vision rope)."""
     q.copy_(_rotate(q, cos, sin))
     k.copy_(_rotate(k, cos, sin))
+
+
+def rotary_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int,
+               contiguous: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """qkv [T, 3*H*D] -> q, k, v [T, H, D], neox rotary on q and k. contiguous=False: in place in qkv, strided
+    views returned; True: a new [3, T, H, D] buffer (qkv untouched), its contiguous slices returned."""
+    t = qkv.shape[0]
+    parts = qkv.view(t, 3, heads, -1)
+    # select, not unbind: unbind's views refuse in-place writes where autograd records
+    if contiguous:
+        parts = parts.transpose(0, 1).contiguous()  # [3, T, H, D]
+        q, k, v = parts[0], parts[1], parts[2]
+    else:
+        q, k, v = parts[:, 0], parts[:, 1], parts[:, 2]
+    apply_rotary_(q, k, cos, sin)
+    return q, k, v
 
 
 def mrope_axis_map(mrope_section: list[int] | tuple[int, ...], interleaved: bool) -> torch.Tensor:

@@ -11,12 +11,17 @@ import torch
 class ViTAttention(abc.ABC):
     """Attention over packed segments (one per image, frame, or Qwen2.5-VL window).
 
-    q, k, v: [T, H, D] (same head count: ViT attention is MHA); cu_seqlens: int32 [S+1], cu_seqlens[0] == 0,
+    q, k, v: [T, H, D] (same head count: ViT attention is MHA; last dim contiguous, other strides free); cu_seqlens: int32 [S+1], cu_seqlens[0] == 0,
     cu_seqlens[-1] == T; max_seqlen: the longest segment. Returns [T, H, D]; tokens attend only within their segment.
     The softmax scale is 1/sqrt(D).
     """
 
     name: str = "base"
+    # q, k, v may arrive as strided views of one fused qkv projection (token stride 3*H*D, unit stride along D).
+    # needs_contiguous: this backend can only read packed [T, H, D] inputs, so the towers ask the qkv rotary to
+    # write them packed (kernels.rotary_qkv(contiguous=True), the copy fused into that pass); every backend still
+    # copies a strided input it cannot read itself, so a wrong hint costs time, never correctness.
+    needs_contiguous: bool = False
 
     @abc.abstractmethod
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,

@@ -71,6 +71,9 @@ class FlashinferCudnnAttention(ViTAttention):
     """Non-causal ragged attention on cuDNN SDPA, graphs reused across shapes of one bucket."""
 
     name = "flashinfer_cudnn"
+    # FlashInfer builds the cuDNN graph from q's strides but keys its graph cache by shape alone, and the ragged
+    # offsets below assume a token stride of H*D: packed inputs only.
+    needs_contiguous = True
 
     def __init__(self):
         import_optional(self.name, "cudnn")  # nvidia-cudnn-frontend; without it FlashInfer has no graph path

@@ -97,3 +97,23 @@ def test_random_preset_runs_on_gpu(name):
     pos = torch.arange(ids.shape[0], device="cuda").expand(3, -1)
     tokens = generate(model, ids, pos, 0, pv, grid, max_new_tokens=4, eos_token_ids=())
     assert len(tokens) == 4 and all(0 <= t < model.spec.vocab_size for t in tokens)
+
+
+def test_random_weights_get_the_post_load_hook(monkeypatch):
+    """A random: model is finished like a loaded checkpoint (weights_loaded: Qwen2.5-VL pads its vision MLP on
+    CUDA); without it the presets measured the unpadded, misaligned MLP that no real checkpoint runs."""
+    from vlm_service.demo import presets
+    from vlm_service.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
+
+    cfg = presets.preset_config("qwen2_5_vl_7b")
+    tiny_text = {"hidden_size": 256, "intermediate_size": 96, "num_hidden_layers": 1, "num_attention_heads": 2,
+                 "num_key_value_heads": 1, "vocab_size": 256}  # head_dim 128: the preset's mrope_section fits
+    cfg.update(tiny_text)
+    cfg.get("text_config", {}).update(tiny_text)
+    cfg["vision_config"].update({"depth": 1, "hidden_size": 32, "intermediate_size": 40, "num_heads": 2,
+                                 "out_hidden_size": 256, "fullatt_block_indexes": [0]})
+    monkeypatch.setitem(presets.PRESETS, "tiny_qwen2_5_vl", cfg)
+    calls = []
+    monkeypatch.setattr(Qwen2_5_VLForConditionalGeneration, "weights_loaded", lambda self: calls.append(self))
+    model = build_random_model("random:tiny_qwen2_5_vl", torch.float32, "cpu", vit_backends.create("sdpa"))
+    assert calls == [model]

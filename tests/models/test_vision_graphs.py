@@ -19,6 +19,12 @@ ARCHS = ("qwen2_5_vl", "qwen3_vl")
 
 # ---- the forwards as they were before the split (one function each), the reference ---------------------------------
 
+def unfused_block(block, x, *attn_args):
+    """A vision block as it was before the residual stream was split into (branch, residual): two plain adds."""
+    x = x + block.attn(block.norm1(x), *attn_args)
+    return x + block.mlp(block.norm2(x))
+
+
 def qwen25_forward_before_split(tower, pixels, grid_thw):
     device, grid = pixels.device, grid_thw.cpu()
     index, win_units = window_partition(grid, tower.merge, tower.units_per_window)
@@ -29,7 +35,7 @@ def qwen25_forward_before_split(tower, pixels, grid_thw):
     cos, sin = (tower._by_unit(c, index) for c in tower._rope(grid, device))
     for i, block in enumerate(tower.blocks):
         cu, longest = (cu_full, max_full) if i in tower.fullatt else (cu_win, max_win)
-        x = block(x, cos, sin, cu, longest)
+        x = unfused_block(block, x, cos, sin, cu, longest)
     merged = tower.merger(x)[torch.argsort(index)]
     return [(e, []) for e in merged.split((grid_thw.prod(-1) // tower.merge ** 2).tolist())]
 
@@ -43,7 +49,7 @@ def qwen3_forward_before_split(tower, pixel_values, grid_thw):
     cu, max_len = frame_cu_seqlens(grid_thw, device)
     deepstack = []
     for i, block in enumerate(tower.blocks):
-        x = block(x, cu, max_len, cos, sin)
+        x = unfused_block(block, x, cu, max_len, cos, sin)
         if i in tower.deepstack_indexes:
             deepstack.append(tower.deepstack_merger_list[tower.deepstack_indexes.index(i)](x))
     embeds, sizes = tower.merger(x), (grid_thw.prod(-1) // tower.merge ** 2).tolist()

@@ -129,6 +129,7 @@ def build_random_model(name: str, dtype: torch.dtype, device: torch.device | str
     model = model_class(config["architectures"][0])(config, dtype, torch.device(device), vit_attention, **extra)
     if torch.device(device).type != "meta":
         init_random_(model, std, seed)
+        model.weights_loaded()  # what a checkpoint load runs after the weights (Qwen2.5-VL pads its vision MLP)
     return model.eval()
 
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import kernels
+from kernels.add_norm import fused_add_layernorm
 from vlm_service.errors import ModelLoadError
 from vlm_service.models.common import AttentionContext, MultimodalEmbeds
 from vlm_service.models.parallel import TensorParallel, active, embedding, gather_logits, row_linear, split
@@ -34,7 +35,7 @@ class RMSNorm(nn.Module):
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm with weight and bias over the last dim (the ViT's norm)."""
+    """LayerNorm with weight and bias over the last dim (the ViT's norm); `add` fuses the residual add."""
 
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
@@ -44,6 +45,10 @@ class LayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return kernels.layernorm(x, self.weight, self.bias, self.eps)
+
+    def add(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The residual add fused in: returns (layernorm(x + residual), x + residual), as RMSNorm.add."""
+        return fused_add_layernorm(x, residual, self.weight, self.bias, self.eps)
 
 
 class MergedLinear(nn.Module):

@@ -8,6 +8,11 @@ backend; the merger output is permuted back to the processor's order.
 forward = compute(pixels, metadata(grid_thw)): metadata does all host work (window order, cu_seqlens, rotary tables)
 and depends on the grids alone; compute only launches device kernels, so vision_graphs.py can capture it in a CUDA
 graph per grid signature and replay it with new pixels.
+
+Per block on CUDA: RMSNorm norm1 (+ the previous MLP's residual add, fused_add_rmsnorm), qkv matmul (bias in its
+epilogue), rotary in place on the strided q/k views (kernels.rotary_qkv; no q/k/v copies unless the backend needs
+packed inputs), attention, proj matmul, norm2 + residual add, gate|up matmul (bias in its epilogue),
+silu_and_mul (one Triton pass), down matmul.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import kernels
+from kernels.rotary_qkv import rotary_qkv
 from vit_backends.base import ViTAttention
 from vlm_service.errors import ModelLoadError
 from vlm_service.models.layers import GatedMLP, RMSNorm
@@ -85,9 +90,9 @@ class VisionAttention(nn.Module):
 
     def forward(self, x, cos, sin, cu_seqlens, max_seqlen):
         n = x.shape[0]
-        # [N, 3*dim] -> q, k, v [N, H, D]
-        q, k, v = (t.contiguous() for t in self.qkv(x).view(n, 3, self.heads, self.head_dim).unbind(1))
-        kernels.apply_rotary_(q, k, cos, sin)
+        # [N, 3*dim] -> q, k, v [N, H, D]: rotated in place as strided views of the projection output (no copies),
+        # or written packed in the same pass for a backend that reads packed inputs only
+        q, k, v = rotary_qkv(self.qkv(x), cos, sin, self.heads, contiguous=self.backend.needs_contiguous)
         return self.proj(self.backend(q, k, v, cu_seqlens, max_seqlen).reshape(n, -1))
 
 
@@ -134,9 +139,15 @@ class VisionBlock(nn.Module):
         self.attn = VisionAttention(dim, vc["num_heads"], backend)
         self.mlp = VisionMLP(dim, vc["intermediate_size"])
 
-    def forward(self, x, cos, sin, cu_seqlens, max_seqlen):
-        x = x + self.attn(self.norm1(x), cos, sin, cu_seqlens, max_seqlen)
-        return x + self.mlp(self.norm2(x))
+    def forward(self, h, residual, cos, sin, cu_seqlens, max_seqlen):
+        """The residual stream is h + residual (h None: residual alone); returns (mlp output, stream before it),
+        whose add the next RMSNorm fuses (fused_add_rmsnorm), as the text decoder layers do."""
+        if h is None:
+            x = self.norm1(residual)
+        else:
+            x, residual = self.norm1.add(h, residual)
+        x, residual = self.norm2.add(self.attn(x, cos, sin, cu_seqlens, max_seqlen), residual)
+        return self.mlp(x), residual
 
 
 class PatchMerger(nn.Module):
@@ -151,6 +162,10 @@ class PatchMerger(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # [N, dim] -> [N / merge^2, merge^2 * dim] -> [N / merge^2, out_dim]
         return self.mlp(self.ln_q(x).view(-1, self.mlp[0].in_features))
+
+    def add(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """forward(h + residual) with the add fused into ln_q."""
+        return self.mlp(self.ln_q.add(h, residual)[0].view(-1, self.mlp[0].in_features))
 
 
 class PatchEmbed(nn.Module):
@@ -214,10 +229,11 @@ class Qwen2_5_VLVisionTower(nn.Module):
         """[merged embeddings [N / merge^2, out_hidden] in input order]: device kernels only (CUDA-graph capturable
         once the attention backends have seen meta's cu_seqlens)."""
         x = self._by_unit(self.patch_embed(pixels), meta.index)  # [N, dim] in window order
+        h = None  # the residual stream is h + x; each add is fused into the norm that follows it
         for i, block in enumerate(self.blocks):
             cu, longest = (meta.cu_full, meta.max_full) if i in self.fullatt else (meta.cu_window, meta.max_window)
-            x = block(x, meta.cos, meta.sin, cu, longest)
-        return [self.merger(x)[meta.inverse]]
+            h, x = block(h, x, meta.cos, meta.sin, cu, longest)
+        return [(self.merger(x) if h is None else self.merger.add(h, x))[meta.inverse]]
 
     def forward(self, pixels: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
         return self.compute(pixels, self.metadata(grid_thw, pixels.device))[0]

@@ -7,6 +7,11 @@ blocks, row-major inside a block. Every per-patch table below (positions, rotary
 forward = split(compute(pixels, metadata(grid_thw))): metadata does all host work (position-table taps, rotary,
 cu_seqlens, split sizes) and depends on the grids alone; compute only launches device kernels, so vision_graphs.py
 can capture it in a CUDA graph per grid signature and replay it with new pixels.
+
+Per block on CUDA (the kernels compute launches): norm1 (+ the previous MLP's residual add), qkv matmul (bias in
+its epilogue), rotary in place on the strided q/k views (kernels.rotary_qkv; no q/k/v copies unless the backend
+needs packed inputs), attention, proj matmul, norm2 + residual add, fc1 matmul with bias + tanh-GELU in its cuBLASLt
+epilogue, fc2 matmul. The residual stream is carried as (branch output, residual) so every add lands in a norm.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import kernels
+from kernels.linear_act import linear_gelu_tanh
+from kernels.rotary_qkv import rotary_qkv
 from vlm_service.models.layers import LayerNorm
 
 
@@ -105,19 +111,27 @@ class VisionAttention(nn.Module):
 
     def forward(self, x, cu_seqlens, max_seqlen, cos, sin):
         T = x.shape[0]  # x: [T, dim]
-        q, k, v = (t.contiguous() for t in self.qkv(x).view(T, 3, self.heads, self.head_dim).unbind(1))
-        kernels.apply_rotary_(q, k, cos, sin)  # q, k: [T, H, D]
+        # q, k, v [T, H, D]: rotated in place as strided views of the projection output, no copies, unless the
+        # backend reads packed inputs only (then one pass writes them packed)
+        q, k, v = rotary_qkv(self.qkv(x), cos, sin, self.heads, contiguous=self.backend.needs_contiguous)
         return self.proj(self.backend(q, k, v, cu_seqlens, max_seqlen).reshape(T, -1))
 
 
 class VisionMLP(nn.Module):
+    """fc2(gelu_tanh(fc1(x))); on CUDA the GELU runs in fc1's cuBLASLt epilogue (kernels.linear_gelu_tanh) unless
+    `gelu_epilogue` is switched off (benchmarks/bench_vit_encode.py times both)."""
+
+    gelu_epilogue = True
+
     def __init__(self, dim: int, inter: int):
         super().__init__()
         self.linear_fc1 = nn.Linear(dim, inter)
         self.linear_fc2 = nn.Linear(inter, dim)
 
     def forward(self, x):
-        return self.linear_fc2(F.gelu(self.linear_fc1(x), approximate="tanh"))
+        fc1 = self.linear_fc1
+        h = linear_gelu_tanh(x, fc1.weight, fc1.bias) if self.gelu_epilogue else F.gelu(fc1(x), approximate="tanh")
+        return self.linear_fc2(h)
 
 
 class VisionBlock(nn.Module):
@@ -128,9 +142,15 @@ class VisionBlock(nn.Module):
         self.attn = VisionAttention(vc["hidden_size"], vc["num_heads"], backend)
         self.mlp = VisionMLP(vc["hidden_size"], vc["intermediate_size"])
 
-    def forward(self, x, cu_seqlens, max_seqlen, cos, sin):
-        x = x + self.attn(self.norm1(x), cu_seqlens, max_seqlen, cos, sin)
-        return x + self.mlp(self.norm2(x))
+    def forward(self, h, residual, cu_seqlens, max_seqlen, cos, sin):
+        """The residual stream is h + residual (h None: residual alone); returns (mlp output, stream before it),
+        whose add the next norm fuses (LayerNorm.add), as the text decoder layers do."""
+        if h is None:
+            x = self.norm1(residual)
+        else:
+            x, residual = self.norm1.add(h, residual)
+        x, residual = self.norm2.add(self.attn(x, cu_seqlens, max_seqlen, cos, sin), residual)
+        return self.mlp(x), residual
 
 
 class PatchMerger(nn.Module):
@@ -146,6 +166,19 @@ class PatchMerger(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm(x.reshape(-1, self.width)) if self.postshuffle else self.norm(x).reshape(-1, self.width)
+        return self._mlp(x)
+
+    def add(self, h: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(forward(h + residual), h + residual) with the add fused into the norm. h, residual: [N, hidden]; the
+        add is elementwise, so the postshuffle norm may add the rows regrouped [N / merge^2, width]."""
+        if self.postshuffle:
+            x, summed = self.norm.add(h.reshape(-1, self.width), residual.reshape(-1, self.width))
+        else:
+            normed, summed = self.norm.add(h, residual)
+            x = normed.reshape(-1, self.width)
+        return self._mlp(x), summed.view(residual.shape)
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear_fc2(F.gelu(self.linear_fc1(x)))
 
 
@@ -187,12 +220,14 @@ class Qwen3VLVisionTower(nn.Module):
         once the attention backends have seen meta's cu_seqlens)."""
         x = self.patch_embed(pixel_values.to(self.pos_embed.weight.device))  # [N, hidden]
         x = x + (self.pos_embed(meta.pos_index).float() * meta.pos_weight[:, :, None]).sum(1).to(x.dtype)
-        deepstack = []
+        deepstack, h = [], None  # the residual stream is h + x; each add is fused into the norm that follows it
         for i, block in enumerate(self.blocks):
-            x = block(x, meta.cu_seqlens, meta.max_seqlen, meta.cos, meta.sin)
+            h, x = block(h, x, meta.cu_seqlens, meta.max_seqlen, meta.cos, meta.sin)
             if i in self.deepstack_indexes:
-                deepstack.append(self.deepstack_merger_list[self.deepstack_indexes.index(i)](x))
-        return [self.merger(x), *deepstack]
+                out, x = self.deepstack_merger_list[self.deepstack_indexes.index(i)].add(h, x)
+                deepstack.append(out)
+                h = None
+        return [self.merger(x) if h is None else self.merger.add(h, x)[0], *deepstack]
 
     def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor):
         meta = self.metadata(grid_thw)
