@@ -177,3 +177,9 @@ def qk_norm_mrope(q, k, q_weight, k_weight, eps: float, positions, cos_sin_cache
     qn, kn = rmsnorm(q, q_weight, eps).contiguous(), rmsnorm(k, k_weight, eps).contiguous()
     apply_mrope_(qn, kn, positions, cos_sin_cache, mrope_section, interleaved)
     return qn, kn
+
+
+def fused_add_rmsnorm_router(x, residual, weight, eps: float, router_weight):
+    """(rmsnorm(x + residual), x + residual, rmsnorm(x + residual) @ router_weight.T): the MoE block's input."""
+    normed, summed = fused_add_rmsnorm(x, residual, weight, eps)
+    return normed, summed, torch.nn.functional.linear(normed, router_weight)
