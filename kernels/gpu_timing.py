@@ -14,14 +14,6 @@ import torch
 
 FLUSH_BYTES = 128 << 20
 
-_FLUSH: dict[torch.device, torch.Tensor] = {}
-
-
-def _flush_buffer(device: torch.device) -> torch.Tensor:
-    if device not in _FLUSH:  # one buffer per device, kept: the tuner times hundreds of candidates
-        _FLUSH[device] = torch.empty(FLUSH_BYTES // 4, dtype=torch.float32, device=device)
-    return _FLUSH[device]
-
 
 def cold_l2_us(fn: Callable[[], object], reps: int = 25, warmup: int = 2) -> float:
     """Median µs of device time of one fn() replayed from a CUDA graph, L2 flushed before each replay.
@@ -32,7 +24,8 @@ def cold_l2_us(fn: Callable[[], object], reps: int = 25, warmup: int = 2) -> flo
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph, capture_error_mode="thread_local"):
         fn()
-    flush = _flush_buffer(torch.device("cuda", torch.cuda.current_device()))
+    # not kept between calls: a server tunes after sizing its KV pool (the caching allocator reuses the block)
+    flush = torch.empty(FLUSH_BYTES // 4, dtype=torch.float32, device="cuda")
     for _ in range(warmup):
         graph.replay()
     events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
