@@ -45,7 +45,7 @@ class TextAttention(nn.Module):
                                      k.reshape(T, self.num_kv_heads, self.head_dim), self.q_norm.weight,
                                      self.k_norm.weight, self.q_norm.eps, positions, rope.cache, rope.section,
                                      True)  # [T, Hq, D], [T, Hk, D], contiguous
-        v = v.reshape(T, self.num_kv_heads, self.head_dim).contiguous()
+        v = v.reshape(T, self.num_kv_heads, self.head_dim)  # a strided view: store_kv takes any token/head strides
         return self.o_proj(ctx.attend(self.layer, q, k, v).reshape(T, -1))
 
 
