@@ -168,9 +168,9 @@ def default_config(bucket: MoeBucket) -> MoeConfig:
 # ---- timing on CUDA ------------------------------------------------------------------------------------------------
 
 # Every timing goes through kernels.gpu_timing.cold_l2_us, the benchmark's own: graph replay, L2 flushed before each
-# replay outside the timed events, median of the replays. (The first version timed back-to-back (flush, fn) pairs in
-# one graph minus the flushes alone: the flush's noise was larger than a decode op, and it picked prefill paths that
-# bench_moe.py then measured slower.)
+# replay outside the timed events, median of the replays. (The first version timed 6 back-to-back (flush, fn) pairs
+# in one graph minus the flushes alone, best of 3: a 128 MB flush costs more than a decode op, so its noise entered
+# the difference, and its prefill choices measured slower in bench_moe.py, which timed differently.)
 time_launch_us = cold_l2_us
 
 
