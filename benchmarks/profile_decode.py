@@ -27,14 +27,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling benchmark sc
 import bench_decode  # noqa: E402
 
 
-def load(name: str, layers: int | None, vit: str, state_dir: Path):
+def load(name: str, layers: int | None, vit: str, state_dir: Path, device: torch.device):
     import vit_backends
     from vlm_service.models import presets
     from vlm_service.processor.processor import Processor
 
-    model = presets.build_random_model(name, torch.bfloat16, "cuda", vit_backends.create(vit), num_layers=layers)
-    processor = Processor.from_pretrained(presets.ensure_preset_dir(state_dir, name),
-                                          pixel_dtype=torch.bfloat16, pin_pixels=True)
+    cuda = device.type == "cuda"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    model = presets.build_random_model(name, dtype, device, vit_backends.create(vit), num_layers=layers)
+    processor = Processor.from_pretrained(presets.ensure_preset_dir(state_dir, name), pixel_dtype=dtype,
+                                          pin_pixels=cuda)
     return model, processor
 
 
@@ -84,12 +86,15 @@ def profile_batch(engine, processor, batch: int, steps: int, layers: int) -> dic
         engine.step()
     for _ in range(3):  # untimed decode steps: every graph replayed once, plans warm
         engine.step()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    if engine.runner.device.type == "cuda":
+        torch.cuda.synchronize()
+    cuda = torch.cuda.is_available() and engine.runner.device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
         t0 = time.perf_counter()
         for _ in range(steps):
             engine.step()
-        torch.cuda.synchronize()
+        if cuda:
+            torch.cuda.synchronize()
         wall_ms = (time.perf_counter() - t0) * 1e3 / steps
     rows, busy_ms, kernels = kernel_table(prof.events(), steps, layers)
     for rid in list(engine.requests):
@@ -108,8 +113,10 @@ def main(argv=None) -> int:
     ap.add_argument("--vit", default="sdpa")
     ap.add_argument("--no-cuda-graphs", action="store_true", help="profile eager steps (launch gaps included)")
     ap.add_argument("--out", required=True, help="path of the JSON results file")
+    ap.add_argument("--device", default="cuda", help="cuda; cpu only smoke-tests the script (no kernel table)")
     args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)
         return 2
     from vlm_service.config import EngineConfig
@@ -117,13 +124,14 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory() as state:
         t0 = time.perf_counter()
-        model, processor = load(args.model, args.layers, args.vit, Path(state))
+        model, processor = load(args.model, args.layers, args.vit, Path(state), device)
         build_s = time.perf_counter() - t0
         cfg = EngineConfig(max_num_seqs=max(args.batch), max_batched_tokens=8192, max_model_len=4096,
                            enable_prefix_cache=False, cuda_graphs=not args.no_cuda_graphs)
-        engine = LLMEngine(model, processor.tokenizer, cfg, torch.device("cuda"))
+        engine = LLMEngine(model, processor.tokenizer, cfg, device)
         layers = model.spec.num_layers
-        result = {"model": args.model, "layers": layers, "gpu": torch.cuda.get_device_name(0),
+        gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        result = {"model": args.model, "layers": layers, "gpu": gpu,
                   "torch": torch.__version__, "build_s": round(build_s, 1),
                   "cuda_graphs": engine.runner.graphs is not None,
                   "results": [profile_batch(engine, processor, b, args.steps, layers) for b in args.batch]}
