@@ -3,11 +3,13 @@
 Qwen3-VL-30B-A3B's MoE layer: E=128 experts, k=8, H=2048, I=768, bf16. Prefill (T = 4096, 16384 tokens) reports
 TFLOP/s, flops = T*k*(2*H*2I + 2*I*H), against 790 TFLOP/s; decode (T = 1, 8, 64) reports GB/s, bytes = the experts
 actually touched (distinct experts * (2I*H + H*I) * 2) + activations in and out, against 4.3 TB/s. The Triton op
-(after its per-bucket tuning, which is reported) is timed as a CUDA-graph replay of one fused_moe call with
-do_bench's L2 flush before each replay (weights come from HBM, as in a 48-layer step); the torch reference (a loop
+(after its per-bucket tuning, which is reported) is timed as a CUDA-graph replay of one fused_moe call with an
+L2 flush before each replay (kernels.gpu_timing.cold_l2_us, which the tuner uses too: weights come from HBM, as in
+a 48-layer step); the torch reference (a loop
 over experts with host syncs, not capturable) is timed by do_bench on the eager call. Each row also checks the
 Triton output against the reference. "path" names the variant the tuner kept for the row's bucket: "sorted"
-(route, align, grouped GEMMs, k-sum) or "pairs" (few tokens: 2 launches, see kernels/triton/moe_pairs.py).
+(route, align, grouped GEMMs, k-sum), "sorted_atomic", "pairs" (few tokens: 2 launches, see
+kernels/triton/moe_pairs.py) or "decode" (few tokens: one fused kernel, kernels/triton/moe_decode.py).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kernels import moe, reference  # noqa: E402
+from kernels.gpu_timing import cold_l2_us  # noqa: E402
 
 PEAK_TFLOPS = 790.0
 HBM_GBPS = 4300.0
@@ -38,13 +41,9 @@ def bench_us(fn, rep: int = 100) -> float:
 
 
 def graph_us(fn) -> float:
-    """Device time of one fn() replayed from a CUDA graph (no Python launch cost), cold L2 (do_bench's flush)."""
-    fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return bench_us(graph.replay)
+    """Device time of one fn() replayed from a CUDA graph (no Python launch cost), cold L2: the tuner's own helper
+    (kernels.gpu_timing), so the bench measures exactly what the tuner ranked."""
+    return cold_l2_us(fn, reps=100)
 
 
 def _inputs(t: int, seed: int = 0):

@@ -10,8 +10,10 @@ The Triton path (kernels/moe_launch.py, bodies in kernels/triton/moe.py), with P
   5. the sum over each token's k picks in fp32 -> [T, H] (skipped for k = 1: step 4 writes the output).
 For few pairs (P <= moe_tuning.PAIRS_MAX_PAIRS, decode) the tuner also times the "pairs" path
 (kernels/triton/moe_pairs.py): 2 launches, routing fused into a GEMV-style gate_up over each pair, the k-sum into
-the down kernel; for k > 1 also "sorted_atomic" (the down kernel adds each pair into an fp32 [T, H] instead of
-step 5); the faster path end to end is kept per bucket (MoeConfig.path).
+the down kernel; and the "decode" path (kernels/triton/moe_decode.py): one kernel whose program (I-block, pair)
+routes, computes its gate/up slice and adds that slice's down-projection partial product into an fp32 [T, H] with
+atomics (memset + 1 kernel + cast); for k > 1 also "sorted_atomic" (the down kernel adds each pair into an fp32
+[T, H] instead of step 5); the faster path end to end is kept per bucket (MoeConfig.path).
 No step reads a device value on the host, so the op runs inside CUDA graphs. Tile configs: kernels.moe_tuning
 (measured per shape bucket on first use; call tune_fused_moe before capturing CUDA graphs).
 """
@@ -81,6 +83,8 @@ def fused_moe(x: torch.Tensor, router_logits: torch.Tensor, w13: torch.Tensor, w
 def _routed(x, logits, w13, w2, top_k: int, renormalize: bool, config: MoeConfig) -> torch.Tensor:
     if config.path == "pairs":
         return _pairs(x, w13, w2, top_k, config, logits=logits, renormalize=renormalize)
+    if config.path == "decode":
+        return _decode(x, w13, w2, top_k, config, logits=logits, renormalize=renormalize)
     counts = torch.zeros(w13.shape[0], dtype=torch.int32, device=x.device)
     weights, ids = launch.route(logits, top_k, renormalize, counts)
     return _sorted(x, w13, w2, weights, ids, counts, config)
@@ -105,6 +109,8 @@ def fused_experts(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_wei
 def _given(x, w13, w2, weights, ids, config: MoeConfig) -> torch.Tensor:
     if config.path == "pairs":
         return _pairs(x, w13, w2, ids.shape[1], config, ids=ids, weights=weights)
+    if config.path == "decode":
+        return _decode(x, w13, w2, ids.shape[1], config, ids=ids.view(-1), weights=weights.view(-1))
     return _sorted(x, w13, w2, weights, ids, launch.count_experts(ids, w13.shape[0]), config)
 
 
@@ -146,6 +152,14 @@ def _pairs(x, w13, w2, top_k: int, config: MoeConfig, *, logits=None, renormaliz
     launch.pairs_gate_up(x, w13, top_k, config.gate_up, inter, flat_ids, flat_w, logits, renormalize)
     launch.pairs_down(inter, w2, flat_ids, flat_w, top_k, config.down, out)
     return out
+
+
+def _decode(x, w13, w2, top_k: int, config: MoeConfig, **routing) -> torch.Tensor:
+    """The decode path: zero an fp32 [T, H], one kernel adds every pick's whole MLP into it, cast to x's dtype."""
+    acc = torch.zeros(x.shape[0], x.shape[1], dtype=torch.float32, device=x.device)
+    if x.shape[0]:
+        launch.decode_fused(x, w13, w2, top_k, config.gate_up, config.down, acc, **routing)
+    return acc if x.dtype == torch.float32 else acc.to(x.dtype)
 
 
 @functools.cache

@@ -142,6 +142,29 @@ def pairs_down(inter: torch.Tensor, w2: torch.Tensor, ids: torch.Tensor, weights
         num_warps=tile.num_warps, num_stages=tile.num_stages)
 
 
+def decode_fused(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, top_k: int, gate_up: GemmTile,
+                 down: GemmTile, acc: torch.Tensor, logits: torch.Tensor | None = None, renormalize: bool = True,
+                 ids: torch.Tensor | None = None, weights: torch.Tensor | None = None) -> None:
+    """The decode path's one kernel (kernels/triton/moe_decode.py): acc [T, H] fp32 (zeroed) += the whole MoE.
+
+    Tiles: gate_up.block_n = BLOCK_I (intermediate columns per program), gate_up.block_k = the k-step over H,
+    down.block_n = BLOCK_H (rows of w2 per step); warps and stages are gate_up's. Routing from logits [T, E], or
+    the given flat ids [P] int32 / weights [P] fp32."""
+    from kernels.triton.moe_decode import moe_decode_kernel
+
+    inter, hidden, experts = w2.shape[2], w2.shape[1], w13.shape[0]
+    pairs = x.shape[0] * top_k
+    route = logits is not None
+    grid = (triton_cdiv(inter, gate_up.block_n), pairs)
+    moe_decode_kernel[grid](
+        x, w13, w2, acc, logits if route else x, ids if not route else acc, weights if not route else acc,
+        inter, experts, x.stride(0), w13.stride(0), w13.stride(1), w2.stride(0), w2.stride(1),
+        logits.stride(0) if route else 0, acc.stride(0), H=hidden, TOP_K=top_k, ROUTE=route, RENORM=renormalize,
+        EVEN_K=hidden % gate_up.block_k == 0, EVEN_H=hidden % down.block_n == 0, BLOCK_E=next_pow2(experts),
+        BLOCK_I=gate_up.block_n, BLOCK_K=gate_up.block_k, BLOCK_H=down.block_n, num_warps=gate_up.num_warps,
+        num_stages=gate_up.num_stages)
+
+
 def _precision(x: torch.Tensor) -> str:
     """tl.dot's mode (see kernels.triton.moe._dot): CPU tensors only run under the interpreter."""
     if not x.is_cuda:

@@ -2,13 +2,14 @@
 
 A bucket is (device name, dtype, E, H, I, P) with P = T*k pairs rounded up to a power of two. The first call in a
 bucket (kernels.moe) times a few candidates on its own inputs: for each BLOCK_M candidate the tokens are aligned
-once, then each gate_up tile and each down tile is timed alone (CUDA graph of back-to-back launches, each after an
-L2 flush, minus the flush alone), and the BLOCK_M whose best two GEMMs sum lowest wins. Then the paths
-(MoeConfig.path) are timed as the whole op, every launch included: that "sorted" winner, the same tiles with the
-k-sum fused by atomics ("sorted_atomic", k > 1) and, for P <= PAIRS_MAX_PAIRS, the best "pairs" tiles (each of its
-two kernels timed alone first); the fastest is cached. Candidates that fail to compile (shared memory) are
-skipped. Measuring is impossible inside CUDA-graph capture: there the cached choice is used, else
-default_config() (not cached); call kernels.moe.tune_fused_moe before capturing.
+once, then each gate_up tile and each down tile is timed alone, and the BLOCK_M whose best two GEMMs sum lowest
+wins. Then the paths (MoeConfig.path) are timed as the whole op, every launch included: that "sorted" winner, the
+same tiles with the k-sum fused by atomics ("sorted_atomic", k > 1) and, for P <= PAIRS_MAX_PAIRS, the best
+"pairs" tiles (each of its two kernels timed alone first) and the best "decode" config (its one kernel timed alone
+first); the fastest is cached. Every timing is kernels.gpu_timing.cold_l2_us, the one bench_moe.py reports (graph
+replay after an L2 flush, median). Candidates that fail to compile (shared memory) are skipped. Measuring is
+impossible inside CUDA-graph capture: there the cached choice is used, else default_config() (not cached); call
+kernels.moe.tune_fused_moe before capturing.
 $VLM_MOE_CONFIGS names an optional JSON file (e.g. $VLM_KERNEL_CACHE/moe_configs.json, beside FlashInfer's JIT
 cache): choices are read from it at start and written back after each tune.
 Under TRITON_INTERPRET (CPU tests) one small fixed config, INTERPRET_CONFIG, is used.
@@ -26,6 +27,8 @@ from typing import Callable, NamedTuple
 
 import torch
 
+from kernels.gpu_timing import cold_l2_us
+
 log = logging.getLogger(__name__)
 CONFIG_FILE_ENV = "VLM_MOE_CONFIGS"
 
@@ -40,7 +43,7 @@ class GemmTile:
     num_stages: int
 
 
-PATHS = ("sorted", "sorted_atomic", "pairs")
+PATHS = ("sorted", "sorted_atomic", "pairs", "decode")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +53,9 @@ class MoeConfig:
     per token-expert pair, routing fused into gate_up and the k-sum into down (kernels/triton/moe_pairs.py);
     block_m is unused (1) and group_m too. path "sorted_atomic": as "sorted", but for k > 1 the down kernel adds
     each pair into an fp32 [T, H] (no [P, H] intermediate, no k-sum launch; the fp32 add order is not fixed).
+    path "decode" (few tokens): one kernel per (I-block, pair) computes gate/up, silu*up and its slice's down
+    partial product, summed into an fp32 [T, H] by atomics (kernels/triton/moe_decode.py); there gate_up.block_n
+    is BLOCK_I, gate_up.block_k the k-step over H, down.block_n BLOCK_H (down.block_k = BLOCK_I, for the record).
     gate_up's block_n counts gate (= up) columns."""
     block_m: int
     gate_up: GemmTile
@@ -123,6 +129,20 @@ _PAIRS_GATE_UP = [(8, 256, 1, 4, 2), (4, 256, 1, 2, 2), (16, 128, 1, 4, 2), (8, 
 _PAIRS_DOWN = [(4, 256, 1, 2, 2), (8, 256, 1, 4, 2), (2, 256, 1, 1, 2), (16, 128, 1, 4, 2), (8, 128, 1, 2, 3)]
 
 
+# The decode path (P <= PAIRS_MAX_PAIRS, kernels/triton/moe_decode.py): (BLOCK_I, BLOCK_K, BLOCK_H, num_warps,
+# num_stages). P * I / BLOCK_I programs (T=1: 96-768) each stream 3 * BLOCK_I * H weights; the gate/up fp32
+# accumulators (2 * BLOCK_I * BLOCK_K) and the w2 tile (BLOCK_H * BLOCK_I) stay <= 64 / 32 registers per thread.
+# Small BLOCK_I: more programs but more fp32 atomics (H per program) and shorter w2 row chunks (2 * BLOCK_I bytes).
+_DECODE_FUSED = [(16, 256, 128, 4, 2), (32, 128, 128, 4, 2), (32, 256, 64, 8, 2), (8, 512, 256, 4, 2),
+                 (16, 128, 256, 4, 3), (64, 128, 64, 8, 2), (16, 512, 128, 8, 1)]
+
+
+def decode_candidates() -> list[MoeConfig]:
+    """The decode path's configs: gate_up = (BLOCK_I, BLOCK_K, warps, stages), down.block_n = BLOCK_H."""
+    return [MoeConfig(1, GemmTile(bi, bk, 1, w, st), GemmTile(bh, bi, 1, w, st), "decode")
+            for bi, bk, bh, w, st in _DECODE_FUSED]
+
+
 def pairs_candidates(which: str) -> list[GemmTile]:
     """Tiles timed for one pairs-path kernel ("gate_up" | "down")."""
     return [GemmTile(*t) for t in (_PAIRS_GATE_UP if which == "gate_up" else _PAIRS_DOWN)]
@@ -147,40 +167,14 @@ def default_config(bucket: MoeBucket) -> MoeConfig:
 
 # ---- timing on CUDA ------------------------------------------------------------------------------------------------
 
-FLUSH_BYTES = 128 << 20  # > the H200's 50 MB L2: every timed launch reads its weights from HBM, as in a real step
+# Every timing goes through kernels.gpu_timing.cold_l2_us, the benchmark's own: graph replay, L2 flushed before each
+# replay outside the timed events, median of the replays. (The first version timed 6 back-to-back (flush, fn) pairs
+# in one graph minus the flushes alone, best of 3: a 128 MB flush costs more than a decode op, so its noise entered
+# the difference, and its prefill choices measured slower in bench_moe.py, which timed differently.)
+time_launch_us = cold_l2_us
 
 
-def _graph_us(fn: Callable[[], None], flush: torch.Tensor, inner: int, reps: int, with_fn: bool) -> float:
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-        for _ in range(inner):
-            flush.zero_()
-            if with_fn:
-                fn()
-    graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    best = float("inf")
-    for _ in range(reps):
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        best = min(best, start.elapsed_time(end) * 1e3 / inner)
-    return best
-
-
-def time_launch_us(fn: Callable[[], None], inner: int = 6, reps: int = 3) -> float:
-    """µs of device time of fn() from cold L2: best of `reps` graph replays of `inner` (flush, fn) pairs minus the
-    flushes alone. fn runs once eagerly first (compiles; raises on a config that cannot run)."""
-    fn()
-    torch.cuda.synchronize()
-    flush = torch.empty(FLUSH_BYTES // 4, dtype=torch.float32, device="cuda")
-    both = _graph_us(fn, flush, inner, reps, True)
-    alone = _graph_us(fn, flush, inner, reps, False)
-    return max(both - alone, 1e-3)
-
-
-def _fastest(time_tile: Callable[[GemmTile], float], tiles: list[GemmTile]) -> tuple[GemmTile | None, dict]:
+def _fastest(time_tile: Callable, tiles: list, name: Callable = None) -> tuple[object | None, dict]:
     timings = {}
     for tile in tiles:
         try:
@@ -189,7 +183,7 @@ def _fastest(time_tile: Callable[[GemmTile], float], tiles: list[GemmTile]) -> t
             torch.cuda.synchronize()
             log.info("fused_moe tile %s skipped: %s: %s", tile, type(e).__name__, str(e)[:200])
     best = min(timings, key=timings.get, default=None)
-    return best, {_tile_name(t): round(us, 2) for t, us in timings.items()}
+    return best, {(name or _tile_name)(t): round(us, 2) for t, us in timings.items()}
 
 
 def _tile_name(t: GemmTile) -> str:
@@ -211,6 +205,8 @@ def measure_config(bucket: MoeBucket, x: torch.Tensor, w13: torch.Tensor, w2: to
     if ids.numel() <= PAIRS_MAX_PAIRS:
         pairs, timings["pairs"] = _measure_pairs(x, w13, w2, weights, ids, top_k)
         paths += [pairs] if pairs is not None else []
+        decode, timings["decode"] = _measure_decode(x, w13, w2, weights, ids, top_k)
+        paths += [decode] if decode is not None else []
     whole = {}
     for cfg in paths:
         try:
@@ -260,6 +256,20 @@ def _measure_pairs(x, w13, w2, weights, ids, top_k) -> tuple[MoeConfig | None, d
     if gu is None or dn is None:
         return None, timings
     return MoeConfig(1, gu, dn, "pairs"), timings
+
+
+def _measure_decode(x, w13, w2, weights, ids, top_k) -> tuple[MoeConfig | None, dict]:
+    """The decode path's configs, each as its zeroing + kernel on the given routing (as fused_experts runs it)."""
+    from kernels import moe_launch as launch
+
+    flat_ids, flat_w = ids.reshape(-1), weights.reshape(-1)
+    acc = torch.empty(x.shape[0], x.shape[1], dtype=torch.float32, device=x.device)
+
+    def once(cfg: MoeConfig) -> float:
+        return time_launch_us(lambda: (acc.zero_(), launch.decode_fused(
+            x, w13, w2, top_k, cfg.gate_up, cfg.down, acc, ids=flat_ids, weights=flat_w)))
+
+    return _fastest(once, decode_candidates(), name=lambda c: f"{_tile_name(c.gate_up)}_h{c.down.block_n}")
 
 
 # ---- the cache -----------------------------------------------------------------------------------------------------

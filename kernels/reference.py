@@ -198,3 +198,16 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights
         act = (torch.nn.functional.silu(h[:, :inter]) * h[:, inter:]) @ w2[e].t()
         out.index_add_(0, tok, act.float() * topk_weights[tok, pick, None].float())
     return out.to(x.dtype)
+
+
+def qk_norm_mrope(q, k, q_weight, k_weight, eps: float, positions, cos_sin_cache, mrope_section, interleaved: bool):
+    """Per-head RMSNorm of q [T, Hq, D] and k [T, Hk, D] (weights [D]), then MRoPE; returns new (q, k)."""
+    qn, kn = rmsnorm(q, q_weight, eps).contiguous(), rmsnorm(k, k_weight, eps).contiguous()
+    apply_mrope_(qn, kn, positions, cos_sin_cache, mrope_section, interleaved)
+    return qn, kn
+
+
+def fused_add_rmsnorm_router(x, residual, weight, eps: float, router_weight):
+    """(rmsnorm(x + residual), x + residual, rmsnorm(x + residual) @ router_weight.T): the MoE block's input."""
+    normed, summed = fused_add_rmsnorm(x, residual, weight, eps)
+    return normed, summed, torch.nn.functional.linear(normed, router_weight)

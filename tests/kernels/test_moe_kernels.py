@@ -289,7 +289,7 @@ def test_gpu_tuner_keeps_the_faster_path_end_to_end(qwen3_moe_weights):
     moe.tune_fused_moe(w13, w2, 8, [3], logits_dtype=torch.float32)
     bucket = str(moe.bucket_of(x, w13, 3 * 8))
     whole = moe.tuner().timings()[bucket]["end_to_end"]
-    assert set(whole) == {"sorted", "sorted_atomic", "pairs"}  # every path ran as the whole op
+    assert set(whole) == {"sorted", "sorted_atomic", "pairs", "decode"}  # every path ran as the whole op
     assert moe.moe_configs()[bucket]["path"] == min(whole, key=whole.get)
     want = reference.fused_moe(x, w13, w2, *reference.moe_route(logits.float(), 8, True))
     torch.testing.assert_close(moe.fused_moe(x, logits, w13, w2, 8), want, **TOL[torch.bfloat16])
@@ -306,6 +306,7 @@ def test_measure_config_times_every_path_and_keeps_the_fastest(monkeypatch):
     monkeypatch.setattr(moe_tuning, "_DECODE_TILES", [(32, 32, 1, 4, 1)])
     monkeypatch.setattr(moe_tuning, "_PAIRS_GATE_UP", [(8, 32, 1, 4, 1), (16, 16, 1, 4, 1)])
     monkeypatch.setattr(moe_tuning, "_PAIRS_DOWN", [(16, 16, 1, 2, 1)])
+    monkeypatch.setattr(moe_tuning, "_DECODE_FUSED", [(16, 32, 16, 4, 1), (8, 32, 32, 4, 1)])
     e, h, i, k, t = 8, 64, 32, 2, 3
     w13, w2 = _weights(e, h, i, torch.float32)
     x, logits = _inputs(t, e, h, torch.float32)
@@ -315,6 +316,104 @@ def test_measure_config_times_every_path_and_keeps_the_fastest(monkeypatch):
     bucket = moe.MoeBucket("cpu", "float32", e, h, i, pow2(t * k))
     cfg, timings = moe_tuning.measure_config(bucket, x, w13, w2, weights, ids, counts, k,
                                              run=lambda c: runs.append(c.path))
-    assert runs == ["sorted", "sorted_atomic", "pairs"] and cfg.path == "pairs"
-    assert cfg.gate_up == GemmTile(16, 16, 1, 4, 1)  # the faster (later) of the two pairs gate_up tiles
-    assert set(timings["end_to_end"]) == {"sorted", "sorted_atomic", "pairs"} and "block_m=16" in timings
+    assert runs == ["sorted", "sorted_atomic", "pairs", "decode"] and cfg.path == "decode"
+    assert cfg.gate_up == GemmTile(8, 32, 1, 4, 1) and cfg.down.block_n == 32  # the later (faster) decode config
+    assert set(timings["end_to_end"]) == {"sorted", "sorted_atomic", "pairs", "decode"} and "block_m=16" in timings
+    assert len(timings["decode"]) == 2 and len(timings["pairs"]["gate_up"]) == 2
+
+
+# ---- the decode path (one kernel per (I-block, pair): gate/up, silu*up, down partial product, fp32 atomics) --------
+
+DECODE_CFG = MoeConfig(1, GemmTile(16, 32, 1, 4, 1), GemmTile(16, 16, 1, 4, 1), "decode")
+DECODE_CASES = [  # M = 1..8 tokens; top-k 1 and 8; a hot expert (others get nothing); more experts than pairs
+    (1, 8, 1, None), (1, 8, 8, None), (2, 16, 8, None), (3, 8, 2, 5), (5, 32, 4, None), (7, 8, 8, 0),
+    (8, 16, 1, 3), (8, 130, 8, None)]
+
+
+@pytest.mark.usefixtures("interpreter")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("t,e,k,hot", DECODE_CASES)
+def test_decode_path_matches_reference(dtype, t, e, k, hot):
+    h, i = 48, 40  # odd sizes: H = 1.5 k-steps of 32 (masked), I = 2.5 blocks of BLOCK_I = 16 (ragged)
+    w13, w2 = _weights(e, h, i, dtype, seed=21)
+    x, logits = _inputs(t, e, h, dtype, seed=22, hot=hot)
+    if hot is not None:
+        assert set(reference.moe_route(logits, 1, True)[1].flatten().tolist()) == {hot}
+    out = moe.fused_moe(x, logits, w13, w2, k, impl="triton", config=DECODE_CFG)
+    want = moe.fused_moe(x, logits, w13, w2, k, impl="reference")
+    assert out.shape == want.shape and out.dtype == dtype
+    torch.testing.assert_close(out, want, **TOL[dtype])
+
+
+@pytest.mark.usefixtures("interpreter")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("renormalize", [True, False])
+def test_decode_path_with_given_routing_and_masked_tiles(dtype, renormalize):
+    # fused_experts (ids read, not routed); H = 40 is masked in both the k-steps (32) and the w2 row steps (32)
+    h, i, e, k = 40, 24, 6, 3
+    w13, w2 = _weights(e, h, i, dtype, seed=23)
+    x, logits = _inputs(4, e, h, dtype, seed=24)
+    weights, ids = reference.moe_route(logits, k, renormalize)
+    want = reference.fused_moe(x, w13, w2, weights, ids)
+    for down in (GemmTile(32, 8, 1, 4, 1), GemmTile(64, 8, 1, 4, 1)):
+        cfg = MoeConfig(1, GemmTile(8, 32, 1, 4, 1), down, "decode")
+        torch.testing.assert_close(moe.fused_experts(x, w13, w2, weights, ids, impl="triton", config=cfg), want,
+                                   **TOL[dtype])
+
+
+@pytest.mark.usefixtures("interpreter")
+def test_decode_path_sums_every_i_block_once():
+    # one expert, k=1, weight 1 (renormalised): out must equal the plain dense MLP of that expert; I = 3 blocks
+    # of 16 with a ragged last one, so a block added twice or skipped is visible
+    h, i, e = 32, 40, 2
+    w13, w2 = _weights(e, h, i, torch.float32, seed=25)
+    x, logits = _inputs(2, e, h, torch.float32, seed=26, hot=1)
+    out = moe.fused_moe(x, logits, w13, w2, 1, impl="triton", config=DECODE_CFG)
+    gate, up = (x @ w13[1].T).split(i, dim=-1)
+    dense = (torch.nn.functional.silu(gate) * up) @ w2[1].T
+    torch.testing.assert_close(out, dense, rtol=1e-5, atol=1e-5)
+
+
+def test_decode_candidates_are_valid_configs():
+    from kernels.moe_tuning import decode_candidates
+
+    cands = decode_candidates()
+    assert len(set(cands)) == len(cands) and all(c.path == "decode" for c in cands)
+    for c in cands:  # the down tile records BLOCK_I; every tile keeps its accumulators in registers
+        assert c.down.block_k == c.gate_up.block_n
+        assert 2 * c.gate_up.block_n * c.gate_up.block_k <= 64 * 32 * c.gate_up.num_warps
+        assert MoeConfig.from_json(c.to_json()) == c
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("t", [1, 3, 8])
+def test_gpu_decode_path_every_candidate(qwen3_moe_weights, t):
+    from kernels.moe_tuning import decode_candidates
+
+    w13, w2 = qwen3_moe_weights
+    x, logits = _inputs(t, 128, 2048, torch.bfloat16, device="cuda", seed=27)
+    want = reference.fused_moe(x, w13, w2, *reference.moe_route(logits, 8, True))
+    for cfg in decode_candidates():
+        torch.testing.assert_close(moe.fused_moe(x, logits, w13, w2, 8, config=cfg), want, **TOL[torch.bfloat16])
+
+
+@pytest.mark.gpu
+def test_gpu_decode_path_in_a_graph_fp32_and_k1(qwen3_moe_weights):
+    from kernels.moe_tuning import decode_candidates
+
+    w13, w2 = qwen3_moe_weights
+    cfg = decode_candidates()[0]
+    x, logits = _inputs(2, 128, 2048, torch.bfloat16, device="cuda", seed=28)
+    moe.fused_moe(x, logits, w13, w2, 8, config=cfg)  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = moe.fused_moe(x, logits, w13, w2, 8, config=cfg)
+    logits.copy_(_inputs(2, 128, 2048, torch.bfloat16, device="cuda", seed=29)[1])  # new routing, same graph
+    graph.replay()
+    want = reference.fused_moe(x, w13, w2, *reference.moe_route(logits, 8, True))
+    torch.testing.assert_close(out, want, **TOL[torch.bfloat16])
+    w13f, w2f = (w.float()[:16].contiguous() for w in qwen3_moe_weights)
+    xf, lf = _inputs(5, 16, 2048, torch.float32, device="cuda", seed=30)
+    for k in (1, 8):
+        want = reference.fused_moe(xf, w13f, w2f, *reference.moe_route(lf, k, True))
+        torch.testing.assert_close(moe.fused_moe(xf, lf, w13f, w2f, k, config=cfg), want, **TOL[torch.float32])

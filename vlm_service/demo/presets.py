@@ -117,14 +117,20 @@ def preset_config(name: str) -> dict:
 
 
 def build_random_model(name: str, dtype: torch.dtype, device: torch.device | str, vit_attention,
-                       seed: int = 0, std: float = 0.02, tp=None):
+                       seed: int = 0, std: float = 0.02, tp=None, num_layers: int | None = None):
     """The preset's model class at full size on `device`, weights N(0, std) (norms one, biases zero). With `tp`
-    (models/parallel.TensorParallel) this rank's shard; the vision tower, built first, is the same on every rank."""
+    (models/parallel.TensorParallel) this rank's shard; the vision tower, built first, is the same on every rank.
+    num_layers (profiling, benchmarks/profile_decode.py) keeps only the first that many text decoder layers."""
     from vlm_service.models.layers import init_random_
     from vlm_service.models.loader import normalize_config
     from vlm_service.models.registry import model_class
 
-    config = normalize_config(preset_config(name), {"eos_token_id": _QWEN_EOS["eos_token_id"]})
+    raw = preset_config(name)
+    if num_layers is not None:
+        if num_layers < 1:
+            raise ModelLoadError(f"num_layers must be >= 1, got {num_layers}")
+        (raw.get("text_config") or raw)["num_hidden_layers"] = int(num_layers)
+    config = normalize_config(raw, {"eos_token_id": _QWEN_EOS["eos_token_id"]})
     extra = {"tp": tp} if tp else {}
     model = model_class(config["architectures"][0])(config, dtype, torch.device(device), vit_attention, **extra)
     if torch.device(device).type != "meta":

@@ -124,7 +124,11 @@ class DecoderLayer(nn.Module):
             residual, x = h, self.input_layernorm(h)
         else:
             x, residual = self.input_layernorm.add(h, residual)
-        x, residual = self.post_attention_layernorm.add(self.self_attn(x, positions, ctx, rope), residual)
+        h = self.self_attn(x, positions, ctx, rope)
+        after_norm = getattr(self.mlp, "forward_after_norm", None)
+        if after_norm is not None:  # the MLP fuses this norm into its first op (Qwen3-VL-MoE: the router)
+            return after_norm(h, residual, self.post_attention_layernorm)
+        x, residual = self.post_attention_layernorm.add(h, residual)
         return self.mlp(x), residual
 
 

@@ -40,10 +40,12 @@ class TextAttention(nn.Module):
     def forward(self, x: torch.Tensor, positions: torch.Tensor, ctx: AttentionContext, rope) -> torch.Tensor:
         T = x.shape[0]  # x: [T, hidden]
         q, k, v = self.qkv_proj(x).split(self.qkv_proj.sizes, dim=-1)
-        q = self.q_norm(q.reshape(T, self.num_heads, self.head_dim))  # [T, Hq, D]
-        k = self.k_norm(k.reshape(T, self.num_kv_heads, self.head_dim))  # [T, Hk, D]
-        v = v.reshape(T, self.num_kv_heads, self.head_dim).contiguous()
-        kernels.apply_mrope_(q, k, positions, rope.cache, rope.section, True)
+        # per-head q/k RMSNorm and the interleaved MRoPE in one launch, read from the strided qkv views
+        q, k = kernels.qk_norm_mrope(q.reshape(T, self.num_heads, self.head_dim),
+                                     k.reshape(T, self.num_kv_heads, self.head_dim), self.q_norm.weight,
+                                     self.k_norm.weight, self.q_norm.eps, positions, rope.cache, rope.section,
+                                     True)  # [T, Hq, D], [T, Hk, D], contiguous
+        v = v.reshape(T, self.num_kv_heads, self.head_dim)  # a strided view: store_kv takes any token/head strides
         return self.o_proj(ctx.attend(self.layer, q, k, v).reshape(T, -1))
 
 

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from kernels.moe import fused_moe
+from kernels.norm_router import fused_add_rmsnorm_router
 from vlm_service.errors import ModelLoadError
 from vlm_service.models.layers import GatedMLP, MLPFactory
 from vlm_service.models.moe_parallel import ExpertShard, expert_shard, expert_slices
@@ -110,8 +111,19 @@ class SparseMoeBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.gate(x)  # [T, E] in the model dtype (replicated: every rank routes alike); softmax in fp32
+        return self.routed(x, logits)
+
+    def forward_after_norm(self, h: torch.Tensor, residual: torch.Tensor, norm) -> tuple[torch.Tensor, torch.Tensor]:
+        """DecoderLayer's hook: (this block's output, the new residual) of norm.add(h, residual) fed to forward,
+        with the add + RMSNorm and the router's linear in one launch for decode batches (kernels.norm_router)."""
+        x, residual, logits = fused_add_rmsnorm_router(h, residual, norm.weight, norm.eps, self.gate.weight)
+        return self.routed(x, logits), residual
+
+    def routed(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """x [T, H], router logits [T, E] -> the experts' weighted sum [T, H]; under tensor parallelism each rank
+        holds a share of every expert's intermediate dim, so the shares are summed here (both entry points)."""
         y = fused_moe(x, logits, self.experts.gate_up_proj, self.experts.down_proj, self.top_k, self.renormalize)
-        return self.tp.all_reduce(y) if self.tp is not None else y  # [T, H]: the ranks' intermediate shares summed
+        return self.tp.all_reduce(y) if self.tp is not None else y  # [T, H]
 
 
 def moe_text_mlp(text: dict, layer: int, tp: TensorParallel | None = None) -> nn.Module:

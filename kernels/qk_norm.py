@@ -1,0 +1,47 @@
+"""Fused per-head q/k RMSNorm + MRoPE (Qwen3-VL text attention): one launch instead of q_norm, k_norm and the
+rope kernel (and, at T > 1, the two copies the norms need). CUDA -> kernels/triton/qk_norm_rope.py; CPU ->
+kernels.reference.qk_norm_mrope (the unfused composition, also the tests' oracle)."""
+
+from __future__ import annotations
+
+import torch
+
+from kernels import reference
+from kernels._dispatch import check, check_float, check_same_device, next_pow2, use_triton
+from kernels.rotary import _check_mrope, _check_qk
+
+
+def qk_norm_mrope(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor, eps: float,
+                  positions: torch.Tensor, cos_sin_cache: torch.Tensor, mrope_section, interleaved: bool,
+                  impl: str = "auto", block_h: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Out of place: (mrope(rmsnorm(q, q_weight)), mrope(rmsnorm(k, k_weight))), both contiguous.
+
+    q [T, Hq, D], k [T, Hk, D] may be strided views (e.g. of a fused qkv output; unit last stride); weights [D];
+    positions [3, T]; cos_sin_cache [max_pos, D] = [cos | sin]. Outputs in the promoted dtype of q and the weights.
+    Positions must lie in [0, max_pos); the CUDA path does not check them (that would cost a sync)."""
+    _check_qk(q, k)
+    section = _check_mrope(q, positions, cos_sin_cache, mrope_section)
+    d = q.shape[2]
+    for name, w in (("q_weight", q_weight), ("k_weight", k_weight)):
+        check(w.shape == (d,), f"{name} must have shape ({d},), got {tuple(w.shape)}")
+        check_float(name, w)
+    check(block_h >= 1 and block_h & (block_h - 1) == 0, f"block_h must be a power of two, got {block_h}")
+    check_same_device(("q", q), ("k", k), ("q_weight", q_weight), ("k_weight", k_weight),
+                      ("positions", positions), ("cos_sin_cache", cos_sin_cache))
+    if not use_triton(impl, q):
+        return reference.qk_norm_mrope(q, k, q_weight, k_weight, eps, positions, cos_sin_cache, section,
+                                       interleaved)
+    from kernels.triton.qk_norm_rope import qk_norm_mrope_kernel
+
+    t, hq, _ = q.shape
+    hk = k.shape[1]
+    qo = torch.empty(t, hq, d, dtype=torch.promote_types(q.dtype, q_weight.dtype), device=q.device)
+    ko = torch.empty(t, hk, d, dtype=torch.promote_types(k.dtype, k_weight.dtype), device=q.device)
+    if t:
+        grid = (t, -(-hq // block_h) + -(-hk // block_h))
+        qk_norm_mrope_kernel[grid](
+            q, k, qo, ko, q_weight, k_weight, positions, cos_sin_cache, hq, hk, q.stride(0), q.stride(1),
+            k.stride(0), k.stride(1), positions.stride(0), positions.stride(1), cos_sin_cache.stride(0), eps,
+            HALF=d // 2, BLOCK_F=next_pow2(d // 2), BLOCK_H=block_h, S0=section[0], S1=section[1], S2=section[2],
+            INTERLEAVED=bool(interleaved), num_warps=4)
+    return qo, ko
