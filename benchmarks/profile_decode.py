@@ -29,7 +29,7 @@ import bench_decode  # noqa: E402
 
 def load(name: str, layers: int | None, vit: str, state_dir: Path, device: torch.device):
     import vit_backends
-    from vlm_service.models import presets
+    from vlm_service.demo import presets
     from vlm_service.processor.processor import Processor
 
     cuda = device.type == "cuda"

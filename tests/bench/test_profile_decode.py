@@ -44,7 +44,7 @@ def test_kernel_table_sums_per_step_and_sorts():
 def test_build_random_model_keeps_the_first_n_layers():
     import vit_backends
     from vlm_service.errors import ModelLoadError
-    from vlm_service.models.presets import build_random_model
+    from vlm_service.demo.presets import build_random_model
 
     for name in ("random:qwen3_vl_30b_a3b", "random:qwen2_5_vl_7b"):  # text_config and top-level layouts
         model = build_random_model(name, torch.bfloat16, "meta", vit_backends.create("sdpa"), num_layers=3)
