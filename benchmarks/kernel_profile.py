@@ -27,9 +27,10 @@ def kind_of(name: str) -> str:
     return next((kind for frag, kind in _KINDS if frag in low), "other")
 
 
-def _busy_us(spans: list[tuple[float, float]]) -> float:
-    total, end = 0.0, None
-    start = None
+def union_us(spans) -> float:
+    """Length of the union of (start, end) intervals: the time the GPU ran at least one kernel (overlapping
+    kernels on several streams count once). Shared by the profiling scripts."""
+    total, start, end = 0.0, None, None
     for s, e in sorted(spans):
         if end is None or s > end:
             if end is not None:
@@ -57,7 +58,7 @@ def kernel_table(fn, reps: int = 5, name_chars: int = 160) -> dict:
         row = rows.setdefault(e.name[:name_chars], [0.0, 0])
         row[0] += e.time_range.end - e.time_range.start
         row[1] += 1
-    busy = _busy_us(spans)
+    busy = union_us(spans)
     kernels = [{"name": n, "kind": kind_of(n), "total_us": round(t, 1), "count": c,
                 "us_per_rep": round(t / reps, 2), "calls_per_rep": c / reps,
                 "share": round(t / busy, 4) if busy else 0.0}

@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling benchmark scripts
 import bench_decode  # noqa: E402
+from kernel_profile import union_us  # noqa: E402
 
 
 def load(name: str, layers: int | None, vit: str, state_dir: Path, device: torch.device):
@@ -50,7 +51,7 @@ def kernel_table(events, steps: int, layers: int) -> tuple[list[dict], float, in
         total[e.name] += us
         calls[e.name] += 1
         spans.append((e.time_range.start, e.time_range.end))
-    busy = _union_us(spans)
+    busy = union_us(spans)
     rows = []
     for name, us in total.most_common():
         per_step = us / steps
@@ -60,18 +61,6 @@ def kernel_table(events, steps: int, layers: int) -> tuple[list[dict], float, in
             row["per_layer_us"] = round(per_step / layers, 3)
         rows.append(row)
     return rows, busy / steps / 1e3, len(spans) // steps
-
-
-def _union_us(spans: list[tuple[float, float]]) -> float:
-    total, cur_s, cur_e = 0.0, None, None
-    for s, e in sorted(spans):
-        if cur_e is None or s > cur_e:
-            if cur_e is not None:
-                total += cur_e - cur_s
-            cur_s, cur_e = s, e
-        else:
-            cur_e = max(cur_e, e)
-    return total + (cur_e - cur_s if cur_e is not None else 0.0)
 
 
 def profile_batch(engine, processor, batch: int, steps: int, layers: int) -> dict:

@@ -22,22 +22,13 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling benchmark scripts
 import bench_decode  # noqa: E402
+from kernel_profile import union_us  # noqa: E402
 
 
 def busy_ms(events) -> tuple[float, int]:
     spans = sorted((e.time_range.start, e.time_range.end) for e in events
                    if e.device_type == torch.autograd.DeviceType.CUDA and e.time_range.end > e.time_range.start)
-    total, cur_s, cur_e = 0.0, None, None
-    for s, e in spans:
-        if cur_e is None or s > cur_e:
-            if cur_e is not None:
-                total += cur_e - cur_s
-            cur_s, cur_e = s, e
-        else:
-            cur_e = max(cur_e, e)
-    if cur_e is not None:
-        total += cur_e - cur_s
-    return total / 1e3, len(spans)
+    return union_us(spans) / 1e3, len(spans)
 
 
 def profiled(fn, reps: int, top: int = 12) -> dict:

@@ -21,7 +21,7 @@ chunks of the same w2 rows.
 import triton
 import triton.language as tl
 
-from kernels.triton.moe_pairs import _load_k, _route_pick, _sigmoid
+from kernels.triton.moe_pairs import _load_k, _route_pick, _sigmoid, gate_up_gemv
 
 
 @triton.jit
@@ -51,20 +51,11 @@ def moe_decode_kernel(x_ptr, w13_ptr, w2_ptr, acc_ptr, logits_ptr, ids_ptr, weig
     a_ptrs = x_ptr + token * stride_x + offs_k
     g_ptrs = w13_ptr + expert * stride_w13e + rows[:, None].to(tl.int64) * stride_w13n + offs_k[None, :]
     u_ptrs = g_ptrs + I * stride_w13n
-    gate = tl.zeros([BLOCK_I, BLOCK_K], tl.float32)
-    up = tl.zeros([BLOCK_I, BLOCK_K], tl.float32)
-    for k0 in range(0, H, BLOCK_K):
-        k_ok = offs_k < H - k0
-        a = _load_k(a_ptrs, k_ok, EVEN_K).to(tl.float32)[None, :]
-        gate += _load_k(g_ptrs, k_ok[None, :], EVEN_K).to(tl.float32) * a
-        up += _load_k(u_ptrs, k_ok[None, :], EVEN_K).to(tl.float32) * a
-        a_ptrs += BLOCK_K
-        g_ptrs += BLOCK_K
-        u_ptrs += BLOCK_K
+    gate, up = gate_up_gemv(a_ptrs, g_ptrs, u_ptrs, H, BLOCK_I, BLOCK_K, EVEN_K)
     dtype = x_ptr.dtype.element_ty
-    g = tl.sum(gate, axis=1).to(dtype).to(tl.float32)
+    g = gate.to(dtype).to(tl.float32)
     act = (g * _sigmoid(g)).to(dtype).to(tl.float32)
-    act = (act * tl.sum(up, axis=1).to(dtype).to(tl.float32)).to(dtype).to(tl.float32)  # [BLOCK_I], as stored
+    act = (act * up.to(dtype).to(tl.float32)).to(dtype).to(tl.float32)  # [BLOCK_I], as stored
     act = tl.where(i_ok, act, 0.0) * weight
     offs_h = tl.arange(0, BLOCK_H)
     d_ptrs = w2_ptr + expert * stride_w2e + offs_h[:, None].to(tl.int64) * stride_w2n + rows[None, :]

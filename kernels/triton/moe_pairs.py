@@ -55,6 +55,25 @@ def _sigmoid(x):
 
 
 @triton.jit
+def gate_up_gemv(a_ptrs, g_ptrs, u_ptrs, K, BLOCK_ROWS: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
+    """(x . gate rows, x . up rows), each [BLOCK_ROWS] fp32: a GEMV over K in BLOCK_K steps of one activation row
+    (a_ptrs [BLOCK_K]) against two weight tiles (g_ptrs, u_ptrs [BLOCK_ROWS, BLOCK_K], K contiguous). Shared by the
+    pairs and the decode kernels."""
+    offs_k = tl.arange(0, BLOCK_K)
+    gate = tl.zeros([BLOCK_ROWS, BLOCK_K], tl.float32)
+    up = tl.zeros([BLOCK_ROWS, BLOCK_K], tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k_ok = offs_k < K - k0
+        a = _load_k(a_ptrs, k_ok, EVEN_K).to(tl.float32)[None, :]
+        gate += _load_k(g_ptrs, k_ok[None, :], EVEN_K).to(tl.float32) * a
+        up += _load_k(u_ptrs, k_ok[None, :], EVEN_K).to(tl.float32) * a
+        a_ptrs += BLOCK_K
+        g_ptrs += BLOCK_K
+        u_ptrs += BLOCK_K
+    return tl.sum(gate, axis=1), tl.sum(up, axis=1)
+
+
+@triton.jit
 def moe_pairs_gate_up_kernel(x_ptr, w_ptr, out_ptr, logits_ptr, ids_ptr, weights_ptr, N, E,
                              stride_x, stride_we, stride_wn, stride_l, stride_out, K: tl.constexpr,
                              TOP_K: tl.constexpr, ROUTE: tl.constexpr, RENORM: tl.constexpr,
@@ -79,22 +98,13 @@ def moe_pairs_gate_up_kernel(x_ptr, w_ptr, out_ptr, logits_ptr, ids_ptr, weights
     a_ptrs = x_ptr + token * stride_x + offs_k
     g_ptrs = w_ptr + expert.to(tl.int64) * stride_we + offs_n[:, None].to(tl.int64) * stride_wn + offs_k[None, :]
     u_ptrs = g_ptrs + N * stride_wn
-    gate = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-    up = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k_ok = offs_k < K - k0
-        a = _load_k(a_ptrs, k_ok, EVEN_K).to(tl.float32)[None, :]
-        gate += _load_k(g_ptrs, k_ok[None, :], EVEN_K).to(tl.float32) * a
-        up += _load_k(u_ptrs, k_ok[None, :], EVEN_K).to(tl.float32) * a
-        a_ptrs += BLOCK_K
-        g_ptrs += BLOCK_K
-        u_ptrs += BLOCK_K
+    gate, up = gate_up_gemv(a_ptrs, g_ptrs, u_ptrs, K, BLOCK_N, BLOCK_K, EVEN_K)
     dtype = out_ptr.dtype.element_ty
-    g = tl.sum(gate, axis=1).to(dtype).to(tl.float32)
+    g = gate.to(dtype).to(tl.float32)
     act = (g * _sigmoid(g)).to(dtype).to(tl.float32)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     tl.store(out_ptr + pair.to(tl.int64) * stride_out + cols,
-             (act * tl.sum(up, axis=1).to(dtype).to(tl.float32)).to(dtype), mask=cols < N)
+             (act * up.to(dtype).to(tl.float32)).to(dtype), mask=cols < N)
 
 
 @triton.jit

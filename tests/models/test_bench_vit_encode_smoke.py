@@ -66,7 +66,7 @@ def test_kernel_kinds_and_busy_union():
     assert kp.kind_of("nvjet_sm90_tst_192x192_64x4_2x1_v_bz_coopB_bias_TNN") == "gemm"
     assert kp.kind_of("rope_qkv_kernel") == "rotary"
     assert kp.kind_of("add_layernorm_kernel") == "norm"
-    assert kp._busy_us([(0.0, 2.0), (1.0, 3.0), (5.0, 6.0)]) == 4.0
+    assert kp.union_us([(0.0, 2.0), (1.0, 3.0), (5.0, 6.0)]) == 4.0
 
 
 @pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl"])
