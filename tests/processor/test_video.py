@@ -123,7 +123,7 @@ def test_frames_route_equals_file_route(model_dir):
     from_frames = prepare_video(frames, cfg, VideoLimits(), FIELD)
     assert from_frames.grid == from_file.grid
     torch.testing.assert_close(from_frames.pixel_values, from_file.pixel_values, atol=0, rtol=0)
-    assert from_frames.group_times == pytest.approx(from_file.group_times)
+    assert from_frames.timing.group_times == pytest.approx(from_file.timing.group_times)
     assert from_frames.content_hash != from_file.content_hash
 
 

@@ -132,8 +132,7 @@ class Processor:
         items = self._preprocess_visuals(messages)
         self._check_visual_tokens(items)
         pad_ids = {"image": self.token_ids["image_pad"], "video": self.video_pad_id}
-        input_ids, runs = expand_pads(self._tokenize(messages, items), items, pad_ids, self.video_config.family,
-                                      self.image_config.merge_size)
+        input_ids, runs = expand_pads(self._tokenize(messages, items), items, pad_ids, self.image_config.merge_size)
         return self._assemble(input_ids, items, runs, started)
 
     def validate(self, messages: tuple[ChatMessage, ...]) -> None:
@@ -192,7 +191,7 @@ class Processor:
     def _tokenize(self, messages, items: list[PreparedVisual] = ()) -> list[int]:
         """The chat's ids (client text plain unless trusted); Qwen3-VL's videos get their per-group timestamps."""
         transform = None
-        if self.video_config.family == "qwen3_vl" and any(it.kind == "video" for it in items):
+        if any(it.timing.group_times for it in items):  # the family's position function asked for them
             transform = lambda text: expand_video_text(text, list(items))  # noqa: E731
         return self.template.encode(messages, transform)
 
