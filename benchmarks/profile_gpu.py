@@ -131,8 +131,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as state:
         model, processor = bench_decode.load(f"random:{args.preset}", device, args.vit, Path(state))
         inp = bench_decode.prompt(processor, 1, bench_decode.png(3, 1024))
-        pixels = torch.cat([i.pixel_values for i in inp.images]).to(device, torch.bfloat16)
-        grid = torch.tensor([i.grid_thw for i in inp.images], device=device)
+        pixels = torch.cat([i.pixel_values for i in inp.visuals]).to(device, torch.bfloat16)
+        grid = torch.tensor([i.grid_thw for i in inp.visuals], device=device)
         result = {"preset": args.preset, "vit": args.vit, "gpu": torch.cuda.get_device_name(0),
                   "torch": torch.__version__}
         phases = set(args.phases.split(","))

@@ -76,7 +76,7 @@ class Request:
 
 
 @dataclass
-class ProcessedImage:
+class ProcessedVisual:
     """One preprocessed visual item (an image, or a video's frames), in the exact layout of transformers' Qwen2VL
     image / video processors (pixel_values / pixel_values_videos, image_grid_thw / video_grid_thw)."""
 
@@ -84,7 +84,7 @@ class ProcessedImage:
     # model dtype on the host (pinned) or already on the device (--preprocess-device cuda, gpu_preprocess.py)
     grid_thw: tuple[int, int, int]  # (t, h, w) in patches, before the 2x2 merge
     content_hash: str  # sha256 of the bytes (+ a video's sampling): keys the vision and prefix caches
-    offset: int  # index in input_ids of this image's first pad token
+    offset: int  # index in input_ids of this item's first pad token
     num_tokens: int  # pad tokens = t * h * w // merge_size**2
     kind: str = "image"  # "image" | "video"
     # the prompt runs of its pad tokens, (offset, length) each; empty = one run (offset, num_tokens). A Qwen3-VL
@@ -100,21 +100,27 @@ class ProcessedImage:
         return out
 
 
-ProcessedVisual = ProcessedImage  # a preprocessed visual item (image or video): the name new code should use
+ProcessedImage = ProcessedVisual  # the former name
 
 
 @dataclass
 class ProcessedInput:
     input_ids: list[int]
-    images: list[ProcessedImage]
+    visuals: list[ProcessedVisual]  # the prompt's images and videos, in prompt order
     positions: torch.Tensor  # [3, len(input_ids)] int64 MRoPE positions (t, h, w)
     mrope_delta: int  # decode position of token at index i is i + mrope_delta on all three axes
     preprocess_ms: float = 0.0
     decode_ms: float = 0.0  # the part of preprocess_ms spent decoding images and videos
 
     @property
-    def num_image_tokens(self) -> int:
-        return sum(img.num_tokens for img in self.images)
+    def images(self) -> list[ProcessedVisual]:
+        """The former name of `visuals` (read-only)."""
+        return self.visuals
+
+    @property
+    def num_visual_tokens(self) -> int:
+        """Pad tokens of all images and videos (reported as Usage.image_tokens)."""
+        return sum(item.num_tokens for item in self.visuals)
 
 
 class FinishReason(enum.Enum):

@@ -62,8 +62,8 @@ def _reference_tokens(runtime, png: bytes, prompt: str, n: int) -> list[int]:
 
     msgs = (types.ChatMessage("user", (types.ImageInput(png, "image/png"), prompt)),)
     p = runtime.processor.process(msgs)
-    pixels = torch.cat([im.pixel_values for im in p.images])
-    grid = torch.tensor([im.grid_thw for im in p.images])
+    pixels = torch.cat([im.pixel_values for im in p.visuals])
+    grid = torch.tensor([im.grid_thw for im in p.visuals])
     return generate(runtime.model, torch.tensor(p.input_ids), p.positions, p.mrope_delta, pixels, grid,
                     max_new_tokens=n)
 

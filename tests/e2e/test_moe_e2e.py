@@ -96,9 +96,9 @@ def _transformers_tokens(hf, processor, prompt, pngs) -> list[int]:
     ids = torch.tensor(p.input_ids)[None]
     kw = dict(input_ids=ids, attention_mask=torch.ones_like(ids),
               mm_token_type_ids=(ids == hf.config.image_token_id).long())
-    if p.images:
-        kw.update(pixel_values=torch.cat([im.pixel_values for im in p.images]),
-                  image_grid_thw=torch.tensor([im.grid_thw for im in p.images]))
+    if p.visuals:
+        kw.update(pixel_values=torch.cat([im.pixel_values for im in p.visuals]),
+                  image_grid_thw=torch.tensor([im.grid_thw for im in p.visuals]))
     with torch.no_grad():
         out = hf.generate(**kw, max_new_tokens=MAX_TOKENS, do_sample=False, eos_token_id=None, pad_token_id=0)
     return out[0, ids.shape[1]:].tolist()

@@ -9,7 +9,7 @@ import torch
 import kernels
 from kernels import reference
 from vlm_service.models.common import AttentionContext, ModelSpec, MultimodalEmbeds
-from vlm_service.types import ProcessedImage, ProcessedInput
+from vlm_service.types import ProcessedInput, ProcessedVisual
 
 VOCAB = 128
 EOS = 1
@@ -91,11 +91,11 @@ class ToyTokenizer:
         return b"".join(self.table.get(i, b"") for i in ids).decode("utf-8", errors="replace")
 
 
-def image(seed: int, h: int = 4, w: int = 4, offset: int = 0) -> ProcessedImage:
+def image(seed: int, h: int = 4, w: int = 4, offset: int = 0) -> ProcessedVisual:
     """A fake preprocessed image of h x w patches (h, w even); its content hash follows from `seed`."""
     g = torch.Generator().manual_seed(seed)
     pix = torch.randn(h * w, PATCH_DIM, generator=g)
-    return ProcessedImage(pix, (1, h, w), hashlib.sha256(str(seed).encode()).hexdigest(), offset, h * w // 4)
+    return ProcessedVisual(pix, (1, h, w), hashlib.sha256(str(seed).encode()).hexdigest(), offset, h * w // 4)
 
 
 def build_input(*parts) -> ProcessedInput:
@@ -105,12 +105,12 @@ def build_input(*parts) -> ProcessedInput:
     images = []
     nxt = 0
     for part in parts:
-        if isinstance(part, ProcessedImage):
+        if isinstance(part, ProcessedVisual):
             ids.append(VISION_START)
             pos.append((nxt,) * 3)
             nxt += 1
             _, h, w = part.grid_thw
-            img = ProcessedImage(part.pixel_values, part.grid_thw, part.content_hash, len(ids), part.num_tokens)
+            img = ProcessedVisual(part.pixel_values, part.grid_thw, part.content_hash, len(ids), part.num_tokens)
             images.append(img)
             for r in range(h // 2):
                 for c in range(w // 2):
@@ -148,8 +148,8 @@ class DenseCausal:
 def oracle_greedy(model: ToyVLM, inp: ProcessedInput, max_tokens: int) -> list[int]:
     """Greedy tokens by recomputing the whole sequence every step (no KV cache, no engine)."""
     ids = list(inp.input_ids)
-    embeds = model.encode_images(torch.cat([i.pixel_values for i in inp.images]),
-                                 torch.tensor([i.grid_thw for i in inp.images])) if inp.images else []
+    embeds = model.encode_images(torch.cat([i.pixel_values for i in inp.visuals]),
+                                 torch.tensor([i.grid_thw for i in inp.visuals])) if inp.visuals else []
     out = []
     for _ in range(max_tokens):
         gen = torch.arange(len(inp.input_ids), len(ids)) + inp.mrope_delta
@@ -157,7 +157,7 @@ def oracle_greedy(model: ToyVLM, inp: ProcessedInput, max_tokens: int) -> list[i
         mm = None
         if embeds:
             mask = torch.zeros(len(ids), dtype=torch.bool)
-            for img in inp.images:
+            for img in inp.visuals:
                 mask[img.offset:img.offset + img.num_tokens] = True
             deep = [torch.cat(d) for d in zip(*[e[1] for e in embeds])] if embeds[0][1] else None
             mm = MultimodalEmbeds(torch.cat([e[0] for e in embeds]), mask, deep)

@@ -13,7 +13,7 @@ from engine_helpers import run_to_completion
 import vit_backends
 from vlm_service.config import EngineConfig
 from vlm_service.engine.engine import LLMEngine
-from vlm_service.types import ProcessedImage, ProcessedInput, SamplingParams
+from vlm_service.types import ProcessedInput, ProcessedVisual, SamplingParams
 
 
 class _NoTok:
@@ -31,7 +31,7 @@ def _prompt(config, hf, grids, seed):
         ids.append(config["vision_start_token_id"])
         pv = torch.randn(grid[0] * grid[1] * grid[2], 3 * 2 * patch * patch,
                          generator=torch.Generator().manual_seed(seed * 10 + j))
-        imgs.append(ProcessedImage(pv, grid, hashlib.sha256(f"{seed}-{j}".encode()).hexdigest(), len(ids), n))
+        imgs.append(ProcessedVisual(pv, grid, hashlib.sha256(f"{seed}-{j}".encode()).hexdigest(), len(ids), n))
         ids += [config["image_token_id"]] * n + [config["vision_end_token_id"], 42 + j]
     ids += [99, 7, 11 + seed]
     t_ids = torch.tensor(ids)[None]

@@ -15,7 +15,7 @@ from vlm_service.config import EngineConfig
 from vlm_service.engine.engine import LLMEngine
 from vlm_service.engine.sequence import visual_spans
 from vlm_service.processor.positions import VisualRun, run_positions
-from vlm_service.types import ProcessedImage, ProcessedInput, SamplingParams
+from vlm_service.types import ProcessedInput, ProcessedVisual, SamplingParams
 
 
 def video_input(groups: int = 3, seed: int = 0) -> ProcessedInput:
@@ -28,7 +28,7 @@ def video_input(groups: int = 3, seed: int = 0) -> ProcessedInput:
     ids += text(seed + 50, 3)
     gen = torch.Generator().manual_seed(seed)
     pix = torch.randn(groups * 16, PATCH_DIM, generator=gen)
-    video = ProcessedImage(pix, (groups, 4, 4), hashlib.sha256(b"v%d" % seed).hexdigest(), runs[0].offset,
+    video = ProcessedVisual(pix, (groups, 4, 4), hashlib.sha256(b"v%d" % seed).hexdigest(), runs[0].offset,
                            4 * groups, kind="video", runs=tuple((r.offset, 4) for r in runs))
     positions, delta = run_positions(len(ids), runs)
     return ProcessedInput(ids, [video], positions, delta)
@@ -37,11 +37,11 @@ def video_input(groups: int = 3, seed: int = 0) -> ProcessedInput:
 def _oracle(model, inp):
     """oracle_greedy places an item's rows on [offset, offset + num_tokens): give it one contiguous fake item per
     run with that run's rows, which is what the spans must amount to."""
-    video = inp.images[0]
+    video = inp.visuals[0]
     per_run = []
     for off, n, start in video.prompt_runs():
         rows = video.pixel_values[start * 4:(start + n) * 4]  # 4 patches per merged token
-        per_run.append(ProcessedImage(rows, (1, 4, 4), f"{video.content_hash}-{start}", off, n))
+        per_run.append(ProcessedVisual(rows, (1, 4, 4), f"{video.content_hash}-{start}", off, n))
     return oracle_greedy(model, ProcessedInput(inp.input_ids, per_run, inp.positions, inp.mrope_delta), 6)
 
 
@@ -61,7 +61,7 @@ def test_spans_carry_rows_and_item_and_prefix_keys_differ_by_row():
     inp = video_input()
     spans = visual_spans(inp)
     assert [(s.offset, s.num_tokens, s.embed_start, s.item) for s in spans] == \
-        [(off, 4, 4 * k, 0) for k, (off, _, _) in enumerate(inp.images[0].prompt_runs())]
+        [(off, 4, 4 * k, 0) for k, (off, _, _) in enumerate(inp.visuals[0].prompt_runs())]
     from vlm_service.engine.sequence import Sequence
 
     seq = Sequence("r", list(inp.input_ids), SamplingParams(), 4, spans, inp)

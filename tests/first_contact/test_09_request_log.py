@@ -75,7 +75,7 @@ def test_queue_ms_excludes_preprocessing_in_the_engine():
     from vlm_service.engine.engine import LLMEngine, _Tracked
     from vlm_service.engine.sequence import Sequence
 
-    processed = types.ProcessedInput(input_ids=[1, 2, 3], images=[], positions=torch.zeros(3, 3, dtype=torch.long),
+    processed = types.ProcessedInput(input_ids=[1, 2, 3], visuals=[], positions=torch.zeros(3, 3, dtype=torch.long),
                                      mrope_delta=0, preprocess_ms=800.0)
     seq = Sequence("q", [1, 2, 3], types.SamplingParams(), 4, processed=processed)
     t0 = time.monotonic() - 5

@@ -87,7 +87,7 @@ def test_engine_batched_chunked_greedy_tokens_match_transformers(pair):
     """The paged engine (several sequences per step, prefill chunks of 13 tokens) with the MoE layers."""
     from vlm_service.config import EngineConfig
     from vlm_service.engine.engine import LLMEngine
-    from vlm_service.types import ProcessedImage, ProcessedInput, SamplingParams
+    from vlm_service.types import ProcessedInput, ProcessedVisual, SamplingParams
 
     hf, ours = pair
     eng = LLMEngine(ours, _NoTok(), EngineConfig(block_size=4, num_blocks=128, max_num_seqs=4, max_batched_tokens=13),
@@ -104,7 +104,7 @@ def test_engine_batched_chunked_greedy_tokens_match_transformers(pair):
         offsets = image_offsets(ids.tolist(), grids, ours.spec.image_token_id, ours.spec.spatial_merge_size)
         images, start = [], 0
         for j, ((t, h, w), offset) in enumerate(zip(grids, offsets)):
-            images.append(ProcessedImage(pv[start:start + t * h * w], (t, h, w), f"{i}-{j}", offset, t * h * w // 4))
+            images.append(ProcessedVisual(pv[start:start + t * h * w], (t, h, w), f"{i}-{j}", offset, t * h * w // 4))
             start += t * h * w
         eng.add(str(i), ProcessedInput(ids.tolist(), images, pos, delta), sp)
     got = {rid: [] for rid in refs}

@@ -18,7 +18,7 @@ from vlm_service.models.layers import seeded_weights_
 from vlm_service.models.loader import load_model, normalize_config
 from vlm_service.models.qwen3_vl_moe import Qwen3VLMoeForConditionalGeneration
 from vlm_service.processor.positions import mrope_positions
-from vlm_service.types import ProcessedImage, ProcessedInput, SamplingParams
+from vlm_service.types import ProcessedInput, ProcessedVisual, SamplingParams
 
 pytestmark = pytest.mark.gpu
 
@@ -71,7 +71,7 @@ def _prompt(seed: int, grids: list[tuple[int, int, int]]) -> ProcessedInput:
     for j, (t, h, w) in enumerate(grids):
         ids.append(VSTART)
         pv = torch.randn(t * h * w, 3 * 2 * 16 * 16, generator=g)
-        images.append(ProcessedImage(pv, (t, h, w), f"{seed}-{j}", len(ids), t * h * w // 4))
+        images.append(ProcessedVisual(pv, (t, h, w), f"{seed}-{j}", len(ids), t * h * w // 4))
         ids += [IMAGE] * (t * h * w // 4) + [VEND] + torch.randint(0, 900, (3,), generator=g).tolist()
     pos, delta = mrope_positions(ids, grids, IMAGE, VSTART, 2)
     return ProcessedInput(ids, images, pos, delta)

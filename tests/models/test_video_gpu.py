@@ -105,7 +105,7 @@ def test_vit_backend_on_video_matches_sdpa(family, backend):
     _, path, _, _, processed = family
     if backend not in vit_backends.usable():
         pytest.skip(f"{backend} not usable here")
-    video = next(it for it in processed.images if it.kind == "video")
+    video = next(it for it in processed.visuals if it.kind == "video")
     pv, grid = video.pixel_values.cuda().bfloat16(), torch.tensor([video.grid_thw])
     (ref, ds_ref), = _ours(path, torch.bfloat16).encode_images(pv, grid)
     (got, ds), = _ours(path, torch.bfloat16, backend).encode_images(pv, grid)

@@ -84,7 +84,7 @@ def test_video_logits_match_transformers(name, family):
     arch, hf, ours, proc = family
     messages = PROMPTS[name]()
     processed = proc.process(messages)
-    assert any(it.kind == "video" for it in processed.images)
+    assert any(it.kind == "video" for it in processed.visuals)
     with torch.no_grad():
         ref = hf(**_hf_kwargs(arch, hf, proc, processed, messages)).logits[0]  # [T, V]
         ids = torch.tensor(processed.input_ids)
@@ -115,7 +115,7 @@ def test_video_greedy_tokens_match_transformers(name, family):
 def test_qwen3_prompt_has_a_timestamp_per_frame_group(family):
     arch, _, _, proc = family
     processed = proc.process(PROMPTS["video_alone"]())
-    video = processed.images[0]
+    video = processed.visuals[0]
     text = proc.tokenizer.decode(processed.input_ids)
     if arch == "qwen3_vl":
         assert len(video.runs) == video.grid_thw[0] > 1

@@ -53,7 +53,7 @@ def hf_model_inputs(processed, spec_ids: dict, second_per_grid_ts: list[float] |
     kw = {"input_ids": ids[None], "mm_token_type_ids": types[None]}
     for kind, pix, grid in (("image", "pixel_values", "image_grid_thw"),
                             ("video", "pixel_values_videos", "video_grid_thw")):
-        items = [it for it in processed.images if it.kind == kind]
+        items = [it for it in processed.visuals if it.kind == kind]
         if items:
             kw[pix] = torch.cat([it.pixel_values for it in items])
             kw[grid] = torch.tensor([it.grid_thw for it in items])
@@ -64,11 +64,11 @@ def hf_model_inputs(processed, spec_ids: dict, second_per_grid_ts: list[float] |
 
 def our_embeds(model, processed, device: str = "cpu") -> MultimodalEmbeds | None:
     """Encode every visual item once and place its rows on its spans, as the model runner does."""
-    if not processed.images:
+    if not processed.visuals:
         return None
     dtype = next(model.parameters()).dtype
-    pixels = torch.cat([it.pixel_values for it in processed.images]).to(device, dtype)
-    grid = torch.tensor([it.grid_thw for it in processed.images])
+    pixels = torch.cat([it.pixel_values for it in processed.visuals]).to(device, dtype)
+    grid = torch.tensor([it.grid_thw for it in processed.visuals])
     per_item = model.encode_images(pixels, grid)
     mask = torch.zeros(len(processed.input_ids), dtype=torch.bool)
     rows, deep = [], []

@@ -63,14 +63,14 @@ def test_matches_transformers(model_dir, monkeypatch, case):
 def test_image_bookkeeping(model_dir):
     out = Processor.from_pretrained(model_dir).process(CASES["two_images"])
     pad = Processor.from_pretrained(model_dir).token_ids["image_pad"]
-    assert len(out.images) == 2
-    for img, data in zip(out.images, (IMG_A, IMG_B)):
+    assert len(out.visuals) == 2
+    for img, data in zip(out.visuals, (IMG_A, IMG_B)):
         assert img.content_hash == hashlib.sha256(data).hexdigest()
         t, h, w = img.grid_thw
         assert img.num_tokens == t * h * w // 4 and img.pixel_values.shape[0] == t * h * w
         assert out.input_ids[img.offset:img.offset + img.num_tokens] == [pad] * img.num_tokens
         assert out.input_ids[img.offset - 1] != pad and out.input_ids[img.offset + img.num_tokens] != pad
-    assert out.num_image_tokens == sum(1 for t in out.input_ids if t == pad)
+    assert out.num_visual_tokens == sum(1 for t in out.input_ids if t == pad)
     assert out.positions.shape == (3, len(out.input_ids)) and out.positions.dtype == torch.int64
     assert out.preprocess_ms > 0
 

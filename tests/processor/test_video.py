@@ -123,7 +123,7 @@ def test_frames_route_equals_file_route(model_dir):
     from_frames = prepare_video(frames, cfg, VideoLimits(), FIELD)
     assert from_frames.grid == from_file.grid
     torch.testing.assert_close(from_frames.pixel_values, from_file.pixel_values, atol=0, rtol=0)
-    assert from_frames.group_times == pytest.approx(from_file.group_times)
+    assert from_frames.timing.group_times == pytest.approx(from_file.timing.group_times)
     assert from_frames.content_hash != from_file.content_hash
 
 
@@ -204,9 +204,9 @@ def test_processor_limits_videos_and_visual_tokens(model_dir):
         Processor.from_pretrained(model_dir, max_videos=1).process(two)
     assert err.value.field == "messages"
     out = Processor.from_pretrained(model_dir).process(two)
-    assert [it.kind for it in out.images] == ["video", "video"] and out.images[0].content_hash == \
-        out.images[1].content_hash
-    one_video = out.images[0].num_tokens
+    assert [it.kind for it in out.visuals] == ["video", "video"] and out.visuals[0].content_hash == \
+        out.visuals[1].content_hash
+    one_video = out.visuals[0].num_tokens
     with pytest.raises(InvalidInput, match="visual tokens") as err:  # the second video is over what is left
         Processor.from_pretrained(model_dir, max_visual_tokens=one_video + 1).process(two)
     assert err.value.field == "messages[0].content[2].video"

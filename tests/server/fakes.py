@@ -29,7 +29,7 @@ class FakeProcessor:
                 if isinstance(part, types.ImageInput) and part.data == b"bad":
                     raise errors.InvalidImage("cannot decode the image", field=f"messages[{i}].content[{j}].image")
         ids = [1, 2, 3]
-        return types.ProcessedInput(input_ids=ids, images=[], positions=torch.zeros(3, 3, dtype=torch.long),
+        return types.ProcessedInput(input_ids=ids, visuals=[], positions=torch.zeros(3, 3, dtype=torch.long),
                                     mrope_delta=0)
 
 

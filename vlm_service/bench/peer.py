@@ -73,9 +73,13 @@ def load_peer(model_dir: Path, device: str, dtype: str):
 def _load_processor(model_dir: Path):
     """AutoProcessor, except without torchvision (CPU here, and the GPU host): the PIL image processor, and an
     unused video processor let past transformers' class check (BaseVideoProcessor is a dummy without torchvision)."""
+    import importlib
     import importlib.util
 
+    import transformers
     from transformers import AutoConfig, AutoProcessor, AutoTokenizer, ProcessorMixin
+
+    from vlm_service.models import registry
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     if importlib.util.find_spec("torchvision") is not None:
@@ -83,12 +87,10 @@ def _load_processor(model_dir: Path):
         if getattr(processor, "chat_template", None) is None:  # a checkpoint that keeps it with the tokenizer only
             processor.chat_template = processor.tokenizer.chat_template
         return processor
-    if AutoConfig.from_pretrained(model_dir).architectures[0].startswith("Qwen3VL"):
-        from transformers import Qwen3VLProcessor as proc_cls
-        from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor as video_cls
-    else:
-        from transformers import Qwen2_5_VLProcessor as proc_cls
-        from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor as video_cls
+    family = registry.entry(AutoConfig.from_pretrained(model_dir).architectures[0]).family
+    proc_cls = getattr(transformers, family.processor_class)
+    video_module, _, video_name = family.hf_video_processor.partition(":")
+    video_cls = getattr(importlib.import_module(video_module), video_name)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     check = ProcessorMixin.check_argument_for_proper_class
     ProcessorMixin.check_argument_for_proper_class = lambda self, name, arg: type(arg)

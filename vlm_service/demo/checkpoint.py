@@ -24,7 +24,6 @@ from vlm_service.models.layers import seeded_weights_
 ARCHS = ("qwen3_vl", "qwen2_5_vl")
 VERSION = "v3"  # v2: text head_dim 64, a size FlashInfer's paged attention kernels support; v3: weights seeded
 # in our models' parameter order (no transformers modeling import)
-_CLASSES = {"qwen3_vl": "Qwen3VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
 
 
 def _special_ids(tokenizer_dir: Path) -> tuple[dict[str, int], int]:
@@ -69,8 +68,12 @@ def _qwen2_5_config(ids: dict[str, int], vocab: int):
                             **_token_fields(ids))
 
 
+_CONFIGS = {"qwen3_vl": _qwen3_config, "qwen2_5_vl": _qwen2_5_config}  # demo arch (a dense model_type) -> config
+
+
 def make_demo_model(out_dir: str | Path, arch: str = "qwen3_vl", seed: int = 0) -> Path:
     """Write the tiny `arch` demo checkpoint (HF format, a few MB) into out_dir and return it."""
+    from vlm_service.models import registry
     from vlm_service.processor.tokenizer import build_demo_tokenizer
     from vlm_service.processor.vision import write_preprocessor_config
 
@@ -79,8 +82,8 @@ def make_demo_model(out_dir: str | Path, arch: str = "qwen3_vl", seed: int = 0) 
     out = Path(out_dir)
     build_demo_tokenizer(out)
     ids, vocab = _special_ids(out)
-    config = (_qwen3_config if arch == "qwen3_vl" else _qwen2_5_config)(ids, vocab)
-    config.architectures = [_CLASSES[arch]]
+    config = _CONFIGS[arch](ids, vocab)
+    config.architectures = [registry.entry_for_model_type(arch).architecture]  # the dense model of the family
     config.save_pretrained(out)  # config.json, as transformers writes it
     generation = {"bos_token_id": ids["eot"], "eos_token_id": [ids["im_end"], ids["eot"]], "pad_token_id": ids["eot"]}
     (out / "generation_config.json").write_text(json.dumps(generation, indent=2))

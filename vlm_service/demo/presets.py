@@ -94,8 +94,6 @@ PRESETS.update({
         "vision_config": {**PRESETS["qwen3_vl_8b"]["vision_config"], "out_hidden_size": 5120},
     },
 })
-_DEMO_ARCH = {"qwen2_5_vl_7b": "qwen2_5_vl", "qwen3_vl_8b": "qwen3_vl", "qwen3_vl_30b_a3b": "qwen3_vl"}
-_DEMO_ARCH.update({"qwen2_5_vl_72b": "qwen2_5_vl", "qwen3_vl_32b": "qwen3_vl"})
 
 
 def is_random(name: str | os.PathLike) -> bool:
@@ -152,6 +150,7 @@ def _remap_tokenizer(tok_dir: Path) -> None:
 
 def write_preset_dir(out_dir: str | Path, name: str) -> Path:
     """config.json + generation_config.json + tokenizer (Qwen special ids) + preprocessor config; no weights."""
+    from vlm_service.models import registry
     from vlm_service.processor.tokenizer import build_demo_tokenizer
     from vlm_service.processor.vision import write_preprocessor_config
 
@@ -161,7 +160,8 @@ def write_preset_dir(out_dir: str | Path, name: str) -> Path:
     (out / "generation_config.json").write_text(json.dumps(_QWEN_EOS, indent=2))
     build_demo_tokenizer(out)
     _remap_tokenizer(out)
-    write_preprocessor_config(out, _DEMO_ARCH[key], hub_limits=True)  # full-size images, as the real models
+    family = registry.entry(PRESETS[key]["architectures"][0]).family.name
+    write_preprocessor_config(out, family, hub_limits=True)  # full-size images, as the real models
     return out
 
 

@@ -63,7 +63,7 @@ class DecodeGraphs:
 
     def can_run(self, chunks) -> bool:
         return (len(chunks) <= self.sizes[-1]
-                and all(c.num_tokens == 1 and not c.seq.images_in(c.start, c.end) for c in chunks))
+                and all(c.num_tokens == 1 and not c.seq.visuals_in(c.start, c.end) for c in chunks))
 
     def run(self, ids: torch.Tensor, positions: torch.Tensor, layout: BatchLayout) -> torch.Tensor:
         """ids [n], positions [3, n] -> hidden [n, hidden] by replaying the smallest graph that fits n."""

@@ -265,7 +265,7 @@ class LLMEngine:
             return max(b - a, 0.0) * 1000.0 if a and b else 0.0
 
         usage = Usage(seq.num_prompt_tokens, len(seq.output_ids), seq.num_cached_tokens,
-                      seq.processed.num_image_tokens if seq.processed else 0)
+                      seq.processed.num_visual_tokens if seq.processed else 0)
         preprocess_ms = seq.processed.preprocess_ms if seq.processed else 0.0
         # arrival is when the server got the request, before preprocessing: queue time is the wait for the
         # scheduler alone, so a large image shows up in preprocess_ms rather than looking like overload

@@ -213,7 +213,7 @@ class ModelRunner:
         bs = self.block_size
         return [table[i // bs] * bs + i % bs for i in range(start, end)]
 
-    # ---- images ----------------------------------------------------------------------------------------------
+    # ---- visual items (images, videos) ----------------------------------------------------------------------
     def _multimodal(self, chunks: list[ScheduledChunk]) -> MultimodalEmbeds | None:
         embeds = self._vision_embeds(chunks)
         if not embeds:
@@ -221,7 +221,7 @@ class ModelRunner:
         mask, parts, deep_parts = [], [], []
         for c in chunks:
             m = torch.zeros(c.num_tokens, dtype=torch.bool)
-            for span in c.seq.images_in(c.start, c.end):
+            for span in c.seq.visuals_in(c.start, c.end):
                 a, b = max(c.start, span.offset), min(c.end, span.end)
                 m[a - c.start:b - c.start] = True
                 emb, deep = embeds[span.content_hash]
@@ -243,7 +243,7 @@ class ModelRunner:
         todo: dict[str, object] = {}  # content hash -> ProcessedVisual
         owners: dict[str, list[Sequence]] = {}
         for c in chunks:
-            for span in c.seq.images:
+            for span in c.seq.visuals:
                 key = span.content_hash
                 if span.end <= c.start or key in found:
                     continue
@@ -254,7 +254,7 @@ class ModelRunner:
                 if hit is not None:
                     found[key] = hit
                 else:
-                    todo[key], owners[key] = c.seq.processed.images[span.item], [c.seq]
+                    todo[key], owners[key] = c.seq.processed.visuals[span.item], [c.seq]
         if todo:
             found.update(self._encode(todo, owners))
         self._oversize = {k: v for k, v in found.items() if k not in self.vision_cache.entries}
@@ -263,14 +263,14 @@ class ModelRunner:
     def _encode(self, todo: dict, owners: dict) -> dict[str, VisionEmbeds]:
         seqs = list({id(s): s for ss in owners.values() for s in ss}.values())
         timer = _VisionTimer(self.device, seqs)
-        images = list(todo.values())
-        # one copy per image: each is asynchronous when the processor pinned it (a host-side cat would not be)
-        parts = [img.pixel_values.to(self.device, non_blocking=True) for img in images]
-        for part, img in zip(parts, images):
-            if part is img.pixel_values and part.is_cuda:  # made on a preprocessing thread's stream (gpu_preprocess)
+        items = list(todo.values())
+        # one copy per item: each is asynchronous when the processor pinned it (a host-side cat would not be)
+        parts = [item.pixel_values.to(self.device, non_blocking=True) for item in items]
+        for part, item in zip(parts, items):
+            if part is item.pixel_values and part.is_cuda:  # made on a preprocessing thread's stream (gpu_preprocess)
                 part.record_stream(torch.cuda.current_stream(self.device))  # no reuse before the tower read it
         pixels = (parts[0] if len(parts) == 1 else torch.cat(parts)).to(self.dtype)
-        grid = torch.tensor([img.grid_thw for img in images], dtype=torch.long)  # the towers read it on the host
+        grid = torch.tensor([item.grid_thw for item in items], dtype=torch.long)  # the towers read it on the host
         results = self.model.encode_images(pixels, grid)
         timer.stop()
         self._vision_timers.append(timer)

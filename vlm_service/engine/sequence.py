@@ -28,7 +28,7 @@ class VisualSpan:
 
     An image is one span; a Qwen3-VL video is one span per frame group (timestamp text between them). embed_start:
     the row of the item's embeddings that the span's first token takes; item: the index of the item in
-    ProcessedInput.images (whose pixels the span's embeddings come from)."""
+    ProcessedInput.visuals (whose pixels the span's embeddings come from)."""
 
     content_hash: str
     offset: int
@@ -46,7 +46,7 @@ ImageSpan = VisualSpan  # the former name
 
 def visual_spans(processed: ProcessedInput) -> tuple[VisualSpan, ...]:
     """Every pad run of every visual item of a prompt, in prompt order."""
-    spans = [VisualSpan(item.content_hash, off, n, start, i) for i, item in enumerate(processed.images)
+    spans = [VisualSpan(item.content_hash, off, n, start, i) for i, item in enumerate(processed.visuals)
              for off, n, start in item.prompt_runs()]
     return tuple(sorted(spans, key=lambda s: s.offset))
 
@@ -69,7 +69,7 @@ class Sequence:
     prompt_ids: list[int]
     sampling: SamplingParams
     max_tokens: int  # completion limit, already capped by the context
-    images: tuple[VisualSpan, ...] = ()  # the prompt's visual spans (images and video frame groups)
+    visuals: tuple[VisualSpan, ...] = ()  # the prompt's visual spans (images and video frame groups)
     processed: ProcessedInput | None = None  # kept for pixel values and MRoPE positions (None in pure unit tests)
     output_ids: list[int] = field(default_factory=list)
     block_table: list[int] = field(default_factory=list)
@@ -105,9 +105,9 @@ class Sequence:
         item's content hash with the embedding row inside the item (same text + other image -> other key)."""
         start, end = index * block_size, (index + 1) * block_size
         imgs = tuple((s.content_hash, s.embed_start + max(start, s.offset) - s.offset, max(start, s.offset) - start)
-                     for s in self.images if s.offset < end and s.end > start)
+                     for s in self.visuals if s.offset < end and s.end > start)
         return tuple(self.token_range(start, end)), imgs
 
-    def images_in(self, start: int, end: int) -> list[VisualSpan]:
+    def visuals_in(self, start: int, end: int) -> list[VisualSpan]:
         """Visual spans whose pad tokens overlap token range [start, end)."""
-        return [s for s in self.images if s.offset < end and s.end > start]
+        return [s for s in self.visuals if s.offset < end and s.end > start]

@@ -64,4 +64,4 @@ class OutputStream:
 def aborted_before_start(request_id: str, processed: ProcessedInput) -> Finished:
     """The Finished of a request aborted while it was still being preprocessed (it never reached the engine)."""
     return Finished(request_id, FinishReason.ABORT,
-                    usage=Usage(len(processed.input_ids), 0, 0, processed.num_image_tokens))
+                    usage=Usage(len(processed.input_ids), 0, 0, processed.num_visual_tokens))

@@ -1,4 +1,4 @@
-"""LRU cache of vision-tower outputs keyed by image content hash, bounded by bytes."""
+"""LRU cache of vision-tower outputs keyed by visual item (image or video) content hash, bounded by bytes."""
 
 from __future__ import annotations
 

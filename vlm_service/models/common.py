@@ -22,7 +22,7 @@ class AttentionContext(Protocol):
 
 @dataclass
 class MultimodalEmbeds:
-    """Image embeddings for the image-pad positions of this step's tokens.
+    """Visual-item embeddings (images, video frames) for the image / video pad positions of this step's tokens.
 
     embeds [N, hidden] goes where mask [T] is True (N == mask.sum()), in order. deepstack (Qwen3-VL) is a list of
     [N, hidden] tensors added after decoder layers 0..len-1 at the same positions. index [N] (int64, optional,

@@ -1,4 +1,10 @@
-"""Architecture name (config.json "architectures"[0]) -> model class, imported lazily.
+"""One entry per architecture (config.json "architectures"[0]): the model class, imported lazily, its config
+model_type, and its processor family (processor/family_rules.py: image / video processor settings, frame sampling,
+resize, and the position function that places a video's time in the MRoPE axis or the prompt).
+
+Adding an architecture is one `ArchitectureEntry` in `_ENTRIES` (plus, for a new family, one ProcessorFamily
+value in family_rules.py that the entry names); every other module asks `entry()` / `entry_for_model_type()` /
+`family()` instead of comparing architecture or model_type strings.
 
 Contract every model class follows (qwen2_5_vl.py, qwen3_vl.py, qwen3_vl_moe.py):
 - the class is named after its architecture and built as
@@ -6,7 +12,8 @@ Contract every model class follows (qwen2_5_vl.py, qwen3_vl.py, qwen3_vl_moe.py)
   config.json after `loader.normalize_config` (text fields under "text_config", rope under
   text_config["rope_parameters"], vision fields under "vision_config", token ids and "tie_word_embeddings" and
   "eos_token_ids" at the top);
-- it exposes `spec: ModelSpec` and the VLModel protocol (encode_images, forward, compute_logits) of models/common.py;
+- it exposes `spec: ModelSpec` and the VLModel protocol (encode_images, forward, compute_logits) of
+  models/common.py;
 - `load_weights(named: Iterable[tuple[str, torch.Tensor]])` takes canonical names, which are transformers-5's
   state_dict names (`model.language_model.*`, `model.visual.*`, `lm_head.weight`); the loader maps the hub layout
   onto them. It raises ModelLoadError naming the tensor on a missing/unexpected tensor or a shape mismatch, and
@@ -16,25 +23,75 @@ Contract every model class follows (qwen2_5_vl.py, qwen3_vl.py, qwen3_vl_moe.py)
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 
 from vlm_service.errors import ModelLoadError
+from vlm_service.processor.family_rules import QWEN2_5_VL, QWEN3_VL, ProcessorFamily
 
-_MODULES: dict[str, str] = {
-    "Qwen2_5_VLForConditionalGeneration": "vlm_service.models.qwen2_5_vl",
-    "Qwen3VLForConditionalGeneration": "vlm_service.models.qwen3_vl",
-    "Qwen3VLMoeForConditionalGeneration": "vlm_service.models.qwen3_vl_moe",
-}
+
+@dataclass(frozen=True)
+class ArchitectureEntry:
+    """What the service needs to know about one architecture."""
+
+    architecture: str  # config.json "architectures"[0], also the model class's name
+    module: str  # the module defining the class (imported on first use: it pulls in the model code)
+    model_type: str  # config.json "model_type"
+    family: ProcessorFamily  # processor settings, sampling / resize rules, position function
+
+    def model_class(self) -> type:
+        """The class implementing this architecture (imports its module)."""
+        return getattr(importlib.import_module(self.module), self.architecture)
+
+
+_ENTRIES: tuple[ArchitectureEntry, ...] = (
+    ArchitectureEntry("Qwen2_5_VLForConditionalGeneration", "vlm_service.models.qwen2_5_vl", "qwen2_5_vl",
+                      QWEN2_5_VL),
+    ArchitectureEntry("Qwen3VLForConditionalGeneration", "vlm_service.models.qwen3_vl", "qwen3_vl", QWEN3_VL),
+    ArchitectureEntry("Qwen3VLMoeForConditionalGeneration", "vlm_service.models.qwen3_vl_moe", "qwen3_vl_moe",
+                      QWEN3_VL),
+)
+_BY_ARCH = {e.architecture: e for e in _ENTRIES}
+_FAMILIES = {e.family.name: e.family for e in _ENTRIES}
 
 
 def supported_architectures() -> list[str]:
     """Architecture names this service can load."""
-    return sorted(_MODULES)
+    return sorted(_BY_ARCH)
+
+
+def entry(architecture: str) -> ArchitectureEntry:
+    """The entry of `architecture`; ModelLoadError for an unknown name."""
+    found = _BY_ARCH.get(architecture)
+    if found is None:
+        raise ModelLoadError(f"unknown architecture {architecture!r}; supported: "
+                             f"{', '.join(supported_architectures())}")
+    return found
 
 
 def model_class(architecture: str) -> type:
     """The class implementing `architecture`; ModelLoadError for an unknown name."""
-    module = _MODULES.get(architecture)
-    if module is None:
-        raise ModelLoadError(f"unknown architecture {architecture!r}; supported: "
-                             f"{', '.join(supported_architectures())}")
-    return getattr(importlib.import_module(module), architecture)
+    return entry(architecture).model_class()
+
+
+def entry_for_model_type(model_type: str) -> ArchitectureEntry | None:
+    """The entry whose config model_type is `model_type`, or None."""
+    return next((e for e in _ENTRIES if e.model_type == model_type), None)
+
+
+def family_names() -> list[str]:
+    """The processor families of the supported architectures ("qwen2_5_vl", "qwen3_vl")."""
+    return sorted(_FAMILIES)
+
+
+def family(name: str) -> ProcessorFamily:
+    """The processor family called `name`; ValueError naming the known ones otherwise."""
+    found = _FAMILIES.get(name)
+    if found is None:
+        raise ValueError(f"unknown model family {name!r}; one of {', '.join(family_names())}")
+    return found
+
+
+def family_of_processor_class(processor_class: str) -> ProcessorFamily | None:
+    """The family whose transformers processor class is `processor_class` (processor configs without a
+    config.json beside them), or None."""
+    return next((f for f in _FAMILIES.values() if f.processor_class == processor_class), None)

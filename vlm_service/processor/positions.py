@@ -1,11 +1,13 @@
-"""MRoPE positions for a prompt with images, as transformers' get_rope_index of Qwen2.5-VL and Qwen3-VL computes them.
+"""MRoPE positions for a prompt with visual items, as transformers' get_rope_index of Qwen2.5-VL and Qwen3-VL
+computes them.
 
-Text tokens get t = h = w = a running index. An image whose merged grid is (t, gh, gw) placed where the running index
-is `s` gets t = s + frame, h = s + row, w = s + col for each merged token (row-major); the running index then resumes
-at s + max(gh, gw) (= the image's largest position + 1 for still images). Images are found by their runs of image pad
-tokens, split by the token count of each grid (the same rule as transformers' mm_token_type_ids, where image pads
-are type 1).
-"""
+Text tokens get t = h = w = a running index. A visual run (an image, a video, or one frame group of a Qwen3-VL
+video) whose merged grid is (t, gh, gw) placed where the running index is `s` gets t = s + frame * interval,
+h = s + row, w = s + col for each merged token (row-major); the running index then resumes at s + max(gh, gw)
+(= the image's largest position + 1 for still images). The interval between frames is the family's position
+function's choice (processor/family_rules.py). mrope_positions (images only) finds images by their runs of image
+pad tokens, split by the token count of each grid (the same rule as transformers' mm_token_type_ids, where image
+pads are type 1)."""
 
 from __future__ import annotations
 
@@ -56,7 +58,7 @@ def run_positions(length: int, runs: list[VisualRun]) -> tuple[torch.Tensor, int
     for run in runs:
         pieces.append(_text_positions(run.offset - cursor, start))
         start += run.offset - cursor
-        pieces.append(_image_positions(run.t, run.h, run.w, start, run.time_interval))
+        pieces.append(_visual_run_positions(run.t, run.h, run.w, start, run.time_interval))
         cursor = run.offset + run.num_tokens
         start += max(run.h, run.w)
     pieces.append(_text_positions(length - cursor, start))
@@ -100,7 +102,7 @@ def _text_positions(length: int, start: int) -> torch.Tensor:
     return (torch.arange(length, dtype=torch.int64) + start).expand(3, -1)  # [3, length]
 
 
-def _image_positions(t: int, h: int, w: int, start: int, time_interval: int = 1) -> torch.Tensor:
+def _visual_run_positions(t: int, h: int, w: int, start: int, time_interval: int = 1) -> torch.Tensor:
     """[3, t*h*w] positions of one visual run's merged tokens (frame * interval, row, col), offset by `start`."""
     tt, hh, ww = torch.meshgrid(
         torch.arange(t, dtype=torch.int64) * time_interval, torch.arange(h, dtype=torch.int64),

@@ -28,7 +28,7 @@ from vlm_service.processor.video import VideoLimits
 from vlm_service.processor.video_config import VideoConfig
 from vlm_service.processor.vision import ImageConfig, preprocess_image, smart_resize
 from vlm_service.processor.visual_items import PreparedVisual, expand_pads, expand_video_text, prepare_video
-from vlm_service.types import ChatMessage, ImageInput, ProcessedImage, ProcessedInput, VideoInput
+from vlm_service.types import ChatMessage, ImageInput, ProcessedInput, ProcessedVisual, VideoInput
 
 log = logging.getLogger(__name__)
 ROLES = ("system", "user", "assistant")
@@ -132,8 +132,7 @@ class Processor:
         items = self._preprocess_visuals(messages)
         self._check_visual_tokens(items)
         pad_ids = {"image": self.token_ids["image_pad"], "video": self.video_pad_id}
-        input_ids, runs = expand_pads(self._tokenize(messages, items), items, pad_ids, self.video_config.family,
-                                      self.image_config.merge_size)
+        input_ids, runs = expand_pads(self._tokenize(messages, items), items, pad_ids, self.image_config.merge_size)
         return self._assemble(input_ids, items, runs, started)
 
     def validate(self, messages: tuple[ChatMessage, ...]) -> None:
@@ -192,7 +191,7 @@ class Processor:
     def _tokenize(self, messages, items: list[PreparedVisual] = ()) -> list[int]:
         """The chat's ids (client text plain unless trusted); Qwen3-VL's videos get their per-group timestamps."""
         transform = None
-        if self.video_config.family == "qwen3_vl" and any(it.kind == "video" for it in items):
+        if any(it.timing.group_times for it in items):  # the family's position function asked for them
             transform = lambda text: expand_video_text(text, list(items))  # noqa: E731
         return self.template.encode(messages, transform)
 
@@ -200,12 +199,12 @@ class Processor:
         positions, delta = run_positions(len(input_ids), sorted((r for rs in runs for r in rs),
                                                                 key=lambda r: r.offset))
         processed = [
-            ProcessedImage(pixel_values=it.pixel_values, grid_thw=it.grid, content_hash=it.content_hash,
+            ProcessedVisual(pixel_values=it.pixel_values, grid_thw=it.grid, content_hash=it.content_hash,
                            offset=rs[0].offset, num_tokens=sum(r.num_tokens for r in rs), kind=it.kind,
                            runs=tuple((r.offset, r.num_tokens) for r in rs) if len(rs) > 1 else ())
             for it, rs in zip(items, runs)
         ]
-        return ProcessedInput(input_ids=input_ids, images=processed, positions=positions, mrope_delta=delta,
+        return ProcessedInput(input_ids=input_ids, visuals=processed, positions=positions, mrope_delta=delta,
                               preprocess_ms=(time.perf_counter() - started) * 1000.0,
                               decode_ms=sum(it.decode_ms for it in items))
 

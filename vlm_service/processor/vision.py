@@ -280,22 +280,17 @@ def _patch_layout(values: np.ndarray, cfg: ImageConfig, out_dtype: torch.dtype, 
     return out, (target.reshape(x.shape), x), (1, grid_h, grid_w)
 
 
-# min/max pixels of the public checkpoints' preprocessor configs (Qwen2.5-VL-7B-Instruct, Qwen3-VL-8B-Instruct)
-HUB_PIXEL_LIMITS = {"qwen2_5_vl": (3136, 12845056), "qwen3_vl": (65536, 16777216)}
-
-
 def demo_image_config(arch: str, hub_limits: bool = False) -> dict:
-    """The preprocessor_config.json of the demo checkpoints: real Qwen settings with a small max_pixels
-    (at most 64 merged tokens per image), or the public checkpoints' pixel limits with hub_limits=True."""
-    if arch == "qwen2_5_vl":
-        patch, mean, std, processor = 14, CLIP_MEAN, CLIP_STD, "Qwen2_5_VLProcessor"
-    elif arch == "qwen3_vl":
-        patch, mean, std, processor = 16, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "Qwen3VLProcessor"
-    else:
-        raise ValueError(f"unknown architecture {arch!r} (qwen2_5_vl or qwen3_vl)")
+    """The preprocessor_config.json of the demo checkpoints of family `arch` (qwen2_5_vl or qwen3_vl): real Qwen
+    settings with a small max_pixels (at most 64 merged tokens per image), or the public checkpoints' pixel limits
+    with hub_limits=True. ValueError for an unknown family."""
+    from vlm_service.models import registry  # here: registry -> family_rules imports this module
+
+    family = registry.family(arch)
+    patch, mean, std, processor = family.patch_size, family.image_mean, family.image_std, family.processor_class
     factor = patch * 2
     # Demo images become at most 64 merged tokens (8x8 blocks of factor x factor pixels).
-    min_pixels, max_pixels = HUB_PIXEL_LIMITS[arch] if hub_limits else (factor * factor, 64 * factor * factor)
+    min_pixels, max_pixels = family.hub_pixel_limits if hub_limits else (factor * factor, 64 * factor * factor)
     return {
         "image_processor_type": "Qwen2VLImageProcessor",
         "processor_class": processor,

@@ -1,6 +1,7 @@
 """Visual items of a prompt (images and videos): preparing a video, its prompt text, and the pad expansion.
 
-A prepared item knows its pixel values, grid and content hash, and how it lies in the prompt:
+A prepared item knows its pixel values, grid and content hash, and how it lies in the prompt (for a video, as its
+family's position function decides: family_rules.py, reached through VideoConfig.rules):
 - an image: one `<|image_pad|>` -> t*h*w/m^2 pads, one run;
 - a Qwen2.5-VL video: one `<|video_pad|>` -> t*h*w/m^2 pads, one run whose frames sit tokens_per_second *
   int(second_per_grid_t) apart on the temporal MRoPE axis (Qwen2_5_VLProcessor + get_rope_index);
@@ -19,9 +20,10 @@ from dataclasses import dataclass
 import torch
 
 from vlm_service.errors import InvalidInput
+from vlm_service.processor.family_rules import VideoTiming
 from vlm_service.processor.positions import VisualRun
 from vlm_service.processor.video import DecodedVideo, VideoLimits, decode_frames, decode_video
-from vlm_service.processor.video_config import VideoConfig, group_timestamps, resize_size, sample_indices
+from vlm_service.processor.video_config import VideoConfig, resize_size, sample_indices
 from vlm_service.processor.video_preprocess import preprocess_video
 from vlm_service.types import VideoInput
 
@@ -37,19 +39,18 @@ class PreparedVisual:
     content_hash: str
     kind: str = "image"
     decode_ms: float = 0.0  # container + codec (or image) decode time
-    group_times: tuple[float, ...] = ()  # Qwen3-VL videos: seconds of each temporal group
-    time_interval: int = 1  # Qwen2.5-VL videos: temporal MRoPE step between groups
+    timing: VideoTiming = VideoTiming()  # videos: the family's position function's answer (family_rules.py)
 
     def num_tokens(self, merge: int) -> int:
         t, h, w = self.grid
         return t * h * w // merge**2
 
-    def runs(self, family: str, merge: int) -> list[tuple[int, int, int, int]]:
+    def runs(self, merge: int) -> list[tuple[int, int, int, int]]:
         """(t, h, w, time_interval) in merged units of each pad run, in prompt order."""
         t, h, w = self.grid[0], self.grid[1] // merge, self.grid[2] // merge
-        if self.kind == "video" and family == "qwen3_vl":
+        if self.timing.run_per_group:
             return [(1, h, w, 1)] * t
-        return [(t, h, w, self.time_interval)]
+        return [(t, h, w, self.timing.time_interval)]
 
 
 def sampling_of(part: VideoInput, cfg: VideoConfig, limits: VideoLimits) -> tuple[float, int]:
@@ -86,12 +87,9 @@ def prepare_video(part: VideoInput, cfg: VideoConfig, limits: VideoLimits, field
         pixels, grid = preprocess_video(decoded.frames, cfg, out_dtype, pin, resized=bool(part.data))
     except ValueError as exc:  # smart_resize's aspect-ratio refusal
         raise InvalidInput(f"video frames cannot be resized: {exc}", field=field) from None
-    item = PreparedVisual(pixels, grid, video_hash(part, fps, max_frames), kind="video", decode_ms=decode_ms)
-    if cfg.family == "qwen3_vl":
-        item.group_times = tuple(_group_times(decoded, tp))
-    else:  # Qwen2_5_VLProcessor's second_per_grid_t = tp / sampled fps, truncated by get_rope_index
-        item.time_interval = cfg.tokens_per_second * int(tp / decoded.sampled_fps)
-    return item
+    timing = cfg.rules.video_timing(cfg, decoded.frame_times, decoded.sampled_fps)
+    return PreparedVisual(pixels, grid, video_hash(part, fps, max_frames), kind="video", decode_ms=decode_ms,
+                          timing=timing)
 
 
 def video_tokens(cfg: VideoConfig, num_frames: int, height: int, width: int) -> int:
@@ -129,28 +127,24 @@ def _decode(part: VideoInput, cfg: VideoConfig, limits: VideoLimits, field: str,
     return decode_video(part.data, part.mime_type, limits, sampler, field, frame_size)
 
 
-def _group_times(decoded: DecodedVideo, tp: int) -> list[float]:
-    # group_timestamps works on indices at a fps; frame_times are index / fps already: use fps 1 over seconds
-    return group_timestamps(decoded.frame_times, 1.0, tp)
-
-
 def expand_video_text(text: str, items: list[PreparedVisual]) -> str:
     """Qwen3-VL: put each video's per-group timestamps and vision markers in place of its `<|video_pad|>`."""
     videos = iter([it for it in items if it.kind == "video"])
 
     def repl(_match) -> str:
         item = next(videos, None)
-        if item is None or not item.group_times:
+        if item is None or not item.timing.group_times:
             return VIDEO_PAD
-        return "".join(f"<{t:.1f} seconds><|vision_start|>{VIDEO_PAD}<|vision_end|>" for t in item.group_times)
+        return "".join(f"<{t:.1f} seconds><|vision_start|>{VIDEO_PAD}<|vision_end|>"
+                       for t in item.timing.group_times)
 
     return re.sub(re.escape(VIDEO_PAD), repl, text)
 
 
-def expand_pads(ids: list[int], items: list[PreparedVisual], pad_ids: dict[str, int], family: str,
+def expand_pads(ids: list[int], items: list[PreparedVisual], pad_ids: dict[str, int],
                 merge: int) -> tuple[list[int], list[list[VisualRun]]]:
     """Each image / video pad token -> its run of pads. Returns the ids and each item's runs (offsets in them)."""
-    queues = {kind: [(i, r) for i, it in enumerate(items) if it.kind == kind for r in it.runs(family, merge)]
+    queues = {kind: [(i, r) for i, it in enumerate(items) if it.kind == kind for r in it.runs(merge)]
               for kind in ("image", "video")}
     by_id = {pad_ids[kind]: kind for kind in queues}
     want = {k: len(q) for k, q in queues.items()}

@@ -1,0 +1,167 @@
+"""The processor rules of each model family, as one frozen value per family (models/registry.py bundles them
+into its architecture entries; code reaches a family through the registry, never by comparing names).
+
+A family is what the checkpoint's transformers processors do:
+- image settings: patch size, mean / std, the processor class, the public checkpoints' pixel limits;
+- video settings: the video processor's class defaults, whether min_pixels / max_pixels override `size`;
+- the frame-sampling and resize rules (num_sampled_frames, sample_indices, resize_size);
+- the position function (`video_timing`): where a video's time goes, as temporal MRoPE spacing (Qwen2.5-VL's
+  second_per_grid_t * tokens_per_second) or as timestamp text in the prompt with one pad run per frame group
+  (Qwen3-VL).
+The functions take a video_config.VideoConfig (`cfg`) and the source clip's frame count / fps / size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from vlm_service.processor.vision import CLIP_MEAN, CLIP_STD, smart_resize
+
+if TYPE_CHECKING:
+    from vlm_service.processor.video_config import VideoConfig
+
+HALF = (0.5, 0.5, 0.5)
+
+
+@dataclass(frozen=True)
+class VideoTiming:
+    """How a prepared video lies in the prompt: group_times (seconds per temporal group) become timestamp text
+    and split the video into one pad run per group; time_interval spaces the groups on the temporal MRoPE axis."""
+
+    group_times: tuple[float, ...] = ()
+    time_interval: int = 1
+    run_per_group: bool = False
+
+
+@dataclass(frozen=True)
+class ProcessorFamily:
+    """Everything the processor does differently per family (see the module docstring)."""
+
+    name: str  # "qwen2_5_vl" | "qwen3_vl": the demo-checkpoint name and VideoConfig.family
+    processor_class: str  # transformers' processor class (processor_class in a processor config)
+    hf_video_processor: str  # "module:Class" of transformers' video processor (the bench peer loads it)
+    patch_size: int
+    image_mean: tuple[float, ...]
+    image_std: tuple[float, ...]
+    hub_pixel_limits: tuple[int, int]  # image (min, max) pixels of the public checkpoints' preprocessor configs
+    video_min_pixels: int  # the video processor's class defaults
+    video_max_pixels: int
+    max_video_tokens: int
+    video_reads_min_max_pixels: bool  # Qwen2VLVideoProcessor: min_pixels / max_pixels win over size
+    num_sampled_frames: Callable[..., int]  # (cfg, total, src_fps, fps, max_frames) -> n
+    sample_indices: Callable[..., list[int]]  # (cfg, total, src_fps, fps, max_frames) -> source frame indices
+    resize_size: Callable[..., tuple[int, int]]  # (cfg, num_frames, height, width) -> (h, w)
+    video_timing: Callable[..., VideoTiming]  # (cfg, frame_times [s], sampled_fps) -> VideoTiming
+
+
+# ---- Qwen2.5-VL: Qwen2VLVideoProcessor + Qwen2_5_VLProcessor ------------------------------------------------------
+
+def _qwen2_5_num_frames(cfg: VideoConfig, total: int, src_fps: float, fps: float, max_frames: int) -> int:
+    """Floored to a multiple of temporal_patch_size."""
+    tp, max_frames = cfg.temporal_patch_size, min(max_frames, cfg.max_frames)
+    cap = math.floor(min(max_frames, total) / tp) * tp
+    n = min(max(total / src_fps * fps, cfg.min_frames), cap, total)
+    return math.floor(n / tp) * tp
+
+
+def _qwen2_5_indices(cfg: VideoConfig, total: int, src_fps: float, fps: float, max_frames: int) -> list[int]:
+    n = _qwen2_5_num_frames(cfg, total, src_fps, fps, max_frames)
+    if n <= 0:
+        return []
+    import torch
+
+    return torch.arange(0, total, total / n).int().tolist()  # Qwen2VLVideoProcessor.sample_frames' own rule
+
+
+def _qwen2_5_resize(cfg: VideoConfig, num_frames: int, height: int, width: int) -> tuple[int, int]:
+    """max_pixels bounds each frame."""
+    max_pixels = cfg.max_pixels
+    if cfg.cap_pixels_per_frame:
+        total = int(cfg.max_video_tokens * cfg.factor * cfg.factor * 0.9)
+        max_pixels = max(min(max_pixels, total * cfg.temporal_patch_size // num_frames), int(cfg.min_pixels * 1.05))
+    return smart_resize(height, width, cfg.factor, cfg.min_pixels, max_pixels)
+
+
+def _qwen2_5_timing(cfg: VideoConfig, frame_times: list[float], sampled_fps: float) -> VideoTiming:
+    # Qwen2_5_VLProcessor's second_per_grid_t = tp / sampled fps, truncated by get_rope_index
+    return VideoTiming(time_interval=cfg.tokens_per_second * int(cfg.temporal_patch_size / sampled_fps))
+
+
+# ---- Qwen3-VL (dense and MoE): Qwen3VLVideoProcessor + Qwen3VLProcessor -------------------------------------------
+
+def _qwen3_num_frames(cfg: VideoConfig, total: int, src_fps: float, fps: float, max_frames: int) -> int:
+    n = int(total / src_fps * fps)
+    return min(max(n, cfg.min_frames), min(max_frames, cfg.max_frames), total)
+
+
+def _qwen3_indices(cfg: VideoConfig, total: int, src_fps: float, fps: float, max_frames: int) -> list[int]:
+    """linspace(0, total - 1, n) rounded (the count is padded to temporal groups later, repeating the last)."""
+    n = _qwen3_num_frames(cfg, total, src_fps, fps, max_frames)
+    return np.linspace(0, total - 1, n).round().astype(int).tolist() if n > 0 else []
+
+
+def _qwen3_resize(cfg: VideoConfig, num_frames: int, height: int, width: int) -> tuple[int, int]:
+    """max_pixels bounds the whole clip (t * h * w)."""
+    max_pixels = cfg.max_pixels
+    if cfg.cap_pixels_per_frame:
+        per_frame = max(min(cfg.max_video_tokens * cfg.factor * cfg.factor, cfg.max_pixels // num_frames),
+                        int(cfg.min_pixels * 1.05))
+        max_pixels = per_frame * num_frames
+    return clip_smart_resize(num_frames, height, width, cfg.temporal_patch_size, cfg.factor, cfg.min_pixels,
+                             max_pixels)
+
+
+def _qwen3_timing(cfg: VideoConfig, frame_times: list[float], sampled_fps: float) -> VideoTiming:
+    # group_timestamps works on indices at a fps; frame_times are seconds already: fps 1
+    times = group_timestamps(frame_times, 1.0, cfg.temporal_patch_size)
+    return VideoTiming(group_times=tuple(times), run_per_group=True)
+
+
+def clip_smart_resize(t: int, height: int, width: int, tf: int, factor: int, min_pixels: int,
+                      max_pixels: int) -> tuple[int, int]:
+    """Qwen3-VL's smart_resize: the pixel budget covers all t frames."""
+    if height < factor or width < factor:
+        scale = max(factor / height, factor / width)
+        height, width = int(height * scale), int(width * scale)
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(f"aspect ratio {max(height, width) / min(height, width):.1f} is over 200")
+    h_bar, w_bar = round(height / factor) * factor, round(width / factor) * factor
+    t_bar = round(t / tf) * tf
+    if t_bar * h_bar * w_bar > max_pixels:
+        beta = math.sqrt((t * height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif t_bar * h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (t * height * width))
+        h_bar, w_bar = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def group_timestamps(indices: list[int], src_fps: float, tp: int) -> list[float]:
+    """Qwen3-VL: one timestamp per temporal group, the mean of its first and last frame's time (indices padded
+    with the last one to a multiple of tp, as Qwen3VLProcessor._calculate_timestamps does)."""
+    idx = list(indices) + [indices[-1]] * (-len(indices) % tp)
+    times = [i / src_fps for i in idx]
+    return [(times[i] + times[i + tp - 1]) / 2 for i in range(0, len(times), tp)]
+
+
+QWEN2_5_VL = ProcessorFamily(
+    name="qwen2_5_vl", processor_class="Qwen2_5_VLProcessor",
+    hf_video_processor="transformers.models.qwen2_vl.video_processing_qwen2_vl:Qwen2VLVideoProcessor",
+    patch_size=14, image_mean=CLIP_MEAN, image_std=CLIP_STD, hub_pixel_limits=(3136, 12845056),
+    video_min_pixels=128 * 28 * 28, video_max_pixels=28 * 28 * 768, max_video_tokens=128000,
+    video_reads_min_max_pixels=True, num_sampled_frames=_qwen2_5_num_frames, sample_indices=_qwen2_5_indices,
+    resize_size=_qwen2_5_resize, video_timing=_qwen2_5_timing,
+)
+QWEN3_VL = ProcessorFamily(
+    name="qwen3_vl", processor_class="Qwen3VLProcessor",
+    hf_video_processor="transformers.models.qwen3_vl.video_processing_qwen3_vl:Qwen3VLVideoProcessor",
+    patch_size=16, image_mean=HALF, image_std=HALF, hub_pixel_limits=(65536, 16777216),
+    video_min_pixels=128 * 32 * 32, video_max_pixels=32 * 32 * 768, max_video_tokens=768,
+    video_reads_min_max_pixels=False, num_sampled_frames=_qwen3_num_frames, sample_indices=_qwen3_indices,
+    resize_size=_qwen3_resize, video_timing=_qwen3_timing,
+)
