@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from kernels import moe, moe_launch, reference
-from kernels.moe_tuning import INTERPRET_CONFIG, GemmTile, MoeConfig, MoeTuner, default_config, pow2
+from kernels.moe_config import INTERPRET_CONFIG, GemmTile, MoeConfig, default_config, pow2
+from kernels.moe_tuning import MoeTuner
 
 TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.bfloat16: dict(rtol=3e-2, atol=3e-2),
        torch.float16: dict(rtol=1e-2, atol=1e-2)}
@@ -255,7 +256,7 @@ def test_config_json_keeps_the_path_and_reads_old_files():
 @pytest.mark.gpu
 @pytest.mark.parametrize("t", [1, 8])
 def test_gpu_pairs_path_every_candidate(qwen3_moe_weights, t):
-    from kernels.moe_tuning import pairs_candidates
+    from kernels.moe_config import pairs_candidates
 
     w13, w2 = qwen3_moe_weights
     x, logits = _inputs(t, 128, 2048, torch.bfloat16, device="cuda", seed=7)
@@ -267,7 +268,7 @@ def test_gpu_pairs_path_every_candidate(qwen3_moe_weights, t):
 
 @pytest.mark.gpu
 def test_gpu_pairs_path_in_a_graph(qwen3_moe_weights):
-    from kernels.moe_tuning import pairs_candidates
+    from kernels.moe_config import pairs_candidates
 
     w13, w2 = qwen3_moe_weights
     x, logits = _inputs(2, 128, 2048, torch.bfloat16, device="cuda", seed=8)
@@ -299,14 +300,14 @@ def test_gpu_tuner_keeps_the_faster_path_end_to_end(qwen3_moe_weights):
 def test_measure_config_times_every_path_and_keeps_the_fastest(monkeypatch):
     # the selection logic on CPU: a fake clock that calls the launch (so every candidate really runs) and reports
     # ever smaller times, so the last path timed end to end (pairs) must be the one kept
-    from kernels import moe_tuning
+    from kernels import moe_config, moe_tuning
 
     clock = iter(range(1000, 0, -1))
     monkeypatch.setattr(moe_tuning, "time_launch_us", lambda fn: (fn(), float(next(clock)))[1])
-    monkeypatch.setattr(moe_tuning, "_DECODE_TILES", [(32, 32, 1, 4, 1)])
-    monkeypatch.setattr(moe_tuning, "_PAIRS_GATE_UP", [(8, 32, 1, 4, 1), (16, 16, 1, 4, 1)])
-    monkeypatch.setattr(moe_tuning, "_PAIRS_DOWN", [(16, 16, 1, 2, 1)])
-    monkeypatch.setattr(moe_tuning, "_DECODE_FUSED", [(16, 32, 16, 4, 1), (8, 32, 32, 4, 1)])
+    monkeypatch.setattr(moe_config, "_DECODE_TILES", [(32, 32, 1, 4, 1)])
+    monkeypatch.setattr(moe_config, "_PAIRS_GATE_UP", [(8, 32, 1, 4, 1), (16, 16, 1, 4, 1)])
+    monkeypatch.setattr(moe_config, "_PAIRS_DOWN", [(16, 16, 1, 2, 1)])
+    monkeypatch.setattr(moe_config, "_DECODE_FUSED", [(16, 32, 16, 4, 1), (8, 32, 32, 4, 1)])
     e, h, i, k, t = 8, 64, 32, 2, 3
     w13, w2 = _weights(e, h, i, torch.float32)
     x, logits = _inputs(t, e, h, torch.float32)
@@ -375,7 +376,7 @@ def test_decode_path_sums_every_i_block_once():
 
 
 def test_decode_candidates_are_valid_configs():
-    from kernels.moe_tuning import decode_candidates
+    from kernels.moe_config import decode_candidates
 
     cands = decode_candidates()
     assert len(set(cands)) == len(cands) and all(c.path == "decode" for c in cands)
@@ -388,7 +389,7 @@ def test_decode_candidates_are_valid_configs():
 @pytest.mark.gpu
 @pytest.mark.parametrize("t", [1, 3, 8])
 def test_gpu_decode_path_every_candidate(qwen3_moe_weights, t):
-    from kernels.moe_tuning import decode_candidates
+    from kernels.moe_config import decode_candidates
 
     w13, w2 = qwen3_moe_weights
     x, logits = _inputs(t, 128, 2048, torch.bfloat16, device="cuda", seed=27)
@@ -399,7 +400,7 @@ def test_gpu_decode_path_every_candidate(qwen3_moe_weights, t):
 
 @pytest.mark.gpu
 def test_gpu_decode_path_in_a_graph_fp32_and_k1(qwen3_moe_weights):
-    from kernels.moe_tuning import decode_candidates
+    from kernels.moe_config import decode_candidates
 
     w13, w2 = qwen3_moe_weights
     cfg = decode_candidates()[0]
