@@ -21,8 +21,8 @@ from vlm_service import errors, types
 from vlm_service.config import LimitsConfig
 from vlm_service.engine.validate import validate_sampling
 from vlm_service.ownership import ANONYMOUS, Identity, Ownership
+from vlm_service.request_log import RequestObserver
 from vlm_service.server.convert import INTERNAL_MESSAGE, check_request_id
-from vlm_service.server.metrics import RequestObserver
 
 log = logging.getLogger(__name__)
 
