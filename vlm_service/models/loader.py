@@ -1,8 +1,9 @@
 """Load an HF-format checkpoint directory into one of our model classes.
 
 What it reads: config.json and generation_config.json (normalized by models/hf_config.py, whose names are
-re-exported here), and the weights as one model.safetensors or shards listed in model.safetensors.index.json. Tensors are streamed one at a time, renamed to the canonical
-(transformers-5) layout and copied into the model, which casts them to its dtype and device.
+re-exported here), and the weights as one model.safetensors or shards listed in model.safetensors.index.json.
+Tensors are streamed one at a time, renamed to the canonical (transformers-5) layout and copied into the model,
+which casts them to its dtype and device.
 
 Key layouts: the hub layout (`model.layers.*`, `model.embed_tokens.*`, `model.norm.*`, `visual.*`) is mapped onto
 the canonical one (`model.language_model.*`, `model.visual.*`); `lm_head.weight` is the same in both. MoE expert
@@ -19,7 +20,8 @@ from pathlib import Path
 import torch
 
 from vlm_service.errors import ModelLoadError
-from vlm_service.models.hf_config import architecture_of, normalize_config, read_config, read_json  # noqa: F401  (re-exported)
+# normalize_config, read_config and read_json are re-exported (tests and older callers import them from here)
+from vlm_service.models.hf_config import architecture_of, normalize_config, read_config, read_json  # noqa: F401
 from vlm_service.models.registry import model_class
 
 _INDEX = "model.safetensors.index.json"
