@@ -2,7 +2,8 @@
 
 Builds the graph from the AST of every module in vlm_service/, kernels/ and vit_backends/, counting module-level
 and function-level imports alike (a function-level import that dodges a cycle at load time is still a cycle in
-the design), and fails naming each cycle found. A new cycle then fails CI instead of growing unnoticed.
+the design), and fails naming each cycle found. A new cycle then fails CI instead of growing unnoticed. The same
+graph checks DESIGN.md's one-way flow (FORBIDDEN). `python tests/test_import_cycles.py` prints what it finds.
 """
 
 from __future__ import annotations
@@ -103,6 +104,26 @@ def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return sorted(components)
 
 
+# DESIGN.md's one-way flow: (importer, packages it must never import)
+FORBIDDEN = [
+    ("kernels", ("vlm_service", "vit_backends")),
+    ("vit_backends", ("vlm_service",)),
+    ("vlm_service.engine", ("vlm_service.server", "vlm_service.pipeline", "vlm_service.processor")),
+    ("vlm_service.pipeline", ("vlm_service.server",)),
+    ("vlm_service.server", ("vlm_service.bench",)),
+]
+
+
+def _within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def layering_violations(graph: dict[str, set[str]]) -> list[str]:
+    """`importer -> imported` for every edge the FORBIDDEN rules exclude."""
+    return [f"{m} -> {t}" for src, banned in FORBIDDEN for m, targets in sorted(graph.items()) if _within(m, src)
+            for t in sorted(targets) if any(_within(t, b) for b in banned)]
+
+
 def test_detector_sees_a_cycle():
     assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
@@ -118,6 +139,18 @@ def test_no_import_cycles():
     assert not cycles, "import cycles: " + "; ".join(" <-> ".join(c) for c in cycles)
 
 
+def test_layering_sees_a_violation():
+    assert layering_violations({"vlm_service.pipeline": {"vlm_service.server.convert"}}) == [
+        "vlm_service.pipeline -> vlm_service.server.convert"]
+
+
+def test_imports_follow_the_one_way_flow():
+    violations = layering_violations(import_graph())
+    assert not violations, "imports against DESIGN.md's flow: " + "; ".join(violations)
+
+
 if __name__ == "__main__":
     for cycle in find_cycles(import_graph()):
         print(" <-> ".join(cycle))
+    for violation in layering_violations(import_graph()):
+        print(violation)
