@@ -22,6 +22,7 @@ import torch
 from vlm_service.errors import ModelLoadError
 # normalize_config, read_config and read_json are re-exported (tests and older callers import them from here)
 from vlm_service.models.hf_config import architecture_of, normalize_config, read_config, read_json  # noqa: F401
+from vlm_service.models.parallel import fit_slice, shard_slices
 from vlm_service.models.registry import model_class
 
 _INDEX = "model.safetensors.index.json"
@@ -65,8 +66,6 @@ def _read(handle, name: str, canonical: str, slices: dict) -> torch.Tensor:
     """The whole tensor, or only this rank's slice of it (safetensors reads just those bytes)."""
     if canonical not in slices:
         return handle.get_tensor(name)
-    from vlm_service.models.parallel import fit_slice
-
     spec, part = slices[canonical], handle.get_slice(name)
     if hasattr(spec, "read"):  # a slice the model describes itself (e.g. moe_parallel.FusedExpertSlice)
         return spec.read(part, name)
@@ -120,8 +119,6 @@ def load_model(path: str | Path, dtype: torch.dtype, device: torch.device | str,
     files = weight_files(path)
     cursor = _Cursor()
     try:
-        from vlm_service.models.parallel import shard_slices
-
         model.load_weights(iter_tensors(files, cursor, shard_slices(model) if tp else None))
     except ModelLoadError as e:
         where = cursor.file if "missing tensor" not in str(e) else path
