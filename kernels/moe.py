@@ -8,14 +8,14 @@ The Triton path (kernels/moe_launch.py, bodies in kernels/triton/moe.py), with P
   3. gate_up: a grouped GEMM over the blocks, SiLU-and-mul in its epilogue -> [slots, I];
   4. down: the grouped GEMM through w2, times the routing weight, written per pair -> [P, H];
   5. the sum over each token's k picks in fp32 -> [T, H] (skipped for k = 1: step 4 writes the output).
-For few pairs (P <= moe_tuning.PAIRS_MAX_PAIRS, decode) the tuner also times the "pairs" path
+For few pairs (P <= moe_config.PAIRS_MAX_PAIRS, decode) the tuner also times the "pairs" path
 (kernels/triton/moe_pairs.py): 2 launches, routing fused into a GEMV-style gate_up over each pair, the k-sum into
 the down kernel; and the "decode" path (kernels/triton/moe_decode.py): one kernel whose program (I-block, pair)
 routes, computes its gate/up slice and adds that slice's down-projection partial product into an fp32 [T, H] with
 atomics (memset + 1 kernel + cast); for k > 1 also "sorted_atomic" (the down kernel adds each pair into an fp32
 [T, H] instead of step 5); the faster path end to end is kept per bucket (MoeConfig.path).
-No step reads a device value on the host, so the op runs inside CUDA graphs. Tile configs: kernels.moe_tuning
-(measured per shape bucket on first use; call tune_fused_moe before capturing CUDA graphs).
+No step reads a device value on the host, so the op runs inside CUDA graphs. Tile configs: kernels.moe_config,
+chosen by kernels.moe_tuning (measured per shape bucket on first use; call tune_fused_moe before capturing CUDA graphs).
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ import torch
 from kernels import moe_launch as launch
 from kernels import reference
 from kernels._dispatch import check, check_float, check_same_device, use_triton
-from kernels.moe_tuning import INTERPRET_CONFIG, MoeBucket, MoeConfig, MoeTuner, default_config, measure_config, pow2
+from kernels.moe_config import INTERPRET_CONFIG, MoeBucket, MoeConfig, default_config, pow2
+from kernels.moe_tuning import MoeTuner, measure_config
 
 _TUNER: MoeTuner | None = None  # the process-wide cache of measured choices, made on first use
 

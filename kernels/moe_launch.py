@@ -11,7 +11,7 @@ from typing import NamedTuple
 import torch
 
 from kernels._dispatch import next_pow2
-from kernels.moe_tuning import GemmTile
+from kernels.moe_config import GemmTile
 
 
 class SortedPairs(NamedTuple):

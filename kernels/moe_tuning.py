@@ -12,7 +12,7 @@ impossible inside CUDA-graph capture: there the cached choice is used, else defa
 kernels.moe.tune_fused_moe before capturing.
 $VLM_MOE_CONFIGS names an optional JSON file (e.g. $VLM_KERNEL_CACHE/moe_configs.json, beside FlashInfer's JIT
 cache): choices are read from it at start and written back after each tune.
-Under TRITON_INTERPRET (CPU tests) one small fixed config, INTERPRET_CONFIG, is used.
+The configs and candidate lists are in kernels/moe_config.py.
 """
 
 from __future__ import annotations
@@ -23,146 +23,17 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import torch
 
+from kernels import moe_launch as launch
 from kernels.gpu_timing import cold_l2_us
+from kernels.moe_config import (PAIRS_MAX_PAIRS, GemmTile, MoeBucket, MoeConfig, block_m_candidates,
+                                decode_candidates, pairs_candidates, tile_candidates)
 
 log = logging.getLogger(__name__)
 CONFIG_FILE_ENV = "VLM_MOE_CONFIGS"
-
-
-@dataclasses.dataclass(frozen=True)
-class GemmTile:
-    """One GEMM's launch: output tile BLOCK_M (shared, see MoeConfig) x block_n, k-step block_k."""
-    block_n: int
-    block_k: int
-    group_m: int
-    num_warps: int
-    num_stages: int
-
-
-PATHS = ("sorted", "sorted_atomic", "pairs", "decode")
-
-
-@dataclasses.dataclass(frozen=True)
-class MoeConfig:
-    """path "sorted": route, align into BLOCK_M blocks per expert, grouped GEMMs, k-sum (kernels/triton/moe.py);
-    block_m is shared by both GEMMs (it fixes the sorted layout). path "pairs" (few tokens): one GEMV program row
-    per token-expert pair, routing fused into gate_up and the k-sum into down (kernels/triton/moe_pairs.py);
-    block_m is unused (1) and group_m too. path "sorted_atomic": as "sorted", but for k > 1 the down kernel adds
-    each pair into an fp32 [T, H] (no [P, H] intermediate, no k-sum launch; the fp32 add order is not fixed).
-    path "decode" (few tokens): one kernel per (I-block, pair) computes gate/up, silu*up and its slice's down
-    partial product, summed into an fp32 [T, H] by atomics (kernels/triton/moe_decode.py); there gate_up.block_n
-    is BLOCK_I, gate_up.block_k the k-step over H, down.block_n BLOCK_H (down.block_k = BLOCK_I, for the record).
-    gate_up's block_n counts gate (= up) columns."""
-    block_m: int
-    gate_up: GemmTile
-    down: GemmTile
-    path: str = "sorted"
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, d: dict) -> "MoeConfig":
-        path = d.get("path", "sorted")  # files written before the pairs path existed
-        if path not in PATHS:
-            raise ValueError(f"unknown fused_moe path {path!r}")
-        return cls(int(d["block_m"]), GemmTile(**d["gate_up"]), GemmTile(**d["down"]), path)
-
-
-INTERPRET_CONFIG = MoeConfig(16, GemmTile(32, 32, 1, 4, 1), GemmTile(32, 32, 1, 4, 1))
-
-
-class MoeBucket(NamedTuple):
-    device: str
-    dtype: str
-    experts: int
-    hidden: int
-    inter: int
-    pairs: int  # power-of-two upper bound of T*k
-
-    def __str__(self) -> str:
-        return f"{self.device}|{self.dtype}|E={self.experts}|H={self.hidden}|I={self.inter}|P<={self.pairs}"
-
-
-def pow2(n: int) -> int:
-    return 1 << max(n - 1, 0).bit_length()
-
-
-def block_m_candidates(pairs: int, experts: int) -> list[int]:
-    """BLOCK_M around the mean pairs per expert: padding waste stays low, tiles stay large enough for the MMA."""
-    mean = pairs / experts
-    if mean <= 8:
-        return [16]
-    if mean <= 24:
-        return [16, 32]
-    if mean <= 64:
-        return [32, 64]
-    return [64, 128]
-
-
-# (block_n, block_k, group_m, num_warps, num_stages). Decode (block_m 16) is bound by reading the weights: narrow
-# tiles make enough programs to keep every SM streaming, deep pipelines hide the latency. Prefill is MMA bound: wide
-# tiles (gate_up's two accumulators make 2 x block_n columns) and grouping for L2 reuse of the expert's weights.
-# All fit the H200's 227 KB of shared memory and compile without spills for sm_90 (checked offline with ptxas at
-# H=2048, I=768 bf16); block_m >= 64 runs on wgmma, smaller ones on mma.sync.
-# The later entries of each list (second round, after the first H200 run) add narrower / deeper decode tiles and
-# other grouping and pipeline depths for prefill; the first entries are the previous lists, so the measured winner
-# can only be as fast or faster than before.
-_DECODE_TILES = [(32, 128, 1, 4, 4), (64, 128, 1, 4, 3), (64, 64, 1, 4, 5), (32, 64, 1, 4, 5), (128, 128, 1, 4, 3),
-                 (16, 128, 1, 4, 4), (16, 256, 1, 4, 4), (32, 256, 1, 4, 3)]
-_MID_TILES = [(64, 128, 8, 4, 3), (128, 64, 8, 4, 4), (128, 64, 8, 8, 4), (64, 64, 8, 4, 4)]
-_LARGE_TILES = [(128, 64, 16, 8, 4), (128, 64, 16, 8, 3), (64, 64, 16, 4, 4), (64, 128, 16, 4, 3),
-                (128, 64, 8, 8, 4), (128, 64, 32, 8, 4), (128, 32, 16, 8, 5)]
-_DOWN_LARGE = [(256, 64, 16, 8, 4), (128, 64, 16, 8, 4), (128, 128, 16, 8, 3), (256, 64, 16, 8, 3),
-               (256, 64, 8, 8, 4), (256, 64, 32, 8, 4), (128, 64, 16, 4, 5)]
-
-
-# The pairs path (P <= PAIRS_MAX_PAIRS): (block_n, block_k, group_m unused, num_warps, num_stages). A GEMV is bound by
-# the weight stream alone: small block_n makes P * I / block_n (gate_up) and T * H / block_n (down) programs, several
-# resident per SM, which keeps enough loads in flight; fp32 accumulators of block_n x block_k stay <= 64 per thread.
-PAIRS_MAX_PAIRS = 64
-_PAIRS_GATE_UP = [(8, 256, 1, 4, 2), (4, 256, 1, 2, 2), (16, 128, 1, 4, 2), (8, 512, 1, 4, 1), (16, 256, 1, 4, 1)]
-_PAIRS_DOWN = [(4, 256, 1, 2, 2), (8, 256, 1, 4, 2), (2, 256, 1, 1, 2), (16, 128, 1, 4, 2), (8, 128, 1, 2, 3)]
-
-
-# The decode path (P <= PAIRS_MAX_PAIRS, kernels/triton/moe_decode.py): (BLOCK_I, BLOCK_K, BLOCK_H, num_warps,
-# num_stages). P * I / BLOCK_I programs (T=1: 96-768) each stream 3 * BLOCK_I * H weights; the gate/up fp32
-# accumulators (2 * BLOCK_I * BLOCK_K) and the w2 tile (BLOCK_H * BLOCK_I) stay <= 64 / 32 registers per thread.
-# Small BLOCK_I: more programs but more fp32 atomics (H per program) and shorter w2 row chunks (2 * BLOCK_I bytes).
-_DECODE_FUSED = [(16, 256, 128, 4, 2), (32, 128, 128, 4, 2), (32, 256, 64, 8, 2), (8, 512, 256, 4, 2),
-                 (16, 128, 256, 4, 3), (64, 128, 64, 8, 2), (16, 512, 128, 8, 1)]
-
-
-def decode_candidates() -> list[MoeConfig]:
-    """The decode path's configs: gate_up = (BLOCK_I, BLOCK_K, warps, stages), down.block_n = BLOCK_H."""
-    return [MoeConfig(1, GemmTile(bi, bk, 1, w, st), GemmTile(bh, bi, 1, w, st), "decode")
-            for bi, bk, bh, w, st in _DECODE_FUSED]
-
-
-def pairs_candidates(which: str) -> list[GemmTile]:
-    """Tiles timed for one pairs-path kernel ("gate_up" | "down")."""
-    return [GemmTile(*t) for t in (_PAIRS_GATE_UP if which == "gate_up" else _PAIRS_DOWN)]
-
-
-def tile_candidates(block_m: int, which: str) -> list[GemmTile]:
-    """Tiles timed for one GEMM ("gate_up" | "down") at this BLOCK_M; the first is the untimed default."""
-    if block_m <= 16:
-        table = _DECODE_TILES
-    elif block_m <= 64:
-        table = _MID_TILES
-    else:
-        table = _LARGE_TILES if which == "gate_up" else _DOWN_LARGE
-    return [GemmTile(*t) for t in table]
-
-
-def default_config(bucket: MoeBucket) -> MoeConfig:
-    """The choice without measuring (inside graph capture before any tune): the first candidate of each list."""
-    bm = block_m_candidates(bucket.pairs, bucket.experts)[-1]
-    return MoeConfig(bm, tile_candidates(bm, "gate_up")[0], tile_candidates(bm, "down")[0])
 
 
 # ---- timing on CUDA ------------------------------------------------------------------------------------------------
@@ -219,8 +90,6 @@ def measure_config(bucket: MoeBucket, x: torch.Tensor, w13: torch.Tensor, w2: to
 
 
 def _measure_sorted(bucket, x, w13, w2, weights, ids, counts, top_k) -> tuple[MoeConfig, dict]:
-    from kernels import moe_launch as launch
-
     pairs, (experts, two_i, hidden) = ids.numel(), w13.shape
     out_pairs = torch.empty(pairs, hidden, dtype=x.dtype, device=x.device)
     best, timings = None, {}
@@ -243,8 +112,6 @@ def _measure_sorted(bucket, x, w13, w2, weights, ids, counts, top_k) -> tuple[Mo
 
 def _measure_pairs(x, w13, w2, weights, ids, top_k) -> tuple[MoeConfig | None, dict]:
     """The pairs path's tiles, each kernel alone (gate_up reading the given ids, as fused_experts runs it)."""
-    from kernels import moe_launch as launch
-
     flat_ids, flat_w = ids.reshape(-1), weights.reshape(-1)
     inter = torch.empty(ids.numel(), w2.shape[2], dtype=x.dtype, device=x.device)
     out = torch.empty_like(x)
@@ -260,8 +127,6 @@ def _measure_pairs(x, w13, w2, weights, ids, top_k) -> tuple[MoeConfig | None, d
 
 def _measure_decode(x, w13, w2, weights, ids, top_k) -> tuple[MoeConfig | None, dict]:
     """The decode path's configs, each as its zeroing + kernel on the given routing (as fused_experts runs it)."""
-    from kernels import moe_launch as launch
-
     flat_ids, flat_w = ids.reshape(-1), weights.reshape(-1)
     acc = torch.empty(x.shape[0], x.shape[1], dtype=torch.float32, device=x.device)
 

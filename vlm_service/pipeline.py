@@ -18,11 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator, Callable
 
 from vlm_service import errors, types
+from vlm_service.client_text import check_request_id
 from vlm_service.config import LimitsConfig
 from vlm_service.engine.validate import validate_sampling
 from vlm_service.ownership import ANONYMOUS, Identity, Ownership
-from vlm_service.server.convert import INTERNAL_MESSAGE, check_request_id
-from vlm_service.server.metrics import RequestObserver
+from vlm_service.request_log import RequestObserver
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class Pipeline:
             raise
         except Exception as exc:  # no check foresaw it: the client gets a generic INTERNAL, the log the traceback
             log.error("request %s failed unexpectedly", request_id[:64], exc_info=exc)
-            error = errors.InternalError(INTERNAL_MESSAGE)
+            error = errors.InternalError(errors.INTERNAL_MESSAGE)
             raise error from None
         except BaseException as exc:
             error = None if finished and isinstance(exc, GeneratorExit) else exc  # closed after its Finished: OK

@@ -1,6 +1,6 @@
 """Triton body of the fused-MoE "decode" path: one kernel reads each picked expert's weights once, end to end.
 
-For a decode step (P = T*k <= moe_tuning.PAIRS_MAX_PAIRS pairs) the pairs path (moe_pairs.py) still makes two
+For a decode step (P = T*k <= moe_config.PAIRS_MAX_PAIRS pairs) the pairs path (moe_pairs.py) still makes two
 launches and its down kernel has only T * H / block_n programs, each walking its k picks in turn: at T = 1 that
 streams w2 from too few programs to fill HBM. Here program (i-block, pair) does the whole MLP of its slice:
   1. route its token (as moe_pairs._route_pick: softmax + top-k + renormalise of E logits) or read the given pick;

@@ -7,27 +7,9 @@ import pytest
 import torch
 
 from kernels import moe, moe_launch, reference
-from kernels.moe_tuning import INTERPRET_CONFIG, GemmTile, MoeConfig, MoeTuner, default_config, pow2
-
-TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.bfloat16: dict(rtol=3e-2, atol=3e-2),
-       torch.float16: dict(rtol=1e-2, atol=1e-2)}
-
-
-def _weights(e, h, i, dtype, seed=0, device="cpu"):
-    g = torch.Generator().manual_seed(seed)
-    w13 = (torch.randn(e, 2 * i, h, generator=g) / h ** 0.5).to(dtype).to(device)
-    w2 = (torch.randn(e, h, i, generator=g) / i ** 0.5).to(dtype).to(device)
-    return w13, w2
-
-
-def _inputs(t, e, h, dtype, seed=1, device="cpu", hot=None):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(t, h, generator=g).to(dtype).to(device)
-    logits = torch.randn(t, e, generator=g) * 2
-    if hot is not None:
-        logits[:, hot] += 30.0  # every token's first pick
-    return x, logits.to(device)
-
+from kernels.moe_config import INTERPRET_CONFIG, GemmTile, MoeConfig, default_config, pow2
+from kernels.moe_tuning import MoeTuner
+from moe_helpers import CASES, TOL, moe_inputs, moe_weights
 
 def _check_routing(logits, top_k, renormalize):
     w, ids = moe.moe_route(logits, top_k, renormalize, impl="triton")
@@ -74,17 +56,14 @@ def test_align_layout(block_m):
         assert block.tolist() == sorted(block.tolist())  # stable: pair order within an expert
 
 
-CASES = [  # (T, E, k, hot expert or None): T not multiples of BLOCK_M, experts without tokens, top-k 1 and 8
-    (5, 8, 1, None), (37, 8, 2, None), (3, 16, 8, None), (20, 8, 1, 3), (17, 4, 2, 0), (1, 8, 8, None)]
-
 
 @pytest.mark.usefixtures("interpreter")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("t,e,k,hot", CASES)
 def test_fused_moe_matches_reference(dtype, t, e, k, hot):
     h, i = 64, 32
-    w13, w2 = _weights(e, h, i, dtype)
-    x, logits = _inputs(t, e, h, dtype, hot=hot)
+    w13, w2 = moe_weights(e, h, i, dtype)
+    x, logits = moe_inputs(t, e, h, dtype, hot=hot)
     out = moe.fused_moe(x, logits, w13, w2, k, impl="triton")
     want = moe.fused_moe(x, logits, w13, w2, k, impl="reference")
     assert out.shape == want.shape and out.dtype == dtype
@@ -94,8 +73,8 @@ def test_fused_moe_matches_reference(dtype, t, e, k, hot):
 @pytest.mark.usefixtures("interpreter")
 def test_one_expert_takes_every_token_over_several_blocks():
     # k=1, expert 2 hot: 40 pairs in one expert = 3 blocks of 16, all other experts empty
-    w13, w2 = _weights(4, 32, 16, torch.float32)
-    x, logits = _inputs(40, 4, 32, torch.float32, hot=2)
+    w13, w2 = moe_weights(4, 32, 16, torch.float32)
+    x, logits = moe_inputs(40, 4, 32, torch.float32, hot=2)
     assert set(moe.moe_route(logits, 1)[1].flatten().tolist()) == {2}
     torch.testing.assert_close(moe.fused_moe(x, logits, w13, w2, 1, impl="triton"),
                                moe.fused_moe(x, logits, w13, w2, 1, impl="reference"), **TOL[torch.float32])
@@ -106,8 +85,8 @@ def test_one_expert_takes_every_token_over_several_blocks():
 def test_fused_experts_with_given_routing_and_other_tiles(dtype):
     # odd H and I (masked k-steps), a larger BLOCK_M and tiles, routing from the reference
     h, i, e, k = 48, 40, 6, 3
-    w13, w2 = _weights(e, h, i, dtype, seed=5)
-    x, logits = _inputs(11, e, h, dtype, seed=6)
+    w13, w2 = moe_weights(e, h, i, dtype, seed=5)
+    x, logits = moe_inputs(11, e, h, dtype, seed=6)
     weights, ids = reference.moe_route(logits, k, False)
     cfg = MoeConfig(32, GemmTile(16, 32, 2, 4, 1), GemmTile(32, 16, 1, 4, 1))
     out = moe.fused_experts(x, w13, w2, weights, ids, impl="triton", config=cfg)
@@ -115,8 +94,8 @@ def test_fused_experts_with_given_routing_and_other_tiles(dtype):
 
 
 def test_cpu_auto_is_reference_and_checks_inputs():
-    w13, w2 = _weights(4, 16, 8, torch.float32)
-    x, logits = _inputs(3, 4, 16, torch.float32)
+    w13, w2 = moe_weights(4, 16, 8, torch.float32)
+    x, logits = moe_inputs(3, 4, 16, torch.float32)
     weights, ids = reference.moe_route(logits, 2, True)
     torch.testing.assert_close(moe.fused_moe(x, logits, w13, w2, 2), reference.fused_moe(x, w13, w2, weights, ids))
     with pytest.raises(ValueError, match="top_k"):
@@ -136,18 +115,12 @@ def test_tuner_file_round_trip(tmp_path):
     assert again.get(bucket) == cfg and again.get(bucket._replace(pairs=1024)) is None
 
 
-# ---- CUDA: Qwen3-VL-30B-A3B shapes ---------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def qwen3_moe_weights():
-    return _weights(128, 2048, 768, torch.bfloat16, device="cuda")
-
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("t", [1, 7, 64, 4096])
 def test_gpu_qwen3_vl_moe_shapes(qwen3_moe_weights, t):
     w13, w2 = qwen3_moe_weights
-    x, logits = _inputs(t, 128, 2048, torch.bfloat16, device="cuda")
+    x, logits = moe_inputs(t, 128, 2048, torch.bfloat16, device="cuda")
     out = moe.fused_moe(x, logits, w13, w2, 8)  # auto: Triton, tiles measured for this bucket
     weights, ids = moe.moe_route(logits, 8)
     rw, rids = reference.moe_route(logits, 8, True)
@@ -159,12 +132,12 @@ def test_gpu_qwen3_vl_moe_shapes(qwen3_moe_weights, t):
 @pytest.mark.gpu
 def test_gpu_graph_capture_uses_the_tuned_config(qwen3_moe_weights):
     w13, w2 = qwen3_moe_weights
-    x, logits = _inputs(33, 128, 2048, torch.bfloat16, device="cuda", seed=4)
+    x, logits = moe_inputs(33, 128, 2048, torch.bfloat16, device="cuda", seed=4)
     moe.tune_fused_moe(w13, w2, 8, [33], logits_dtype=torch.float32)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):  # a host sync in here would raise
         out = moe.fused_moe(x, logits, w13, w2, 8)
-    x.copy_(_inputs(33, 128, 2048, torch.bfloat16, device="cuda", seed=5)[0])  # new inputs, same graph
+    x.copy_(moe_inputs(33, 128, 2048, torch.bfloat16, device="cuda", seed=5)[0])  # new inputs, same graph
     graph.replay()
     want = reference.fused_moe(x, w13, w2, *moe.moe_route(logits, 8))
     torch.testing.assert_close(out, want, **TOL[torch.bfloat16])
@@ -174,60 +147,11 @@ def test_gpu_graph_capture_uses_the_tuned_config(qwen3_moe_weights):
 def test_gpu_fp32_exact_products(qwen3_moe_weights):
     # one forced config (fp32 tiles compile slowly): the ieee dot must match the fp32 reference closely
     w13, w2 = (w.float()[:16].contiguous() for w in qwen3_moe_weights)
-    x, logits = _inputs(21, 16, 2048, torch.float32, device="cuda")
+    x, logits = moe_inputs(21, 16, 2048, torch.float32, device="cuda")
     cfg = MoeConfig(16, GemmTile(32, 64, 1, 4, 2), GemmTile(32, 64, 1, 4, 2))
     out = moe.fused_moe(x, logits, w13, w2, 4, config=cfg)
     want = reference.fused_moe(x, w13, w2, *reference.moe_route(logits, 4, True))
     torch.testing.assert_close(out, want, **TOL[torch.float32])
-
-
-# ---- the pairs path (few tokens: GEMV per pair, routing fused into gate_up, k-sum into down) -----------------------
-
-PAIRS_CFG = MoeConfig(1, GemmTile(8, 32, 1, 4, 1), GemmTile(16, 16, 1, 2, 1), "pairs")
-
-
-@pytest.mark.usefixtures("interpreter")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("t,e,k,hot", CASES)
-def test_pairs_path_matches_reference(dtype, t, e, k, hot):
-    h, i = 64, 48  # I not a multiple of gate_up's block_n: wrapped, unstored columns
-    w13, w2 = _weights(e, h, i, dtype, seed=2)
-    x, logits = _inputs(t, e, h, dtype, seed=3, hot=hot)
-    out = moe.fused_moe(x, logits, w13, w2, k, impl="triton", config=PAIRS_CFG)
-    torch.testing.assert_close(out, moe.fused_moe(x, logits, w13, w2, k, impl="reference"), **TOL[dtype])
-
-
-@pytest.mark.usefixtures("interpreter")
-@pytest.mark.parametrize("renormalize", [True, False])
-def test_pairs_path_routes_like_the_route_kernel(renormalize):
-    # the fused routing must pick the same experts with the same weights: compare the scratch ids / weights
-    t, e, k, h, i = 3, 130, 8, 32, 16  # E not a power of two
-    w13, w2 = _weights(e, h, i, torch.float32)
-    x, logits = _inputs(t, e, h, torch.float32, seed=9)
-    ids, weights = torch.empty(t * k, dtype=torch.int32), torch.empty(t * k, dtype=torch.float32)
-    inter = torch.empty(t * k, i)
-    moe_launch.pairs_gate_up(x, w13, k, PAIRS_CFG.gate_up, inter, ids, weights, logits, renormalize)
-    rw, rids = moe.moe_route(logits, k, renormalize, impl="triton")
-    assert torch.equal(ids.view(t, k), rids)
-    torch.testing.assert_close(weights.view(t, k), rw, rtol=1e-6, atol=1e-7)
-    want = moe.fused_moe(x, logits, w13, w2, k, renormalize, impl="reference")
-    torch.testing.assert_close(moe.fused_moe(x, logits, w13, w2, k, renormalize, impl="triton", config=PAIRS_CFG),
-                               want, **TOL[torch.float32])
-
-
-@pytest.mark.usefixtures("interpreter")
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_pairs_path_with_given_routing_and_masked_k(dtype):
-    # odd H and I: both kernels' k-steps are masked (H=48 over block_k 32, I=40 over 16 then 32)
-    h, i, e, k = 48, 40, 6, 3
-    w13, w2 = _weights(e, h, i, dtype, seed=5)
-    x, logits = _inputs(5, e, h, dtype, seed=6)
-    weights, ids = reference.moe_route(logits, k, False)
-    want = reference.fused_moe(x, w13, w2, weights, ids)
-    for down in (GemmTile(16, 16, 1, 2, 1), GemmTile(4, 32, 1, 1, 1)):
-        cfg = dataclasses.replace(PAIRS_CFG, down=down)
-        torch.testing.assert_close(moe.fused_experts(x, w13, w2, weights, ids, impl="triton", config=cfg), want,
-                                   **TOL[dtype])
 
 
 @pytest.mark.usefixtures("interpreter")
@@ -236,56 +160,17 @@ def test_pairs_path_with_given_routing_and_masked_k(dtype):
 def test_sorted_atomic_path_matches_reference(dtype, t, e, k, hot):
     # the down kernel adds each pair into its token's fp32 row (k = 1: the plain sorted path)
     h, i = 64, 32
-    w13, w2 = _weights(e, h, i, dtype, seed=11)
-    x, logits = _inputs(t, e, h, dtype, seed=12, hot=hot)
+    w13, w2 = moe_weights(e, h, i, dtype, seed=11)
+    x, logits = moe_inputs(t, e, h, dtype, seed=12, hot=hot)
     cfg = dataclasses.replace(INTERPRET_CONFIG, path="sorted_atomic")
     out = moe.fused_moe(x, logits, w13, w2, k, impl="triton", config=cfg)
     torch.testing.assert_close(out, moe.fused_moe(x, logits, w13, w2, k, impl="reference"), **TOL[dtype])
 
 
-def test_config_json_keeps_the_path_and_reads_old_files():
-    cfg = MoeConfig.from_json(PAIRS_CFG.to_json())
-    assert cfg == PAIRS_CFG and cfg.path == "pairs"
-    old = {k: v for k, v in INTERPRET_CONFIG.to_json().items() if k != "path"}
-    assert MoeConfig.from_json(old).path == "sorted"
-    with pytest.raises(ValueError, match="path"):
-        MoeConfig.from_json({**old, "path": "magic"})
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("t", [1, 8])
-def test_gpu_pairs_path_every_candidate(qwen3_moe_weights, t):
-    from kernels.moe_tuning import pairs_candidates
-
-    w13, w2 = qwen3_moe_weights
-    x, logits = _inputs(t, 128, 2048, torch.bfloat16, device="cuda", seed=7)
-    want = reference.fused_moe(x, w13, w2, *reference.moe_route(logits, 8, True))
-    for gu, dn in zip(pairs_candidates("gate_up"), pairs_candidates("down")):
-        out = moe.fused_moe(x, logits, w13, w2, 8, config=MoeConfig(1, gu, dn, "pairs"))
-        torch.testing.assert_close(out, want, **TOL[torch.bfloat16])
-
-
-@pytest.mark.gpu
-def test_gpu_pairs_path_in_a_graph(qwen3_moe_weights):
-    from kernels.moe_tuning import pairs_candidates
-
-    w13, w2 = qwen3_moe_weights
-    x, logits = _inputs(2, 128, 2048, torch.bfloat16, device="cuda", seed=8)
-    cfg = MoeConfig(1, pairs_candidates("gate_up")[0], pairs_candidates("down")[0], "pairs")
-    moe.fused_moe(x, logits, w13, w2, 8, config=cfg)  # compile outside the capture
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = moe.fused_moe(x, logits, w13, w2, 8, config=cfg)
-    logits.copy_(_inputs(2, 128, 2048, torch.bfloat16, device="cuda", seed=9)[1])  # new routing, same graph
-    graph.replay()
-    want = reference.fused_moe(x, w13, w2, *reference.moe_route(logits, 8, True))
-    torch.testing.assert_close(out, want, **TOL[torch.bfloat16])
-
-
 @pytest.mark.gpu
 def test_gpu_tuner_keeps_the_faster_path_end_to_end(qwen3_moe_weights):
     w13, w2 = qwen3_moe_weights
-    x, logits = _inputs(3, 128, 2048, torch.bfloat16, device="cuda", seed=10)
+    x, logits = moe_inputs(3, 128, 2048, torch.bfloat16, device="cuda", seed=10)
     moe.tune_fused_moe(w13, w2, 8, [3], logits_dtype=torch.float32)
     bucket = str(moe.bucket_of(x, w13, 3 * 8))
     whole = moe.tuner().timings()[bucket]["end_to_end"]
@@ -299,17 +184,17 @@ def test_gpu_tuner_keeps_the_faster_path_end_to_end(qwen3_moe_weights):
 def test_measure_config_times_every_path_and_keeps_the_fastest(monkeypatch):
     # the selection logic on CPU: a fake clock that calls the launch (so every candidate really runs) and reports
     # ever smaller times, so the last path timed end to end (pairs) must be the one kept
-    from kernels import moe_tuning
+    from kernels import moe_config, moe_tuning
 
     clock = iter(range(1000, 0, -1))
     monkeypatch.setattr(moe_tuning, "time_launch_us", lambda fn: (fn(), float(next(clock)))[1])
-    monkeypatch.setattr(moe_tuning, "_DECODE_TILES", [(32, 32, 1, 4, 1)])
-    monkeypatch.setattr(moe_tuning, "_PAIRS_GATE_UP", [(8, 32, 1, 4, 1), (16, 16, 1, 4, 1)])
-    monkeypatch.setattr(moe_tuning, "_PAIRS_DOWN", [(16, 16, 1, 2, 1)])
-    monkeypatch.setattr(moe_tuning, "_DECODE_FUSED", [(16, 32, 16, 4, 1), (8, 32, 32, 4, 1)])
+    monkeypatch.setattr(moe_config, "_DECODE_TILES", [(32, 32, 1, 4, 1)])
+    monkeypatch.setattr(moe_config, "_PAIRS_GATE_UP", [(8, 32, 1, 4, 1), (16, 16, 1, 4, 1)])
+    monkeypatch.setattr(moe_config, "_PAIRS_DOWN", [(16, 16, 1, 2, 1)])
+    monkeypatch.setattr(moe_config, "_DECODE_FUSED", [(16, 32, 16, 4, 1), (8, 32, 32, 4, 1)])
     e, h, i, k, t = 8, 64, 32, 2, 3
-    w13, w2 = _weights(e, h, i, torch.float32)
-    x, logits = _inputs(t, e, h, torch.float32)
+    w13, w2 = moe_weights(e, h, i, torch.float32)
+    x, logits = moe_inputs(t, e, h, torch.float32)
     weights, ids = moe.moe_route(logits, k, impl="triton")
     counts = moe_launch.count_experts(ids, e)
     runs = []
@@ -322,98 +207,3 @@ def test_measure_config_times_every_path_and_keeps_the_fastest(monkeypatch):
     assert len(timings["decode"]) == 2 and len(timings["pairs"]["gate_up"]) == 2
 
 
-# ---- the decode path (one kernel per (I-block, pair): gate/up, silu*up, down partial product, fp32 atomics) --------
-
-DECODE_CFG = MoeConfig(1, GemmTile(16, 32, 1, 4, 1), GemmTile(16, 16, 1, 4, 1), "decode")
-DECODE_CASES = [  # M = 1..8 tokens; top-k 1 and 8; a hot expert (others get nothing); more experts than pairs
-    (1, 8, 1, None), (1, 8, 8, None), (2, 16, 8, None), (3, 8, 2, 5), (5, 32, 4, None), (7, 8, 8, 0),
-    (8, 16, 1, 3), (8, 130, 8, None)]
-
-
-@pytest.mark.usefixtures("interpreter")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("t,e,k,hot", DECODE_CASES)
-def test_decode_path_matches_reference(dtype, t, e, k, hot):
-    h, i = 48, 40  # odd sizes: H = 1.5 k-steps of 32 (masked), I = 2.5 blocks of BLOCK_I = 16 (ragged)
-    w13, w2 = _weights(e, h, i, dtype, seed=21)
-    x, logits = _inputs(t, e, h, dtype, seed=22, hot=hot)
-    if hot is not None:
-        assert set(reference.moe_route(logits, 1, True)[1].flatten().tolist()) == {hot}
-    out = moe.fused_moe(x, logits, w13, w2, k, impl="triton", config=DECODE_CFG)
-    want = moe.fused_moe(x, logits, w13, w2, k, impl="reference")
-    assert out.shape == want.shape and out.dtype == dtype
-    torch.testing.assert_close(out, want, **TOL[dtype])
-
-
-@pytest.mark.usefixtures("interpreter")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("renormalize", [True, False])
-def test_decode_path_with_given_routing_and_masked_tiles(dtype, renormalize):
-    # fused_experts (ids read, not routed); H = 40 is masked in both the k-steps (32) and the w2 row steps (32)
-    h, i, e, k = 40, 24, 6, 3
-    w13, w2 = _weights(e, h, i, dtype, seed=23)
-    x, logits = _inputs(4, e, h, dtype, seed=24)
-    weights, ids = reference.moe_route(logits, k, renormalize)
-    want = reference.fused_moe(x, w13, w2, weights, ids)
-    for down in (GemmTile(32, 8, 1, 4, 1), GemmTile(64, 8, 1, 4, 1)):
-        cfg = MoeConfig(1, GemmTile(8, 32, 1, 4, 1), down, "decode")
-        torch.testing.assert_close(moe.fused_experts(x, w13, w2, weights, ids, impl="triton", config=cfg), want,
-                                   **TOL[dtype])
-
-
-@pytest.mark.usefixtures("interpreter")
-def test_decode_path_sums_every_i_block_once():
-    # one expert, k=1, weight 1 (renormalised): out must equal the plain dense MLP of that expert; I = 3 blocks
-    # of 16 with a ragged last one, so a block added twice or skipped is visible
-    h, i, e = 32, 40, 2
-    w13, w2 = _weights(e, h, i, torch.float32, seed=25)
-    x, logits = _inputs(2, e, h, torch.float32, seed=26, hot=1)
-    out = moe.fused_moe(x, logits, w13, w2, 1, impl="triton", config=DECODE_CFG)
-    gate, up = (x @ w13[1].T).split(i, dim=-1)
-    dense = (torch.nn.functional.silu(gate) * up) @ w2[1].T
-    torch.testing.assert_close(out, dense, rtol=1e-5, atol=1e-5)
-
-
-def test_decode_candidates_are_valid_configs():
-    from kernels.moe_tuning import decode_candidates
-
-    cands = decode_candidates()
-    assert len(set(cands)) == len(cands) and all(c.path == "decode" for c in cands)
-    for c in cands:  # the down tile records BLOCK_I; every tile keeps its accumulators in registers
-        assert c.down.block_k == c.gate_up.block_n
-        assert 2 * c.gate_up.block_n * c.gate_up.block_k <= 64 * 32 * c.gate_up.num_warps
-        assert MoeConfig.from_json(c.to_json()) == c
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("t", [1, 3, 8])
-def test_gpu_decode_path_every_candidate(qwen3_moe_weights, t):
-    from kernels.moe_tuning import decode_candidates
-
-    w13, w2 = qwen3_moe_weights
-    x, logits = _inputs(t, 128, 2048, torch.bfloat16, device="cuda", seed=27)
-    want = reference.fused_moe(x, w13, w2, *reference.moe_route(logits, 8, True))
-    for cfg in decode_candidates():
-        torch.testing.assert_close(moe.fused_moe(x, logits, w13, w2, 8, config=cfg), want, **TOL[torch.bfloat16])
-
-
-@pytest.mark.gpu
-def test_gpu_decode_path_in_a_graph_fp32_and_k1(qwen3_moe_weights):
-    from kernels.moe_tuning import decode_candidates
-
-    w13, w2 = qwen3_moe_weights
-    cfg = decode_candidates()[0]
-    x, logits = _inputs(2, 128, 2048, torch.bfloat16, device="cuda", seed=28)
-    moe.fused_moe(x, logits, w13, w2, 8, config=cfg)  # compile outside the capture
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = moe.fused_moe(x, logits, w13, w2, 8, config=cfg)
-    logits.copy_(_inputs(2, 128, 2048, torch.bfloat16, device="cuda", seed=29)[1])  # new routing, same graph
-    graph.replay()
-    want = reference.fused_moe(x, w13, w2, *reference.moe_route(logits, 8, True))
-    torch.testing.assert_close(out, want, **TOL[torch.bfloat16])
-    w13f, w2f = (w.float()[:16].contiguous() for w in qwen3_moe_weights)
-    xf, lf = _inputs(5, 16, 2048, torch.float32, device="cuda", seed=30)
-    for k in (1, 8):
-        want = reference.fused_moe(xf, w13f, w2f, *reference.moe_route(lf, k, True))
-        torch.testing.assert_close(moe.fused_moe(xf, lf, w13f, w2f, k, config=cfg), want, **TOL[torch.float32])

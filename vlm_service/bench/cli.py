@@ -11,7 +11,7 @@ from pathlib import Path
 
 from vlm_service.bench import report
 from vlm_service.bench.dataset import DatasetSpec, build_dataset, parse_range
-from vlm_service.bench.loadgen import LoadPlan, Target
+from vlm_service.bench.records import LoadPlan, Target
 from vlm_service.bench.metrics import parse_goodput, summarize
 from vlm_service.bench.runner import Run, bench_target, compare, compare_labels
 from vlm_service.client import DEFAULT_TARGET

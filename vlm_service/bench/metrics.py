@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from vlm_service.bench.loadgen import TIMING_FIELDS, RequestResult
+from vlm_service.bench.records import TIMING_FIELDS, RequestResult
 
 GOODPUT_KEYS = {"ttft": "ttft", "tpot": "tpot", "e2e": "e2e", "e2el": "e2e"}
 

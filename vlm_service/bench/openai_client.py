@@ -20,7 +20,7 @@ import time
 import uuid
 
 from vlm_service.bench.dataset import BenchRequest
-from vlm_service.bench.loadgen import LoadPlan, RequestResult, Target
+from vlm_service.bench.records import LoadPlan, RequestResult, Target
 
 OPENAI_PREFIX = "openai:"  # a --compare entry "openai:http://host:port" is measured with this backend
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from vlm_service.bench.dataset import BenchRequest
-from vlm_service.bench.loadgen import RequestResult
+from vlm_service.bench.records import RequestResult
 
 
 class _Stamps:

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from vlm_service.bench.loadgen import RequestResult
+from vlm_service.bench.records import RequestResult
 
 
 def _pyplot():

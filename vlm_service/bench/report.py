@@ -11,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Sequence
 
-from vlm_service.bench.loadgen import RequestResult
+from vlm_service.bench.records import RequestResult
 
 _PACKAGES = ("vlm-service", "grpcio", "protobuf", "numpy", "pillow", "torch", "transformers", "triton",
              "flashinfer-python", "fa3-fwd", "nvidia-cudnn-frontend", "matplotlib")

@@ -98,7 +98,7 @@ def _write_weights(out: Path, generation: dict, seed: int) -> None:
 
     import vit_backends
     from vlm_service.models.layers import weight_slots
-    from vlm_service.models.loader import normalize_config, read_json
+    from vlm_service.models.hf_config import normalize_config, read_json
     from vlm_service.models.registry import model_class
 
     config = normalize_config(read_json(out / "config.json"), generation)

@@ -120,7 +120,7 @@ def build_random_model(name: str, dtype: torch.dtype, device: torch.device | str
     (models/parallel.TensorParallel) this rank's shard; the vision tower, built first, is the same on every rank.
     num_layers (profiling, benchmarks/profile_decode.py) keeps only the first that many text decoder layers."""
     from vlm_service.models.layers import init_random_
-    from vlm_service.models.loader import normalize_config
+    from vlm_service.models.hf_config import normalize_config
     from vlm_service.models.registry import model_class
 
     raw = preset_config(name)

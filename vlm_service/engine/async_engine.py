@@ -16,31 +16,18 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import AsyncIterator
 
 from vlm_service.config import EngineConfig, LimitsConfig
 from vlm_service.engine.engine import LLMEngine
 from vlm_service.engine.isolation import GENERIC_MESSAGE, Failed, client_error
-from vlm_service.engine.streams import OutputStream, aborted_before_start
+from vlm_service.engine.stats import EngineStats, snapshot
+from vlm_service.engine.streams import OutputStream, aborted_before_start, deliver
 from vlm_service.errors import DuplicateRequest, InternalError, InvalidInput, Overloaded, ServiceError, ShuttingDown
 from vlm_service.types import Finished, ProcessedInput, SamplingParams, TokenDelta
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EngineStats:
-    running: int = 0
-    waiting: int = 0  # queued in the engine, not yet admitted (reservations not included)
-    reserved: int = 0  # admitted by reserve(), preprocessing not finished
-    kv_blocks_used: int = 0
-    kv_blocks_total: int = 0
-    tracked_requests: int = 0  # ids known anywhere (reservations, streams, engine state)
-    prefix_cache_hit_tokens: int = 0
-    vision_cache_hits: int = 0
-    vision_cache_misses: int = 0
-    paused: int = 0  # requests paused because their reader is behind (holding no KV blocks)
 
 
 class AsyncEngine:
@@ -286,13 +273,9 @@ class AsyncEngine:
         self._publish(failures)
 
     def _take_snapshot(self) -> None:
-        e = self.engine
-        sched, vc = e.scheduler, e.runner.vision_cache
-        self._waiting_tokens = sched.num_waiting_tokens
-        self._engine_ids = frozenset(e.requests)
-        self._snapshot = EngineStats(len(sched.running), len(sched.waiting), 0, e.block_manager.num_used_blocks,
-                                     e.block_manager.num_blocks, 0, sched.prefix_hit_tokens, vc.hits, vc.misses,
-                                     sched.paused)
+        self._waiting_tokens = self.engine.scheduler.num_waiting_tokens
+        self._engine_ids = frozenset(self.engine.requests)
+        self._snapshot = snapshot(self.engine)
 
     def _publish(self, outputs: list) -> None:
         """Hand outputs to their streams' loops; pause decisions are made before the hand-over (streams.py)."""
@@ -310,12 +293,6 @@ class AsyncEngine:
             by_loop.setdefault(stream.loop, []).append((stream, out))
         for loop, items in by_loop.items():
             try:
-                loop.call_soon_threadsafe(_deliver, items)
+                loop.call_soon_threadsafe(deliver, items)
             except RuntimeError:  # the loop closed under us: nobody listens any more
                 pass
-
-
-def _deliver(items: list) -> None:
-    """On the asyncio side: put each output on its stream's queue (errors as the exception itself)."""
-    for stream, out in items:
-        stream.queue.put_nowait(out.error if isinstance(out, Failed) else out)

@@ -18,6 +18,7 @@ import asyncio
 import dataclasses
 from dataclasses import dataclass, field
 
+from vlm_service.engine.isolation import Failed
 from vlm_service.types import Finished, FinishReason, ProcessedInput, Usage
 
 
@@ -65,3 +66,10 @@ def aborted_before_start(request_id: str, processed: ProcessedInput) -> Finished
     """The Finished of a request aborted while it was still being preprocessed (it never reached the engine)."""
     return Finished(request_id, FinishReason.ABORT,
                     usage=Usage(len(processed.input_ids), 0, 0, processed.num_visual_tokens))
+
+
+def deliver(items: list) -> None:
+    """On the asyncio side (AsyncEngine._publish schedules it on each stream's loop): put each (stream, output) on
+    the stream's queue, a Failed as its error (the exception itself)."""
+    for stream, out in items:
+        stream.queue.put_nowait(out.error if isinstance(out, Failed) else out)

@@ -1,5 +1,6 @@
 """Small building blocks both model files use: norms that call kernels/, a fused linear that loads from several
-canonical tensors, and the weight-loading walk that maps canonical names onto our parameters.
+canonical tensors (MergedLinear, in models/linear.py), and the weight-loading walk that maps canonical names onto
+our parameters.
 
 Modules here are built on the `meta` device and materialized once (see `materialize`), so a 8B model never spends
 time on a throwaway random init before its checkpoint is copied in.
@@ -16,6 +17,7 @@ import kernels
 from kernels.add_norm import fused_add_layernorm
 from vlm_service.errors import ModelLoadError
 from vlm_service.models.common import AttentionContext, MultimodalEmbeds
+from vlm_service.models.linear import MergedLinear  # the model files import it from here
 from vlm_service.models.parallel import TensorParallel, active, embedding, gather_logits, row_linear, split
 
 
@@ -49,39 +51,6 @@ class LayerNorm(nn.Module):
     def add(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The residual add fused in: returns (layernorm(x + residual), x + residual), as RMSNorm.add."""
         return fused_add_layernorm(x, residual, self.weight, self.bias, self.eps)
-
-
-class MergedLinear(nn.Module):
-    """One matmul for several checkpoint linears that read the same input (q/k/v, gate/up).
-
-    weight [sum(sizes), in]; the checkpoint tensors `<parent>.<part>.weight` (and `.bias`) fill row blocks in order.
-    forward returns the fused output [..., sum(sizes)]; split it with `sizes`. Parts named with a leading "_" are
-    zero padding rows of ours (see VisionMLP.pad_intermediate_): no checkpoint tensor fills them.
-    Under tensor parallelism (column-parallel) each part is this rank's rows and `starts` gives the part's first
-    row in the checkpoint tensor (models/parallel.py); empty = the whole tensors.
-    """
-
-    def __init__(self, in_features: int, parts: dict[str, int], bias: bool, starts: dict[str, int] | None = None):
-        super().__init__()
-        self.parts = dict(parts)
-        self.starts = dict(starts or {})
-        self.sizes = list(parts.values())
-        self.weight = nn.Parameter(torch.empty(sum(self.sizes), in_features))
-        self.bias = nn.Parameter(torch.empty(sum(self.sizes))) if bias else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(x, self.weight, self.bias)
-
-    def slots(self, parent: str) -> dict[str, torch.Tensor]:
-        """Canonical names -> row views of our weight/bias."""
-        out, start = {}, 0
-        for part, size in self.parts.items():
-            if not part.startswith("_"):
-                out[f"{parent}{part}.weight"] = self.weight[start:start + size]
-                if self.bias is not None:
-                    out[f"{parent}{part}.bias"] = self.bias[start:start + size]
-            start += size
-        return out
 
 
 class GatedMLP(nn.Module):

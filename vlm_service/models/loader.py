@@ -1,9 +1,9 @@
 """Load an HF-format checkpoint directory into one of our model classes.
 
-What it reads: config.json (text fields flat or under "text_config"; rope as "rope_scaling" or "rope_parameters";
-"vision_config" nested), generation_config.json when present (eos ids), and the weights as one model.safetensors or
-shards listed in model.safetensors.index.json. Tensors are streamed one at a time, renamed to the canonical
-(transformers-5) layout and copied into the model, which casts them to its dtype and device.
+What it reads: config.json and generation_config.json (normalized by models/hf_config.py, whose names are
+re-exported here), and the weights as one model.safetensors or shards listed in model.safetensors.index.json.
+Tensors are streamed one at a time, renamed to the canonical (transformers-5) layout and copied into the model,
+which casts them to its dtype and device.
 
 Key layouts: the hub layout (`model.layers.*`, `model.embed_tokens.*`, `model.norm.*`, `visual.*`) is mapped onto
 the canonical one (`model.language_model.*`, `model.visual.*`); `lm_head.weight` is the same in both. MoE expert
@@ -14,16 +14,17 @@ Every failure is a ModelLoadError with a one-line message naming the file (and t
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from vlm_service.errors import ModelLoadError
+# normalize_config, read_config and read_json are re-exported (tests and older callers import them from here)
+from vlm_service.models.hf_config import architecture_of, normalize_config, read_config, read_json  # noqa: F401
+from vlm_service.models.parallel import fit_slice, shard_slices
 from vlm_service.models.registry import model_class
 
-_TOKEN_KEYS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
 _INDEX = "model.safetensors.index.json"
 
 
@@ -34,75 +35,6 @@ def canonical_name(name: str) -> str:
     if name.startswith("model.") and not name.startswith(("model.language_model.", "model.visual.")):
         return "model.language_model." + name[len("model."):]
     return name
-
-
-def read_json(path: Path) -> dict:
-    """A JSON object from `path`, or ModelLoadError naming the file."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ModelLoadError(f"{path}: file not found") from None
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise ModelLoadError(f"{path}: expected a JSON object")
-    return data
-
-
-def _rope_parameters(text: dict) -> dict:
-    rope = dict(text.get("rope_parameters") or text.get("rope_scaling") or {})
-    rope.setdefault("rope_theta", text.get("rope_theta", 10000.0))
-    rope_type = rope.pop("type", None) or rope.get("rope_type") or "default"
-    rope["rope_type"] = "default" if rope_type == "mrope" else rope_type
-    rope["mrope_interleaved"] = bool(rope.get("mrope_interleaved", False))
-    return rope
-
-
-def _eos_ids(raw: dict, text: dict, generation: dict | None) -> list[int]:
-    eos = (generation or {}).get("eos_token_id")
-    if eos is None:
-        eos = raw.get("eos_token_id", text.get("eos_token_id"))
-    if eos is None:
-        return []
-    return [int(e) for e in (eos if isinstance(eos, list) else [eos])]
-
-
-def normalize_config(raw: dict, generation: dict | None = None) -> dict:
-    """config.json contents -> the one shape model classes read (see registry.py)."""
-    text = {k: v for k, v in raw.items() if k not in ("text_config", "vision_config")}
-    text.update(raw.get("text_config") or {})
-    text["rope_parameters"] = _rope_parameters(text)
-    text.pop("rope_scaling", None)
-    out = {
-        "architectures": list(raw.get("architectures") or []),
-        "model_type": raw.get("model_type"),
-        "text_config": text,
-        "vision_config": dict(raw.get("vision_config") or {}),
-        "tie_word_embeddings": bool(raw.get("tie_word_embeddings", text.get("tie_word_embeddings", False))),
-        "eos_token_ids": _eos_ids(raw, text, generation),
-    }
-    for key in _TOKEN_KEYS:
-        if key in raw or key in text:
-            out[key] = int(raw.get(key, text.get(key)))
-    return out
-
-
-def read_config(path: str | Path) -> dict:
-    """Read and normalize config.json (+ generation_config.json when present) of a checkpoint directory."""
-    path = Path(path)
-    if not path.is_dir():
-        raise ModelLoadError(f"{path}: checkpoint directory not found")
-    raw = read_json(path / "config.json")
-    gen_path = path / "generation_config.json"
-    generation = read_json(gen_path) if gen_path.is_file() else None
-    return normalize_config(raw, generation)
-
-
-def architecture_of(config: dict, path: Path) -> str:
-    archs = config.get("architectures") or []
-    if not archs:
-        raise ModelLoadError(f"{path / 'config.json'}: no 'architectures' entry")
-    return archs[0]
 
 
 def weight_files(path: Path) -> list[Path]:
@@ -134,8 +66,6 @@ def _read(handle, name: str, canonical: str, slices: dict) -> torch.Tensor:
     """The whole tensor, or only this rank's slice of it (safetensors reads just those bytes)."""
     if canonical not in slices:
         return handle.get_tensor(name)
-    from vlm_service.models.parallel import fit_slice
-
     spec, part = slices[canonical], handle.get_slice(name)
     if hasattr(spec, "read"):  # a slice the model describes itself (e.g. moe_parallel.FusedExpertSlice)
         return spec.read(part, name)
@@ -189,8 +119,6 @@ def load_model(path: str | Path, dtype: torch.dtype, device: torch.device | str,
     files = weight_files(path)
     cursor = _Cursor()
     try:
-        from vlm_service.models.parallel import shard_slices
-
         model.load_weights(iter_tensors(files, cursor, shard_slices(model) if tp else None))
     except ModelLoadError as e:
         where = cursor.file if "missing tensor" not in str(e) else path

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from vlm_service.errors import ModelLoadError
+from vlm_service.models.linear import MergedLinear
 
 
 @dataclass(frozen=True)
@@ -179,8 +180,6 @@ def gather_logits(local: torch.Tensor, vocab: int, tp: TensorParallel) -> torch.
 def shard_slices(root: nn.Module) -> dict[str, Any]:
     """Canonical tensor name -> (dim, start, stop, rows) of the checkpoint slice it takes, or a module's own slice
     object (with read(part, name)); unsharded names are absent."""
-    from vlm_service.models.layers import MergedLinear
-
     out: dict[str, Any] = {}
     for prefix, mod in root.named_modules():
         if isinstance(mod, MergedLinear) and mod.starts:

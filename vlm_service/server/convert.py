@@ -6,7 +6,6 @@ Also maps user errors (vlm_service/errors.py) to gRPC status codes with google.r
 from __future__ import annotations
 
 import math
-import re
 
 import grpc
 from google.protobuf import any_pb2
@@ -15,12 +14,13 @@ from grpc_status import rpc_status
 
 from vlm_service import errors, types
 from vlm_service._proto.vlm.v1 import vlm_pb2
+# request-id bounds and quoting are transport-neutral (the pipeline checks ids too); re-exported here
+from vlm_service.client_text import (MAX_REQUEST_ID_CHARS, QUOTE_CHARS, REQUEST_ID_RE,  # noqa: F401
+                                     check_request_id, quote)
 
 ROLES = ("system", "user", "assistant")
 INTERNAL_MESSAGE = errors.INTERNAL_MESSAGE  # what a client sees of an unexpected failure
 # Bounds on the strings a client sends (issue 12): each is echoed, logged or kept per request, so each is capped.
-MAX_REQUEST_ID_CHARS = 128
-REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._\-:/]+")  # safe in logs, metrics labels, URLs and file names
 MAX_MIME_TYPE_CHARS = 64
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 256
@@ -28,7 +28,6 @@ MAX_STOP_TOKEN_IDS = 64
 MAX_MESSAGES = 1024
 MAX_PARTS = 4096  # content parts over all messages
 MAX_TEXT_CHARS = 1 << 20  # text over all parts; a prompt over the context is refused later, this bounds the work
-QUOTE_CHARS = 32  # errors quote at most this much of what was sent
 
 _FINISH = {
     types.FinishReason.STOP: vlm_pb2.STOP,
@@ -42,22 +41,6 @@ _FINISH = {
 def _check(ok: bool, field: str, message: str) -> None:
     if not ok:
         raise errors.InvalidInput(f"{field}: {message}", field=field)
-
-
-def quote(value: str, limit: int = QUOTE_CHARS) -> str:
-    """A short, repr-escaped prefix of client text for error messages ('abc...' (1048576 chars))."""
-    if len(value) <= limit:
-        return repr(value)
-    return f"{value[:limit]!r}... ({len(value)} chars)"
-
-
-def check_request_id(request_id: str) -> str:
-    """A client's request id: at most MAX_REQUEST_ID_CHARS of letters, digits and . _ - : / (empty = generate)."""
-    _check(len(request_id) <= MAX_REQUEST_ID_CHARS, "request_id",
-           f"at most {MAX_REQUEST_ID_CHARS} characters, got {len(request_id)} ({quote(request_id)})")
-    _check(not request_id or REQUEST_ID_RE.fullmatch(request_id) is not None, "request_id",
-           f"only letters, digits and . _ - : / are allowed, got {quote(request_id)}")
-    return request_id
 
 
 def _check_stops(sp: vlm_pb2.SamplingParams) -> None:

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from vlm_service.server.tls import KeyPair, ensure_private_dir  # noqa: F401  (KeyPair re-exported)
+from vlm_service.server.keypair import KeyPair, ensure_private_dir  # noqa: F401  (KeyPair re-exported)
 
 LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
 

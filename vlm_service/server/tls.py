@@ -11,42 +11,15 @@ Policy (documented in `vlm-service serve --help`):
 from __future__ import annotations
 
 import logging
-import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
 from vlm_service.config import ServerConfig
+from vlm_service.server.keypair import KeyPair, ensure_private_dir  # noqa: F401  (app.py, http_serve.py use both here)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class KeyPair:
-    """A PEM certificate and its private key on disk."""
-
-    cert: Path
-    key: Path
-
-    def read(self) -> tuple[bytes, bytes]:
-        """(key PEM, cert PEM) in the order grpc wants them."""
-        return self.key.read_bytes(), self.cert.read_bytes()
-
-
-def ensure_private_dir(path: Path) -> Path:
-    """`path` as a folder; the folders this creates (it and missing parents) are 0700 whatever the umask. An
-    existing folder keeps its mode (the operator chose it)."""
-    path = Path(path)
-    missing = [p for p in (path, *path.parents) if not p.exists()]
-    for folder in reversed(missing):
-        try:
-            folder.mkdir(mode=0o700)
-        except FileExistsError:  # made meanwhile by another process
-            continue
-        os.chmod(folder, 0o700)  # mkdir's mode is masked by the umask
-    return path
 
 
 def _stamp(paths: list[Path]) -> tuple:

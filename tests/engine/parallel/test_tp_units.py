@@ -126,7 +126,7 @@ def test_large_presets_split_evenly_over_8_ranks(name, billions):
 
 
 def test_a_failure_after_the_workers_joined_fails_the_group():
-    from vlm_service.engine.parallel.runner import fatal_to_group
+    from vlm_service.engine.parallel.group import fatal_to_group
 
     reasons = []
     with pytest.raises(ValueError, match="boom"):

@@ -16,9 +16,11 @@ step. The GPU host's numbers (NCCL for the tensors, gloo only for the header) ar
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -99,3 +101,16 @@ def leave_group() -> None:
     """Tear the process group down (idempotent)."""
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def fatal_to_group(on_error: Callable[[str], None] | None, what: str):
+    """Once rank 0 has sent a message, the workers are inside its collectives: an exception on rank 0 from there
+    on (a rank gone, or any failure of its own forward) leaves the ranks out of step, so it fails the whole group
+    (health NOT_SERVING, exit 1: an orchestrator restarts the server) rather than one request."""
+    try:
+        yield
+    except Exception as exc:
+        if on_error is not None:
+            on_error(f"tensor-parallel {what} failed on rank 0: {type(exc).__name__}: {exc}")
+        raise

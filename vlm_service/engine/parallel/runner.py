@@ -8,30 +8,17 @@ prefix cache and vision cache live on rank 0 alone, so an abort or a preemption 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import Callable
 
 import torch
 
 from vlm_service.engine.model_runner import ModelRunner
+from vlm_service.engine.parallel.group import fatal_to_group
 from vlm_service.engine.parallel.step import pack_step, unpack_step
 from vlm_service.engine.parallel.vision import Rank0Model, encode_shared
 
 log = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def fatal_to_group(on_error: Callable[[str], None] | None, what: str):
-    """Once rank 0 has sent a message, the workers are inside its collectives: an exception on rank 0 from there
-    on (a rank gone, or any failure of its own forward) leaves the ranks out of step, so it fails the whole group
-    (health NOT_SERVING, exit 1: an orchestrator restarts the server) rather than one request."""
-    try:
-        yield
-    except Exception as exc:
-        if on_error is not None:
-            on_error(f"tensor-parallel {what} failed on rank 0: {type(exc).__name__}: {exc}")
-        raise
 
 
 class ParallelModelRunner(ModelRunner):

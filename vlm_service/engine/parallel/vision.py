@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from vlm_service.engine.parallel.group import fatal_to_group
 from vlm_service.models.parallel import TensorParallel
 
 
@@ -62,7 +63,7 @@ class Rank0Model:
     `data` mode first sends the images to the workers and encodes its own share (vision.encode_shared)."""
 
     def __init__(self, model, channel, mode: str, on_error=lambda: None):
-        # on_error() -> the runner's failure callback (runner.fatal_to_group)
+        # on_error() -> the runner's failure callback (group.fatal_to_group)
         self.__dict__.update(_model=model, _channel=channel, _mode=mode, _on_error=on_error)
 
     def __getattr__(self, name):
@@ -71,8 +72,6 @@ class Rank0Model:
     def encode_images(self, pixels: torch.Tensor, grid: torch.Tensor):
         if self._mode != "data" or grid.shape[0] < 2:
             return self._model.encode_images(pixels, grid)
-        from vlm_service.engine.parallel.runner import fatal_to_group
-
         with fatal_to_group(self._on_error(), "vision encode"):
             self._channel.send("encode", {"grid": grid.tolist()}, (pixels,))
             return encode_shared(self._model, pixels, grid, self._channel.tp)
