@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vlm_service.demo.images import encode, make_image  # noqa: E402
 from vlm_service.processor.gpu_preprocess import GpuPreprocessor  # noqa: E402
 from vlm_service.processor.image import decode_image  # noqa: E402
-from vlm_service.processor.vision import ImageConfig, demo_image_config, preprocess_image  # noqa: E402
+from vlm_service.processor.vision import ImageConfig, preprocess_image  # noqa: E402
+from vlm_service.processor.family_rules import demo_image_config
 
 LIMIT = 40_000_000
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from transformers import AutoTokenizer, Qwen3VLConfig
 
 from vlm_service.processor.tokenizer import build_demo_tokenizer
-from vlm_service.processor.vision import write_preprocessor_config
+from vlm_service.processor.family_rules import write_preprocessor_config
 
 
 def write_tiny_qwen3_vl(folder: Path) -> Path:

@@ -29,7 +29,7 @@ def write_tiny_moe_checkpoint(out: Path) -> Path:
     from transformers import Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration
 
     from vlm_service.processor.tokenizer import build_demo_tokenizer
-    from vlm_service.processor.vision import write_preprocessor_config
+    from vlm_service.processor.family_rules import write_preprocessor_config
 
     build_demo_tokenizer(out)
     write_preprocessor_config(out, "qwen3_vl")

@@ -3,7 +3,7 @@
 import pytest
 
 from vlm_service.processor.tokenizer import build_demo_tokenizer
-from vlm_service.processor.vision import write_preprocessor_config
+from vlm_service.processor.family_rules import write_preprocessor_config
 
 ARCHS = ("qwen2_5_vl", "qwen3_vl")
 

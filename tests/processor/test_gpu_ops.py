@@ -7,7 +7,8 @@ from PIL import Image
 
 from gpu_corpus import real_looking
 from vlm_service.processor import gpu_ops
-from vlm_service.processor.vision import ImageConfig, demo_image_config, preprocess_image, smart_resize
+from vlm_service.processor.vision import ImageConfig, preprocess_image, smart_resize
+from vlm_service.processor.family_rules import demo_image_config
 
 CONFIGS = {"qwen2_5_demo": ImageConfig.from_dict(demo_image_config("qwen2_5_vl")),
            "qwen3_demo": ImageConfig.from_dict(demo_image_config("qwen3_vl")),

@@ -26,7 +26,8 @@ from PIL import Image
 from gpu_corpus import corpus, encode, real_looking
 from vlm_service.processor.gpu_preprocess import GpuPreprocessor
 from vlm_service.processor.image import decode_image
-from vlm_service.processor.vision import ImageConfig, demo_image_config, preprocess_image
+from vlm_service.processor.vision import ImageConfig, preprocess_image
+from vlm_service.processor.family_rules import demo_image_config
 
 pytestmark = pytest.mark.gpu
 

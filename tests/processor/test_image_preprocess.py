@@ -11,8 +11,8 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_res
 
 from proc_images import random_image
 from vlm_service.processor import vision
-from vlm_service.processor.vision import ImageConfig, demo_image_config, preprocess_image, smart_resize, \
-    write_preprocessor_config
+from vlm_service.processor.vision import ImageConfig, preprocess_image, smart_resize
+from vlm_service.processor.family_rules import demo_image_config, write_preprocessor_config
 
 # Settings as the real checkpoints write them: Qwen2.5-VL (min/max_pixels, CLIP stats) and Qwen3-VL (size dict).
 QWEN2_5_VL_HUB = {"min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "temporal_patch_size": 2,

@@ -11,7 +11,8 @@ from PIL import Image
 
 from proc_images import random_image
 from vlm_service.processor import vision
-from vlm_service.processor.vision import ImageConfig, demo_image_config, preprocess_image, resize_banded
+from vlm_service.processor.vision import ImageConfig, preprocess_image, resize_banded
+from vlm_service.processor.family_rules import demo_image_config
 
 R = Image.Resampling
 FILTERS = [R.BICUBIC, R.BILINEAR, R.LANCZOS, R.BOX, R.HAMMING, R.NEAREST]

@@ -75,7 +75,7 @@ def make_demo_model(out_dir: str | Path, arch: str = "qwen3_vl", seed: int = 0) 
     """Write the tiny `arch` demo checkpoint (HF format, a few MB) into out_dir and return it."""
     from vlm_service.models import registry
     from vlm_service.processor.tokenizer import build_demo_tokenizer
-    from vlm_service.processor.vision import write_preprocessor_config
+    from vlm_service.processor.family_rules import write_preprocessor_config
 
     if arch not in ARCHS:
         raise ValueError(f"unknown demo architecture {arch!r}; choose one of {', '.join(ARCHS)}")

@@ -152,7 +152,7 @@ def write_preset_dir(out_dir: str | Path, name: str) -> Path:
     """config.json + generation_config.json + tokenizer (Qwen special ids) + preprocessor config; no weights."""
     from vlm_service.models import registry
     from vlm_service.processor.tokenizer import build_demo_tokenizer
-    from vlm_service.processor.vision import write_preprocessor_config
+    from vlm_service.processor.family_rules import write_preprocessor_config
 
     key, out = preset_name(name), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

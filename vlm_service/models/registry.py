@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 from vlm_service.errors import ModelLoadError
 from vlm_service.processor.family_rules import QWEN2_5_VL, QWEN3_VL, ProcessorFamily
+from vlm_service.processor.family_rules import family_by_name as family  # noqa: F401 (re-exported)
+from vlm_service.processor.family_rules import family_names, family_of_processor_class  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,6 @@ _ENTRIES: tuple[ArchitectureEntry, ...] = (
                       QWEN3_VL),
 )
 _BY_ARCH = {e.architecture: e for e in _ENTRIES}
-_FAMILIES = {e.family.name: e.family for e in _ENTRIES}
 
 
 def supported_architectures() -> list[str]:
@@ -76,22 +77,3 @@ def model_class(architecture: str) -> type:
 def entry_for_model_type(model_type: str) -> ArchitectureEntry | None:
     """The entry whose config model_type is `model_type`, or None."""
     return next((e for e in _ENTRIES if e.model_type == model_type), None)
-
-
-def family_names() -> list[str]:
-    """The processor families of the supported architectures ("qwen2_5_vl", "qwen3_vl")."""
-    return sorted(_FAMILIES)
-
-
-def family(name: str) -> ProcessorFamily:
-    """The processor family called `name`; ValueError naming the known ones otherwise."""
-    found = _FAMILIES.get(name)
-    if found is None:
-        raise ValueError(f"unknown model family {name!r}; one of {', '.join(family_names())}")
-    return found
-
-
-def family_of_processor_class(processor_class: str) -> ProcessorFamily | None:
-    """The family whose transformers processor class is `processor_class` (processor configs without a
-    config.json beside them), or None."""
-    return next((f for f in _FAMILIES.values() if f.processor_class == processor_class), None)

@@ -13,8 +13,10 @@ The functions take a video_config.VideoConfig (`cfg`) and the source clip's fram
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
@@ -165,3 +167,61 @@ QWEN3_VL = ProcessorFamily(
     video_reads_min_max_pixels=False, num_sampled_frames=_qwen3_num_frames, sample_indices=_qwen3_indices,
     resize_size=_qwen3_resize, video_timing=_qwen3_timing,
 )
+
+
+FAMILIES = {f.name: f for f in (QWEN2_5_VL, QWEN3_VL)}
+
+
+def family_names() -> list[str]:
+    """The processor families ("qwen2_5_vl", "qwen3_vl")."""
+    return sorted(FAMILIES)
+
+
+def family_by_name(name: str) -> ProcessorFamily:
+    """The processor family called `name`; ValueError naming the known ones otherwise."""
+    found = FAMILIES.get(name)
+    if found is None:
+        raise ValueError(f"unknown model family {name!r}; one of {', '.join(family_names())}")
+    return found
+
+
+def family_of_processor_class(processor_class: str) -> ProcessorFamily | None:
+    """The family whose transformers processor class is `processor_class` (processor configs without a
+    config.json beside them), or None."""
+    return next((f for f in FAMILIES.values() if f.processor_class == processor_class), None)
+
+
+def demo_image_config(arch: str, hub_limits: bool = False) -> dict:
+    """The preprocessor_config.json of the demo checkpoints of family `arch` (qwen2_5_vl or qwen3_vl): real Qwen
+    settings with a small max_pixels (at most 64 merged tokens per image), or the public checkpoints' pixel limits
+    with hub_limits=True. ValueError for an unknown family."""
+    family = family_by_name(arch)
+    patch, mean, std, processor = family.patch_size, family.image_mean, family.image_std, family.processor_class
+    factor = patch * 2
+    # Demo images become at most 64 merged tokens (8x8 blocks of factor x factor pixels).
+    min_pixels, max_pixels = family.hub_pixel_limits if hub_limits else (factor * factor, 64 * factor * factor)
+    return {
+        "image_processor_type": "Qwen2VLImageProcessor",
+        "processor_class": processor,
+        "do_resize": True,
+        "resample": 3,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "do_convert_rgb": True,
+        "image_mean": list(mean),
+        "image_std": list(std),
+        "patch_size": patch,
+        "temporal_patch_size": 2,
+        "merge_size": 2,
+        "size": {"shortest_edge": min_pixels, "longest_edge": max_pixels},
+        "min_pixels": min_pixels,
+        "max_pixels": max_pixels,
+    }
+
+
+def write_preprocessor_config(out_dir: Path, arch: str, hub_limits: bool = False) -> None:
+    """Write preprocessor_config.json for `arch` (qwen2_5_vl or qwen3_vl); see demo_image_config."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "preprocessor_config.json").write_text(json.dumps(demo_image_config(arch, hub_limits), indent=2))

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from vlm_service.models import registry
 from vlm_service.processor.family_rules import ProcessorFamily, group_timestamps  # noqa: F401 (re-exported)
+from vlm_service.processor.family_rules import family_by_name, family_of_processor_class
 
 DEFAULT_FPS = 2.0
 
@@ -46,7 +47,7 @@ class VideoConfig:
     tokens_per_second: int = 2  # Qwen2.5-VL: temporal MRoPE ids per second of video (config.json vision_config)
 
     def __post_init__(self):
-        registry.family(self.family)  # ValueError for an unknown family
+        family_by_name(self.family)  # ValueError for an unknown family
         if not 0 < self.min_pixels <= self.max_pixels:
             raise ValueError(f"need 0 < min_pixels <= max_pixels, got {self.min_pixels}, {self.max_pixels}")
         if self.fps <= 0 or not 0 < self.min_frames <= self.max_frames:
@@ -59,11 +60,11 @@ class VideoConfig:
     @property
     def rules(self) -> ProcessorFamily:
         """The family's sampling / resize rules and position function (models/registry.py)."""
-        return registry.family(self.family)
+        return family_by_name(self.family)
 
     @classmethod
     def from_dict(cls, d: dict, family: str, tokens_per_second: int = 2) -> "VideoConfig":
-        rules = registry.family(family)
+        rules = family_by_name(family)
         lo, hi, size = rules.video_min_pixels, rules.video_max_pixels, d.get("size") or {}
         if rules.video_reads_min_max_pixels:  # Qwen2VLVideoProcessor: min_pixels / max_pixels override size
             lo = d.get("min_pixels") or size.get("shortest_edge") or lo
@@ -99,7 +100,7 @@ def _family_of(model_cfg: dict, d: dict) -> str:
     """The family of config.json's model_type, else of the processor class (directories without config.json,
     e.g. processor tests), else Qwen3-VL's (the VideoConfig default)."""
     found = registry.entry_for_model_type(str(model_cfg.get("model_type")))
-    rules = found.family if found else registry.family_of_processor_class(str(d.get("processor_class", "")))
+    rules = found.family if found else family_of_processor_class(str(d.get("processor_class", "")))
     return rules.name if rules else "qwen3_vl"
 
 

@@ -75,7 +75,7 @@ def _classes(arch: str):
 
 def _write(out: Path, arch: str) -> None:
     from vlm_service.processor.tokenizer import build_demo_tokenizer
-    from vlm_service.processor.vision import write_preprocessor_config
+    from vlm_service.processor.family_rules import write_preprocessor_config
 
     build_demo_tokenizer(out)
     ids, vocab = _special_ids(out)
