@@ -15,6 +15,6 @@ timeout 240 python3 benchmarks/ttft.py --compare "$m fa3" "$m flashinfer_cudnn" 
   --result-dir /tmp/ttft 2>&1 | log 30
 pkill -f "vlm_service.cli serve"  # a server left by a timed-out run would hold the GPU's memory
 tar czf $OUT/ttft_qwen3_vl_8b.tgz -C /tmp ttft
-timeout 60 python3 benchmarks/bench_vit_encode.py --out $OUT/vit_encode.json 2>&1 | log 3
+timeout 60 python3 benchmarks/bench_vit_encode.py --full-model --no-profile --out $OUT/vit_encode.json 2>&1 | log 3
 timeout 45 python3 benchmarks/bench_kernels.py --only mrope --out $OUT/mrope.json 2>&1 | grep -i "best\|default\|reference" | log 8
 timeout 110 python3 benchmarks/bench_decode.py --model random:qwen2_5_vl_7b --vit auto --out $OUT/decode_qwen2_5_vl_7b.json 2>&1 | log 4

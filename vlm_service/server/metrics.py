@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import grpc
-
 from vlm_service.config import ServerConfig
 from vlm_service.metrics import Metrics
 
@@ -25,16 +23,6 @@ def start_metrics(cfg: ServerConfig, model_name: str) -> Metrics | None:
     metrics.serve(cfg.metrics_port, host=cfg.host)
     log.info("metrics on http://%s:%d/metrics", cfg.host, cfg.metrics_port)
     return metrics
-
-
-def status_name(exc: BaseException | None, context) -> str:
-    """The gRPC status a Generate call ended with: OK, CANCELLED (client left), the aborted code, or INTERNAL."""
-    if exc is None:
-        return "OK"
-    if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
-        return "CANCELLED"
-    code = context.code() if hasattr(context, "code") else None
-    return code.name if isinstance(code, grpc.StatusCode) else "INTERNAL"
 
 
 async def poll_engine(metrics: Metrics, engine, period_s: float = 0.25) -> None:
