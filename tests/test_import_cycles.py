@@ -40,22 +40,11 @@ def _resolve(name: str, modules: dict[str, Path]) -> str | None:
     return None
 
 
-def _is_type_checking(node: ast.AST) -> bool:
-    test = getattr(node, "test", None)
-    return isinstance(node, ast.If) and (
-        (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
-        or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"))
-
-
 def _imported_names(module: str, path: Path, tree: ast.AST) -> list[str]:
     """Dotted names this module imports, relative imports made absolute; `from a import b` yields `a.b`."""
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     names = []
-    type_only = {id(n) for block in ast.walk(tree) if _is_type_checking(block) for stmt in block.body
-                 for n in ast.walk(stmt)}  # `if TYPE_CHECKING:` imports never run: no cycle at import time
     for node in ast.walk(tree):
-        if id(node) in type_only:
-            continue
         if isinstance(node, ast.Import):
             names.extend(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -165,11 +154,3 @@ if __name__ == "__main__":
         print(" <-> ".join(cycle))
     for violation in layering_violations(import_graph()):
         print(violation)
-
-
-def test_type_checking_imports_are_not_edges():
-    """`if TYPE_CHECKING:` imports never execute, so they cannot close a cycle; every other import counts."""
-    src = ("from typing import TYPE_CHECKING\nimport typing\nif TYPE_CHECKING:\n    from a.b import C\n"
-           "if typing.TYPE_CHECKING:\n    import a.d\nif X:\n    from a.e import F\ndef f():\n    import a.g\n")
-    names = set(_imported_names("a.m", Path("a/m.py"), ast.parse(src)))
-    assert {"a.e", "a.g"} <= names and not names & {"a.b", "a.b.C", "a.d"}

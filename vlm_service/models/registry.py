@@ -2,8 +2,9 @@
 model_type, and its processor family (processor/family_rules.py: image / video processor settings, frame sampling,
 resize, and the position function that places a video's time in the MRoPE axis or the prompt).
 
-Adding an architecture is one `ArchitectureEntry` in `_ENTRIES` (plus, for a new family, one ProcessorFamily
-value in family_rules.py that the entry names); every other module asks `entry()` / `entry_for_model_type()` /
+Adding an architecture is one `ArchitectureEntry` in `_ENTRIES`; its family is the ProcessorFamily of
+family_rules.py whose `model_types` holds the entry's model_type (a new model_type is added there, a new family is
+one more ProcessorFamily value); every other module asks `entry()` / `entry_for_model_type()` /
 `family()` instead of comparing architecture or model_type strings.
 
 Contract every model class follows (qwen2_5_vl.py, qwen3_vl.py, qwen3_vl_moe.py):
@@ -26,7 +27,7 @@ import importlib
 from dataclasses import dataclass
 
 from vlm_service.errors import ModelLoadError
-from vlm_service.processor.family_rules import QWEN2_5_VL, QWEN3_VL, ProcessorFamily
+from vlm_service.processor.family_rules import ProcessorFamily, family_of_model_type
 from vlm_service.processor.family_rules import family_by_name as family  # noqa: F401 (re-exported)
 from vlm_service.processor.family_rules import family_names, family_of_processor_class  # noqa: F401
 
@@ -38,7 +39,14 @@ class ArchitectureEntry:
     architecture: str  # config.json "architectures"[0], also the model class's name
     module: str  # the module defining the class (imported on first use: it pulls in the model code)
     model_type: str  # config.json "model_type"
-    family: ProcessorFamily  # processor settings, sampling / resize rules, position function
+
+    @property
+    def family(self) -> ProcessorFamily:
+        """Processor settings, sampling / resize rules, position function: the family serving model_type."""
+        found = family_of_model_type(self.model_type)
+        if found is None:
+            raise ModelLoadError(f"{self.architecture}: no processor family serves model_type {self.model_type!r}")
+        return found
 
     def model_class(self) -> type:
         """The class implementing this architecture (imports its module)."""
@@ -46,11 +54,9 @@ class ArchitectureEntry:
 
 
 _ENTRIES: tuple[ArchitectureEntry, ...] = (
-    ArchitectureEntry("Qwen2_5_VLForConditionalGeneration", "vlm_service.models.qwen2_5_vl", "qwen2_5_vl",
-                      QWEN2_5_VL),
-    ArchitectureEntry("Qwen3VLForConditionalGeneration", "vlm_service.models.qwen3_vl", "qwen3_vl", QWEN3_VL),
-    ArchitectureEntry("Qwen3VLMoeForConditionalGeneration", "vlm_service.models.qwen3_vl_moe", "qwen3_vl_moe",
-                      QWEN3_VL),
+    ArchitectureEntry("Qwen2_5_VLForConditionalGeneration", "vlm_service.models.qwen2_5_vl", "qwen2_5_vl"),
+    ArchitectureEntry("Qwen3VLForConditionalGeneration", "vlm_service.models.qwen3_vl", "qwen3_vl"),
+    ArchitectureEntry("Qwen3VLMoeForConditionalGeneration", "vlm_service.models.qwen3_vl_moe", "qwen3_vl_moe"),
 )
 _BY_ARCH = {e.architecture: e for e in _ENTRIES}
 

@@ -1,5 +1,5 @@
-"""The processor rules of each model family, as one frozen value per family (models/registry.py bundles them
-into its architecture entries; code reaches a family through the registry, never by comparing names).
+"""The processor rules of each model family, as one frozen value per family (models/registry.py's architecture
+entries reach theirs by model_type; code asks for a family here or through the registry, never compares names).
 
 A family is what the checkpoint's transformers processors do:
 - image settings: patch size, mean / std, the processor class, the public checkpoints' pixel limits;
@@ -8,7 +8,9 @@ A family is what the checkpoint's transformers processors do:
 - the position function (`video_timing`): where a video's time goes, as temporal MRoPE spacing (Qwen2.5-VL's
   second_per_grid_t * tokens_per_second) or as timestamp text in the prompt with one pad run per frame group
   (Qwen3-VL).
-The functions take a video_config.VideoConfig (`cfg`) and the source clip's frame count / fps / size.
+The functions take a video_config.VideoConfig (`cfg`, read through the VideoSettings protocol below, so this module
+does not import video_config) and the source clip's frame count / fps / size. Which checkpoints a family serves is
+its `model_types` (config.json "model_type"), as transformers picks processors by model_type.
 """
 
 from __future__ import annotations
@@ -17,14 +19,29 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Protocol
 
 import numpy as np
 
 from vlm_service.processor.vision import CLIP_MEAN, CLIP_STD, smart_resize
 
-if TYPE_CHECKING:
-    from vlm_service.processor.video_config import VideoConfig
+
+
+class VideoSettings(Protocol):
+    """What the rules read of a checkpoint's video settings (processor/video_config.VideoConfig provides it)."""
+
+    temporal_patch_size: int
+    min_pixels: int
+    max_pixels: int
+    min_frames: int
+    max_frames: int
+    cap_pixels_per_frame: bool
+    max_video_tokens: int
+    tokens_per_second: int
+
+    @property
+    def factor(self) -> int: ...
+
 
 HALF = (0.5, 0.5, 0.5)
 
@@ -44,6 +61,7 @@ class ProcessorFamily:
     """Everything the processor does differently per family (see the module docstring)."""
 
     name: str  # "qwen2_5_vl" | "qwen3_vl": the demo-checkpoint name and VideoConfig.family
+    model_types: tuple[str, ...]  # config.json model_types of the checkpoints these rules serve
     processor_class: str  # transformers' processor class (processor_class in a processor config)
     hf_video_processor: str  # "module:Class" of transformers' video processor (the bench peer loads it)
     patch_size: int
@@ -62,7 +80,7 @@ class ProcessorFamily:
 
 # ---- Qwen2.5-VL: Qwen2VLVideoProcessor + Qwen2_5_VLProcessor ------------------------------------------------------
 
-def _qwen2_5_num_frames(cfg: VideoConfig, total: int, src_fps: float, fps: float, max_frames: int) -> int:
+def _qwen2_5_num_frames(cfg: VideoSettings, total: int, src_fps: float, fps: float, max_frames: int) -> int:
     """Floored to a multiple of temporal_patch_size."""
     tp, max_frames = cfg.temporal_patch_size, min(max_frames, cfg.max_frames)
     cap = math.floor(min(max_frames, total) / tp) * tp
@@ -70,7 +88,7 @@ def _qwen2_5_num_frames(cfg: VideoConfig, total: int, src_fps: float, fps: float
     return math.floor(n / tp) * tp
 
 
-def _qwen2_5_indices(cfg: VideoConfig, total: int, src_fps: float, fps: float, max_frames: int) -> list[int]:
+def _qwen2_5_indices(cfg: VideoSettings, total: int, src_fps: float, fps: float, max_frames: int) -> list[int]:
     n = _qwen2_5_num_frames(cfg, total, src_fps, fps, max_frames)
     if n <= 0:
         return []
@@ -79,7 +97,7 @@ def _qwen2_5_indices(cfg: VideoConfig, total: int, src_fps: float, fps: float, m
     return torch.arange(0, total, total / n).int().tolist()  # Qwen2VLVideoProcessor.sample_frames' own rule
 
 
-def _qwen2_5_resize(cfg: VideoConfig, num_frames: int, height: int, width: int) -> tuple[int, int]:
+def _qwen2_5_resize(cfg: VideoSettings, num_frames: int, height: int, width: int) -> tuple[int, int]:
     """max_pixels bounds each frame."""
     max_pixels = cfg.max_pixels
     if cfg.cap_pixels_per_frame:
@@ -88,25 +106,25 @@ def _qwen2_5_resize(cfg: VideoConfig, num_frames: int, height: int, width: int) 
     return smart_resize(height, width, cfg.factor, cfg.min_pixels, max_pixels)
 
 
-def _qwen2_5_timing(cfg: VideoConfig, frame_times: list[float], sampled_fps: float) -> VideoTiming:
+def _qwen2_5_timing(cfg: VideoSettings, frame_times: list[float], sampled_fps: float) -> VideoTiming:
     # Qwen2_5_VLProcessor's second_per_grid_t = tp / sampled fps, truncated by get_rope_index
     return VideoTiming(time_interval=cfg.tokens_per_second * int(cfg.temporal_patch_size / sampled_fps))
 
 
 # ---- Qwen3-VL (dense and MoE): Qwen3VLVideoProcessor + Qwen3VLProcessor -------------------------------------------
 
-def _qwen3_num_frames(cfg: VideoConfig, total: int, src_fps: float, fps: float, max_frames: int) -> int:
+def _qwen3_num_frames(cfg: VideoSettings, total: int, src_fps: float, fps: float, max_frames: int) -> int:
     n = int(total / src_fps * fps)
     return min(max(n, cfg.min_frames), min(max_frames, cfg.max_frames), total)
 
 
-def _qwen3_indices(cfg: VideoConfig, total: int, src_fps: float, fps: float, max_frames: int) -> list[int]:
+def _qwen3_indices(cfg: VideoSettings, total: int, src_fps: float, fps: float, max_frames: int) -> list[int]:
     """linspace(0, total - 1, n) rounded (the count is padded to temporal groups later, repeating the last)."""
     n = _qwen3_num_frames(cfg, total, src_fps, fps, max_frames)
     return np.linspace(0, total - 1, n).round().astype(int).tolist() if n > 0 else []
 
 
-def _qwen3_resize(cfg: VideoConfig, num_frames: int, height: int, width: int) -> tuple[int, int]:
+def _qwen3_resize(cfg: VideoSettings, num_frames: int, height: int, width: int) -> tuple[int, int]:
     """max_pixels bounds the whole clip (t * h * w)."""
     max_pixels = cfg.max_pixels
     if cfg.cap_pixels_per_frame:
@@ -117,7 +135,7 @@ def _qwen3_resize(cfg: VideoConfig, num_frames: int, height: int, width: int) ->
                              max_pixels)
 
 
-def _qwen3_timing(cfg: VideoConfig, frame_times: list[float], sampled_fps: float) -> VideoTiming:
+def _qwen3_timing(cfg: VideoSettings, frame_times: list[float], sampled_fps: float) -> VideoTiming:
     # group_timestamps works on indices at a fps; frame_times are seconds already: fps 1
     times = group_timestamps(frame_times, 1.0, cfg.temporal_patch_size)
     return VideoTiming(group_times=tuple(times), run_per_group=True)
@@ -152,7 +170,7 @@ def group_timestamps(indices: list[int], src_fps: float, tp: int) -> list[float]
 
 
 QWEN2_5_VL = ProcessorFamily(
-    name="qwen2_5_vl", processor_class="Qwen2_5_VLProcessor",
+    name="qwen2_5_vl", model_types=("qwen2_5_vl",), processor_class="Qwen2_5_VLProcessor",
     hf_video_processor="transformers.models.qwen2_vl.video_processing_qwen2_vl:Qwen2VLVideoProcessor",
     patch_size=14, image_mean=CLIP_MEAN, image_std=CLIP_STD, hub_pixel_limits=(3136, 12845056),
     video_min_pixels=128 * 28 * 28, video_max_pixels=28 * 28 * 768, max_video_tokens=128000,
@@ -160,7 +178,7 @@ QWEN2_5_VL = ProcessorFamily(
     resize_size=_qwen2_5_resize, video_timing=_qwen2_5_timing,
 )
 QWEN3_VL = ProcessorFamily(
-    name="qwen3_vl", processor_class="Qwen3VLProcessor",
+    name="qwen3_vl", model_types=("qwen3_vl", "qwen3_vl_moe"), processor_class="Qwen3VLProcessor",
     hf_video_processor="transformers.models.qwen3_vl.video_processing_qwen3_vl:Qwen3VLVideoProcessor",
     patch_size=16, image_mean=HALF, image_std=HALF, hub_pixel_limits=(65536, 16777216),
     video_min_pixels=128 * 32 * 32, video_max_pixels=32 * 32 * 768, max_video_tokens=768,
@@ -183,6 +201,11 @@ def family_by_name(name: str) -> ProcessorFamily:
     if found is None:
         raise ValueError(f"unknown model family {name!r}; one of {', '.join(family_names())}")
     return found
+
+
+def family_of_model_type(model_type: str) -> ProcessorFamily | None:
+    """The family serving checkpoints of config.json model_type `model_type`, or None."""
+    return next((f for f in FAMILIES.values() if model_type in f.model_types), None)
 
 
 def family_of_processor_class(processor_class: str) -> ProcessorFamily | None:

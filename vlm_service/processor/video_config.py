@@ -17,9 +17,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from vlm_service.models import registry
 from vlm_service.processor.family_rules import ProcessorFamily, group_timestamps  # noqa: F401 (re-exported)
-from vlm_service.processor.family_rules import family_by_name, family_of_processor_class
+from vlm_service.processor.family_rules import family_by_name, family_of_model_type, family_of_processor_class
 
 DEFAULT_FPS = 2.0
 
@@ -59,7 +58,7 @@ class VideoConfig:
 
     @property
     def rules(self) -> ProcessorFamily:
-        """The family's sampling / resize rules and position function (models/registry.py)."""
+        """The family's sampling / resize rules and position function (processor/family_rules.py)."""
         return family_by_name(self.family)
 
     @classmethod
@@ -99,8 +98,8 @@ class VideoConfig:
 def _family_of(model_cfg: dict, d: dict) -> str:
     """The family of config.json's model_type, else of the processor class (directories without config.json,
     e.g. processor tests), else Qwen3-VL's (the VideoConfig default)."""
-    found = registry.entry_for_model_type(str(model_cfg.get("model_type")))
-    rules = found.family if found else family_of_processor_class(str(d.get("processor_class", "")))
+    rules = (family_of_model_type(str(model_cfg.get("model_type")))
+             or family_of_processor_class(str(d.get("processor_class", ""))))
     return rules.name if rules else "qwen3_vl"
 
 
