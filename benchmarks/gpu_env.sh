@@ -7,8 +7,12 @@
 # a first call carries .whl and a second one, on the still-warm machine, carries .whl2 (.whl stays there).
 for d in .whl .whl2; do
   compgen -G "$d/*.whl" >/dev/null || continue
+  # a warm machine keeps /tmp/site*: reinstall only when the carried wheel set changed
+  stamp=/tmp/site${d#.whl}/.wheels
+  [ "$(ls $d)" = "$(cat $stamp 2>/dev/null)" ] && continue
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site${d#.whl} \
     $d/*.whl || { echo "wheel install from $d failed" >&2; return 1; }
+  ls $d > $stamp
 done
 [ -d /tmp/site ] || { echo "no GPU extras: carry .whl (fresh machine)" >&2; return 1; }
 export PYTHONPATH=/tmp/site:/tmp/site2:$PWD

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# One device call's worth of H200 measurements of what is already built (session 6), each step with its own timeout
+# so a call stays under the device's 10-minute limit. Carry .whl + vlm_service/_proto for `moe`, then (same warm
+# machine, right after) .whl2 + vlm_service/_proto for `serve` (gpu_env.sh installs each into /tmp/site{,2}):
+#   bash benchmarks/gpu_round.sh moe     # issue 14: bench_moe -> moe3.json, bench_decode (30B) -> decode_30b.json,
+#                                        #           profile_decode b1/b8 -> profile_decode_30b.json   (~8 min)
+#   bash benchmarks/gpu_round.sh serve   # issue 16: HTTP vs gRPC TTFT (ttft_http_vs_grpc.sh); issue 15: the video
+#                                        # GPU tests; issue 17: the tower timing (vit_tower.json); issue 14: the MoE
+#                                        # test cut by session 5's timeout                                   (~9 min)
+set -o pipefail
+source benchmarks/gpu_env.sh >/dev/null || exit 1
+log() { grep -v "leaked\|nanobind\|^ - \|USDT\|Warning:" | tail -n "$1"; }
+case "${1:-}" in
+  moe)
+    export VLM_MOE_CONFIGS=$OUT/moe_configs.json
+    timeout 140 python3 benchmarks/bench_moe.py --out $OUT/moe3.json 2>&1 | log 8
+    timeout 200 python3 benchmarks/bench_decode.py --model random:qwen3_vl_30b_a3b --vit auto \
+      --out $OUT/decode_30b.json 2>&1 | log 25
+    timeout 120 python3 benchmarks/profile_decode.py --model random:qwen3_vl_30b_a3b --batch 1 8 \
+      --out $OUT/profile_decode_30b.json 2>&1 | log 40 ;;
+  serve)
+    VLM_SKIP_GPU_ENV=1 VLM_BENCH_RUN_TIMEOUT=50 timeout 200 bash benchmarks/ttft_http_vs_grpc.sh 2>&1 | log 30
+    timeout 130 python3 -m pytest -q -m gpu -p no:cacheprovider tests/models/test_video_gpu.py 2>&1 \
+      | tee $OUT/gpu_tests_video.log | log 8
+    timeout 110 python3 benchmarks/bench_vit_encode.py --vit fa3 flashinfer_cudnn --out $OUT/vit_tower.json 2>&1 | log 20
+    timeout 80 python3 -m pytest -q -m gpu -p no:cacheprovider tests/models/test_qwen3_vl_moe_gpu.py \
+      -k cuda_graphs_and_overlap 2>&1 | tee $OUT/gpu_tests_moe_graphs.log | log 6 ;;
+  *) echo "usage: $0 moe|serve" >&2; exit 2 ;;
+esac
