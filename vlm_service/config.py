@@ -115,7 +115,7 @@ class HTTPConfig:
     allowed_media_domains: tuple[str, ...] = ()  # http(s) image URLs only from these hosts; empty = refused
     allowed_local_media_path: Path | None = None  # file:// image URLs only under this folder; None = refused
     media_fetch_timeout_s: float = 10.0
-    max_media_bytes: int = 20 << 20  # cap of one fetched image (URL or file)
+    max_media_bytes: int = 20 << 20  # cap of one fetched image or video (URL or file)
 
     def __post_init__(self):
         if self.media_fetch_timeout_s <= 0 or self.max_media_bytes <= 0:

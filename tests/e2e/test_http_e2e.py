@@ -165,3 +165,37 @@ def test_served_model_name_on_both_transports(client, stub):
     assert stub.GetModelInfo(vlm_pb2.GetModelInfoRequest()).model_id == NAME
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="other", messages=_messages("x"), max_tokens=1)
+
+
+def _video_chat(text: str, clip: bytes, **spec) -> list:
+    url = "data:video/mp4;base64," + base64.b64encode(clip).decode()
+    return [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": url, **spec}},
+                                         {"type": "text", "text": text}]}]
+
+
+def test_a_video_gets_the_same_greedy_tokens_as_grpc(srv, client, stub):
+    pytest.importorskip("av")
+    from vlm_service.bench.clips import make_clip
+
+    clip = make_clip(seconds=5.0, width=66, height=50, fps=8.0, seed=3)  # 10 frames at fps 2, 5 at fps 1
+    grpc_out = list(stub.Generate(build_request("what happens", videos=[(clip, "video/mp4", 2.0)], max_tokens=10,
+                                                min_tokens=10, logprobs=True)))
+    ids = [t for r in grpc_out if r.HasField("chunk") for t in r.chunk.token_ids]
+    out = _chat(client, _video_chat("what happens", clip, fps=2.0), max_tokens=10, logprobs=True,
+                extra_body={"min_tokens": 10})
+    tok = srv.server.runtime.tokenizer
+    assert [e.token for e in out.choices[0].logprobs.content] == [tok.decode([i]) for i in ids]
+    assert out.usage.prompt_tokens == next(r.complete.usage.prompt_tokens for r in grpc_out if r.HasField("complete"))
+    fewer = _chat(client, _video_chat("what happens", clip, fps=1.0), max_tokens=1).usage.prompt_tokens
+    assert fewer < out.usage.prompt_tokens  # the part's fps reached the sampler: fewer frames, fewer tokens
+
+
+@pytest.mark.parametrize("spec,param", [({}, "messages[0].content[0].video_url"),
+                                        ({"fps": -2}, "messages[0].content[0].video_url.fps")])
+def test_a_bad_video_is_400_naming_the_field(client, spec, param):
+    pytest.importorskip("av")
+    clip = b"not a video, only some bytes" * 10 if not spec else _png(2)
+    with pytest.raises(openai.BadRequestError) as err:
+        _chat(client, _video_chat("x", clip, **spec), max_tokens=1)
+    assert err.value.status_code == 400 and err.value.body["param"] == param
+    assert _chat(client, _messages("still serving"), max_tokens=1).usage.completion_tokens == 1

@@ -11,14 +11,16 @@ from vlm_service.config import Config, HTTPConfig, LimitsConfig, ServerConfig, T
 
 
 class RecordingProcessor(FakeProcessor):
-    """FakeProcessor that keeps the ImageInputs it saw (what a URL fetch delivered)."""
+    """FakeProcessor that keeps the ImageInputs and VideoInputs it saw (what a URL fetch delivered)."""
 
     def __init__(self):
         super().__init__()
         self.images: list[types.ImageInput] = []
+        self.videos: list[types.VideoInput] = []
 
     def process(self, messages):
         self.images += [p for m in messages for p in m.content if isinstance(p, types.ImageInput)]
+        self.videos += [p for m in messages for p in m.content if isinstance(p, types.VideoInput)]
         return super().process(messages)
 
 

@@ -1,4 +1,4 @@
-"""Image URLs on the HTTP front door: http(s) refused by default and limited to --allowed-media-domains when on (a
+"""Image and video URLs on the HTTP front door: http(s) refused by default and limited to --allowed-media-domains when on (a
 local HTTP server on loopback stands in for a remote host), with the size cap, the timeout and no redirects;
 file:// only under --allowed-local-media-path."""
 
@@ -29,9 +29,10 @@ class _Media(http.server.BaseHTTPRequestHandler):
             self.send_header("Location", "/cat.png")
             self.end_headers()
             return
-        body = {"/cat.png": IMAGE, "/big.png": b"\0" * (CAP + 1), "/slow.png": IMAGE}.get(self.path)
+        body = {"/cat.png": IMAGE, "/big.png": b"\0" * (CAP + 1), "/slow.png": IMAGE, "/clip.mp4": IMAGE[::-1]}.get(
+            self.path)
         self.send_response(200 if body is not None else 404)
-        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Type", "video/mp4" if self.path.endswith(".mp4") else "image/png")
         self.send_header("Content-Length", str(len(body or b"")))
         self.end_headers()
         self.wfile.write(body or b"")
@@ -54,6 +55,7 @@ def media_host():
 def local_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("media")
     (root / "cat.png").write_bytes(IMAGE)
+    (root / "clip.mp4").write_bytes(IMAGE[::-1])
     (root / "big.png").write_bytes(b"\0" * (CAP + 1))
     outside = tmp_path_factory.mktemp("outside") / "secret.png"
     outside.write_bytes(b"secret")
@@ -82,8 +84,8 @@ def open_srv(tmp_path_factory, local_dir):
         yield srv, rt
 
 
-def _chat(srv, url: str) -> httpx.Response:
-    body = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+def _chat(srv, url: str, kind: str = "image_url", **spec) -> httpx.Response:
+    body = {"messages": [{"role": "user", "content": [{"type": kind, kind: {"url": url, **spec}},
                                                       {"type": "text", "text": "what is it?"}]}], "max_tokens": 2}
     with httpx.Client(base_url=srv.server.http.url, timeout=30) as c:
         return c.post("/v1/chat/completions", json=body)
@@ -130,3 +132,18 @@ def test_local_files_only_under_the_folder(open_srv, local_dir):
         _refused(_chat(srv, url), 400, "not a file under --allowed-local-media-path")
     _refused(_chat(srv, f"file://{root / 'big.png'}"), 413, "cap")
     assert all(im.data != b"secret" for im in rt.processor.images)
+
+
+def test_video_urls_follow_the_same_rules(default_srv, open_srv, media_host, local_dir):
+    srv, rt = open_srv
+    url = f"http://127.0.0.1:{media_host}/clip.mp4"
+    assert _chat(srv, url, "video_url", fps=1.0, max_frames=4).status_code == 200
+    got = rt.processor.videos[-1]
+    assert (got.data, got.mime_type, got.fps, got.max_frames) == (IMAGE[::-1], "video/mp4", 1.0, 4)
+    assert _chat(srv, f"file://{local_dir[0] / 'clip.mp4'}", "video_url").status_code == 200
+    assert rt.processor.videos[-1].data == IMAGE[::-1] and rt.processor.videos[-1].fps is None
+    resp = _chat(default_srv[0], url, "video_url")
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "messages[0].content[0].video_url"
+    assert "http(s) video URLs are off" in resp.json()["error"]["message"]
+    resp = _chat(srv, f"http://127.0.0.1:{media_host}/big.png", "video_url")
+    assert resp.status_code == 413 and resp.json()["error"]["param"] == "messages[0].content[0].video_url"

@@ -80,7 +80,7 @@ class FrontDoor:
             raise errors.NotFound(f"model {model[:60]!r} is not served here (this server serves "
                                   f"{self.model_name!r}; GET /v1/models)", field="model")
 
-    async def read_body(self, request) -> bytes:
+    async def read_body(self, request) -> bytearray:
         """The body, refused with 413 once it passes the request cap (the same cap as gRPC's receive limit)."""
         cap = self.cfg.server.limits.max_request_bytes
         declared = request.headers.get("content-length", "")
@@ -92,11 +92,11 @@ class FrontDoor:
             body += piece
             if len(body) > cap:
                 raise too_large
-        return bytes(body)
+        return body  # not copied to bytes: the payloads are decoded from this buffer (http_payloads.py)
 
     async def chat(self, request):
         identity = self.identity(request)
-        call = hc.chat_from_body(hc.parse_body(await self.read_body(request)))
+        call = hc.chat_from_raw(await self.read_body(request))
         self.check_model(call.model)
         await http_media.resolve(call, self.cfg.server.http, self.media_client())
         client = request.client

@@ -3,7 +3,8 @@
 Requests are parsed from the raw JSON (not a permissive model): a field this server does not implement (n > 1, tools,
 response_format, audio, ...) is a 400 naming it, never silently ignored. Sampling values are converted as sent and
 checked once, by the pipeline (engine.validate_sampling); the error's field is renamed to the HTTP name here.
-Images: `data:` URLs are decoded here; http(s) and file:// URLs become `UrlImage`s that server/http_media.py fetches.
+Images and videos (`image_url`, `video_url`): `data:` URLs are decoded here (long payloads straight from the body's
+bytes, see http_payloads.py); http(s) and file:// URLs become `UrlMedia` that server/http_media.py fetches.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 from dataclasses import dataclass, field
 
 from vlm_service import errors, types
+from vlm_service.server.http_payloads import LiftedPayloads, lift_payloads
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 # what a request may carry: everything else is refused by name
@@ -24,27 +26,32 @@ _MESSAGE_KEYS = {"role", "content", "name"}
 
 
 @dataclass(frozen=True)
-class UrlImage:
-    """An image to fetch (http(s) or file://) before the request can be built; `field` names it for errors."""
+class UrlMedia:
+    """An image or video to fetch (http(s) or file://) before the request can be built; `field` names it for errors;
+    fps / max_frames: a video's sampling as the request asked."""
 
     url: str
     field: str
+    kind: str = "image"  # image | video
+    fps: float | None = None
+    max_frames: int | None = None
 
 
 @dataclass
 class ChatCall:
-    """A parsed chat-completions body. `messages` may still hold UrlImages (http_media.resolve replaces them)."""
+    """A parsed chat-completions body. `messages` may still hold UrlMedia (http_media.resolve replaces them)."""
 
-    messages: list[list]  # per message: [role, [parts: str | ImageInput | UrlImage]]
+    messages: list[list]  # per message: [role, [parts: str | ImageInput | VideoInput | UrlMedia]]
     sampling: types.SamplingParams
     model: str | None = None
     stream: bool = False
     include_usage: bool = False
-    urls: list[UrlImage] = field(default_factory=list)
+    urls: list[UrlMedia] = field(default_factory=list)
 
     @property
     def n_images(self) -> int:
-        return sum(not isinstance(p, str) for _, parts in self.messages for p in parts)
+        return sum(isinstance(p, types.ImageInput) or isinstance(p, UrlMedia) and p.kind == "image"
+                   for _, parts in self.messages for p in parts)
 
     def build(self, request_id: str, arrival: float) -> types.Request:
         """The internal Request (every URL resolved by now)."""
@@ -94,6 +101,20 @@ def parse_body(raw: bytes) -> dict:
     if not isinstance(body, dict):
         raise errors.InvalidInput("the body must be a JSON object")
     return body
+
+
+def chat_from_raw(raw: bytes | bytearray) -> ChatCall:
+    """chat_from_body(parse_body(raw)), with long data-URL payloads decoded from the raw bytes (http_payloads.py).
+    Whenever the lifted parse is not exactly the plain one (a key left unused, any error), the plain one is used."""
+    slim, lifted = lift_payloads(raw)
+    if lifted.payloads:
+        try:
+            call = chat_from_body(parse_body(slim), lifted)
+        except errors.ServiceError:
+            call = None  # the plain parse gives the error, quoting what was sent
+        if call is not None and lifted.all_used:
+            return call
+    return chat_from_body(parse_body(raw))
 
 
 def _refuse_unsupported(body: dict) -> None:
@@ -170,46 +191,80 @@ def sampling_from_body(body: dict) -> types.SamplingParams:
 
 # --- messages ------------------------------------------------------------------------------------------------------
 
-def image_from_data_url(url: str, field_name: str) -> types.ImageInput:
-    """`data:<mime>;base64,<payload>` -> ImageInput (decode errors name the field)."""
+def _data_url(url: str, field_name: str, lifted: LiftedPayloads | None) -> tuple[bytes, str]:
+    """`data:<mime>;base64,<payload>` -> (bytes, mime type); the payload may be a key of `lifted`."""
     head, sep, payload = url.partition(",")
     if not sep or not head.endswith(";base64"):
-        raise _bad(field_name, "a data URL must look like data:image/png;base64,<payload>")
+        raise _bad(field_name, "a data URL must look like data:<mime type>;base64,<payload>")
     mime = head[len("data:"):-len(";base64")].strip().lower()
+    raw = lifted.take(payload) if lifted is not None else None
     try:
-        data = _B64DECODE(payload)
+        return _B64DECODE(payload if raw is None else raw), mime
     except (binascii.Error, ValueError, TypeError):
         raise _bad(field_name, "the data URL's payload is not valid base64") from None
+
+
+def image_from_data_url(url: str, field_name: str, lifted: LiftedPayloads | None = None) -> types.ImageInput:
+    """`data:<mime>;base64,<payload>` -> ImageInput (decode errors name the field)."""
+    data, mime = _data_url(url, field_name, lifted)
     return types.ImageInput(data=data, mime_type=mime)
 
 
-def _image_part(part: dict, field_name: str):
-    spec = part.get("image_url")
+def _url_of(part: dict, key: str, field_name: str):
+    spec = part.get(key)
     url = spec.get("url") if isinstance(spec, dict) else spec
-    field_name += ".image_url"
     if not isinstance(url, str) or not url:
         raise _bad(field_name, "needs a url (a data: URL, or http(s)/file:// where the server allows them)")
-    if url.startswith("data:"):
-        return image_from_data_url(url, field_name)
-    if url.split(":", 1)[0].lower() in ("http", "https", "file"):
-        return UrlImage(url, field_name)
-    raise _bad(field_name, f"unsupported URL scheme in {_short(url[:30])}")
+    if not url.startswith("data:") and url.split(":", 1)[0].lower() not in ("http", "https", "file"):
+        raise _bad(field_name, f"unsupported URL scheme in {_short(url[:30])}")
+    return url, spec if isinstance(spec, dict) else {}
 
 
-def _part(part, field_name: str):
+def _image_part(part: dict, field_name: str, lifted: LiftedPayloads | None):
+    field_name += ".image_url"
+    url, _ = _url_of(part, "image_url", field_name)
+    return image_from_data_url(url, field_name, lifted) if url.startswith("data:") else UrlMedia(url, field_name)
+
+
+def _video_part(part: dict, field_name: str, lifted: LiftedPayloads | None):
+    """`{"type": "video_url", "video_url": {"url": ..., "fps": 2.0, "max_frames": 32}}` (fps and max_frames: this
+    server's optional sampling fields, capped by the server as on gRPC) -> VideoInput or UrlMedia."""
+    field_name += ".video_url"
+    url, spec = _url_of(part, "video_url", field_name)
+    fps = _positive(spec, "fps", (int, float), "a positive number", field_name)
+    max_frames = _positive(spec, "max_frames", (int,), "a positive integer", field_name)
+    if not url.startswith("data:"):
+        return UrlMedia(url, field_name, "video", fps, max_frames)
+    data, mime = _data_url(url, field_name, lifted)
+    return types.VideoInput(data=data, mime_type=mime, fps=fps, max_frames=max_frames)
+
+
+def _positive(spec: dict, key: str, kinds: tuple, what: str, field_name: str):
+    value = spec.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, kinds) or not value > 0:
+        raise _bad(f"{field_name}.{key}", f"must be {what}, not {_short(value)}")
+    return float(value) if float in kinds else value
+
+
+def _part(part, field_name: str, lifted: LiftedPayloads | None):
     if not isinstance(part, dict):
         raise _bad(field_name, "a content part must be an object with a type")
     kind = part.get("type")
     if kind == "text" and isinstance(part.get("text"), str):
         return part["text"]
     if kind == "image_url":
-        return _image_part(part, field_name)
+        return _image_part(part, field_name, lifted)
+    if kind == "video_url":
+        return _video_part(part, field_name, lifted)
     if kind == "text":
         raise _bad(field_name + ".text", "must be a string")
-    raise _bad(field_name + ".type", f"content parts of type {_short(kind)} are not supported (text, image_url)")
+    raise _bad(field_name + ".type",
+               f"content parts of type {_short(kind)} are not supported (text, image_url, video_url)")
 
 
-def _message(msg, i: int) -> list:
+def _message(msg, i: int, lifted: LiftedPayloads | None) -> list:
     name = f"messages[{i}]"
     if not isinstance(msg, dict):
         raise _bad(name, "must be an object with role and content")
@@ -224,21 +279,22 @@ def _message(msg, i: int) -> list:
         return [role, [content]]
     if not isinstance(content, list):
         raise _bad(f"{name}.content", "must be a string or a list of content parts")
-    return [role, [_part(p, f"{name}.content[{j}]") for j, p in enumerate(content)]]
+    return [role, [_part(p, f"{name}.content[{j}]", lifted) for j, p in enumerate(content)]]
 
 
-def chat_from_body(body: dict) -> ChatCall:
-    """A parsed, type-checked chat-completions request (errors.InvalidInput naming the field)."""
+def chat_from_body(body: dict, lifted: LiftedPayloads | None = None) -> ChatCall:
+    """A parsed, type-checked chat-completions request (errors.InvalidInput naming the field). lifted: the payloads
+    lift_payloads took out of the body the dict was parsed from (chat_from_raw)."""
     _refuse_unsupported(body)
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs:
         raise _bad("messages", "at least one message is needed")
-    messages = [_message(m, i) for i, m in enumerate(msgs)]
+    messages = [_message(m, i, lifted) for i, m in enumerate(msgs)]
     options = body.get("stream_options") or {}
     if not isinstance(options, dict) or set(options) - {"include_usage", "continuous_usage_stats"}:
         raise _bad("stream_options", "only include_usage is supported")
     model = _get(body, "model", (str,), "a string")
     call = ChatCall(messages, sampling_from_body(body), model, _flag(body, "stream"),
                     bool(options.get("include_usage")))
-    call.urls = [p for _, parts in messages for p in parts if isinstance(p, UrlImage)]
+    call.urls = [p for _, parts in messages for p in parts if isinstance(p, UrlMedia)]
     return call

@@ -6,6 +6,7 @@ With http_convert.py (requests), the only place where HTTP bodies and vlm_servic
 from __future__ import annotations
 
 import json
+import re
 import time
 
 from vlm_service import errors, types
@@ -20,12 +21,15 @@ _FINISH = {types.FinishReason.STOP: "stop", types.FinishReason.STOP_SEQUENCE: "s
 
 # --- errors --------------------------------------------------------------------------------------------------------
 
+_PART_KIND = re.compile(r"(\.content\[\d+\]\.)(image|video)(?=\.|$)")
+
+
 def http_field(name: str | None) -> str | None:
-    """An internal field name as the HTTP client knows it: sampling.top_p -> top_p, ...content[1].image -> image_url."""
+    """An internal field name as the HTTP client knows it: sampling.top_p -> top_p, ...content[1].image ->
+    ...content[1].image_url, ...content[0].video.fps -> ...content[0].video_url.fps."""
     if not name:
         return None
-    name = name.removeprefix("sampling.")
-    return name[: -len(".image")] + ".image_url" if name.endswith(".image") else name
+    return _PART_KIND.sub(r"\1\2_url", name.removeprefix("sampling."))
 
 
 def http_status(exc: errors.ServiceError) -> int:

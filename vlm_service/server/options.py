@@ -170,11 +170,12 @@ def add_http_flags(parser: argparse.ArgumentParser) -> None:
                                     "TCP port beside gRPC (same host, TLS and limits; 0 = any free port)")
     _add(g, "http_metrics", bool, False, "also serve Prometheus /metrics on the HTTP port")
     g.add_argument("--allowed-media-domains", nargs="+", default=_env_list("allowed_media_domains"),
-                   help="hosts whose http(s) image URLs may be fetched (exact names); none = refused "
+                   help="hosts whose http(s) image and video URLs may be fetched (exact names); none = refused "
                         "[env VLM_ALLOWED_MEDIA_DOMAINS, comma-separated]")
-    _add(g, "allowed_local_media_path", Path, None, "file:// image URLs allowed under this folder (off when unset)")
-    _add(g, "media_fetch_timeout_s", float, HTTPConfig.media_fetch_timeout_s, "timeout of one image fetch")
-    _add(g, "max_media_bytes", int, HTTPConfig.max_media_bytes, "size cap of one fetched image")
+    _add(g, "allowed_local_media_path", Path, None, "file:// image and video URLs allowed under this folder (off when unset)")
+    _add(g, "media_fetch_timeout_s", float, HTTPConfig.media_fetch_timeout_s, "timeout of one image or video fetch")
+    _add(g, "max_media_bytes", int, HTTPConfig.max_media_bytes,
+         "size cap of one fetched image or video (http(s) / file:// URL; data: URLs: --max-request-bytes)")
     g.add_argument("--api-key", dest="api_key", action="append", default=_env_list("api_key"),
                    help="accepted API key, NAME:KEY or KEY (repeatable), checked on gRPC (authorization metadata) "
                         "and HTTP (Authorization: Bearer); the name is the caller's identity; health stays open "
