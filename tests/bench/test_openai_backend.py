@@ -95,3 +95,18 @@ def test_a_token_without_text_counts_only_with_logprobs():
     assert not without.ok and without.status == "EMPTY_OUTPUT"
     marked = run([{"token": "", "logprob": -1.5, "bytes": [], "top_logprobs": []}])
     assert marked.ok and marked.ttft_ms == 250.0 and marked.output_tokens == 1
+
+
+def test_videos_go_as_video_url_parts_and_cost_what_they_cost_on_grpc(tmp_path, real_server):
+    pytest.importorskip("av")
+    out = tmp_path / "out"
+    clips = ["--images-per-request", "0", "--videos-per-request", "1", "--video-seconds", "2",
+             "--video-resolution", "64x48", "--video-fps", "8", "--video-format", "mp4", "--input-len", "8",
+             "--output-len", "2", "--num-prompts", "3", "--num-warmup", "0", "--no-plots", "--api-key", KEY,
+             "--logprobs"]  # the demo tokens may have no text: count them by their logprobs entries
+    rc = main(["--compare", real_server.target, "openai:" + real_server.server.http.url, "--compare-labels", "grpc",
+               "http", "--insecure", "--max-concurrency", "1", "--result-dir", str(out), *clips])
+    assert rc == 0
+    runs = {r["label"]: r["metrics"] for r in json.loads((out / "summary.json").read_text())["runs"]}
+    assert runs["http"]["completed"] == runs["grpc"]["completed"] == 3
+    assert runs["http"]["total_input_tokens"] == runs["grpc"]["total_input_tokens"] > 3 * 20  # the frames' tokens

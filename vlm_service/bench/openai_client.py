@@ -1,5 +1,5 @@
 """`--backend openai`: the harness's dataset sent to any OpenAI-compatible server (ours, vLLM, SGLang) as streaming
-chat completions with data-URL images.
+chat completions with data-URL images and videos.
 
 Timing as for gRPC (bench/loadgen.py): TTFT = send -> first SSE chunk with content (or, with --logprobs, a
 logprobs entry: a token that decodes to no text); ITL = gaps between such chunks; E2E = send -> [DONE]. Output
@@ -32,11 +32,17 @@ def base_url(address: str) -> str:
     return url if url.endswith("/v1") else url + "/v1"
 
 
+def _data_url(mime_type: str, data: bytes) -> str:
+    return f"data:{mime_type};base64,{base64.b64encode(data).decode()}"
+
+
 def chat_body(req: BenchRequest, plan: LoadPlan, model: str) -> dict:
-    """The chat-completions body of one benchmark request: one user turn, images first, then the text."""
-    parts = [{"type": "image_url", "image_url": {"url": f"data:{im.mime_type};base64,"
-                                                        f"{base64.b64encode(im.data).decode()}"}}
-             for im in req.images]
+    """The chat-completions body of one benchmark request: one user turn, images first, then videos (video_url, as
+    vLLM and SGLang accept them; a sampling fps goes in the part's "fps", this server's field), then the text."""
+    parts = [{"type": "image_url", "image_url": {"url": _data_url(im.mime_type, im.data)}} for im in req.images]
+    parts += [{"type": "video_url", "video_url": {"url": _data_url(v.mime_type, v.data),
+                                                  **({"fps": v.sample_fps} if v.sample_fps else {})}}
+              for v in req.videos]
     parts.append({"type": "text", "text": req.prompt})
     return {"model": model, "messages": [{"role": "user", "content": parts}], "stream": True,
             "stream_options": {"include_usage": True}, "max_tokens": req.max_tokens, "min_tokens": req.min_tokens,
