@@ -7,6 +7,10 @@
 #   bash benchmarks/gpu_round.sh serve   # issue 16: HTTP vs gRPC TTFT (ttft_http_vs_grpc.sh); issue 15: the video
 #                                        # GPU tests; issue 17: the tower timing (vit_tower.json); issue 14: the MoE
 #                                        # test cut by session 5's timeout                                   (~9 min)
+# Round two (a fresh warm machine: load, then video and http right after it):
+#   bash benchmarks/gpu_round.sh load    # issue 17: seed load shape on 8B (ttft_load_8b.tgz), mixed_load.json (~6 min)
+#   bash benchmarks/gpu_round.sh video   # issue 15: video TTFT, 8B and 7B (gpu_video.sh ttft)                (~8 min)
+#   bash benchmarks/gpu_round.sh http    # issue 16: HTTP vs gRPC again; issue 15: the video GPU tests        (~6 min)
 set -o pipefail
 source benchmarks/gpu_env.sh >/dev/null || exit 1
 log() { grep -v "leaked\|nanobind\|^ - \|USDT\|Warning:" | tail -n "$1"; }
@@ -25,5 +29,20 @@ case "${1:-}" in
     timeout 110 python3 benchmarks/bench_vit_encode.py --vit fa3 flashinfer_cudnn --out $OUT/vit_tower.json 2>&1 | log 20
     timeout 80 python3 -m pytest -q -m gpu -p no:cacheprovider tests/models/test_qwen3_vl_moe_gpu.py \
       -k cuda_graphs_and_overlap 2>&1 | tee $OUT/gpu_tests_moe_graphs.log | log 6 ;;
-  *) echo "usage: $0 moe|serve" >&2; exit 2 ;;
+  load)  # issue 17 (carry .whl): the seed's load shape on 8B with fa3 (goal: median TTFT not worse than 399 ms; the
+         # server's preprocess share under load), then mixed_load.sh (small images behind large ones)
+    dir=$(python3 -c "from vlm_service.demo.presets import ensure_preset_dir as e; print(e('/tmp/vlm-state','qwen3_vl_8b'))")
+    timeout 170 python3 benchmarks/ttft.py --compare "serve:--model random:qwen3_vl_8b --vit-attention-backend fa3" \
+      --compare-labels fa3 --compare-rounds 1 --num-prompts 256 --num-warmup 32 --warmup-concurrency 32 \
+      --max-concurrency 32 --images-per-request 1 --image-resolution 560x560 --image-format jpeg --input-len 128 \
+      --output-len 32 --tokenizer "$dir" --no-plots --result-dir /tmp/ttft_load_8b 2>&1 | log 30
+    pkill -f "vlm_service.cli serve"
+    tar czf $OUT/ttft_load_8b.tgz -C /tmp ttft_load_8b
+    timeout 170 bash benchmarks/mixed_load.sh 2>&1 | log 40 ;;
+  video)  # issue 15 (carry .whl2): video TTFT, both models, with the video frames preprocessed on the GPU
+    VIDEO_TTFT_TIMEOUT_S=255 bash benchmarks/gpu_video.sh ttft ;;
+  http)  # issue 16 (.whl2 still there): HTTP vs gRPC after the data-URL change; issue 15: the video GPU tests
+    VLM_SKIP_GPU_ENV=1 VLM_BENCH_RUN_TIMEOUT=50 timeout 200 bash benchmarks/ttft_http_vs_grpc.sh 2>&1 | log 30
+    timeout 170 bash benchmarks/gpu_video.sh tests 2>&1 | log 12 ;;
+  *) echo "usage: $0 moe|serve|load|video|http" >&2; exit 2 ;;
 esac

@@ -31,35 +31,12 @@ grpc_port=${VLM_BENCH_GRPC_PORT:-50051} http_port=${VLM_BENCH_HTTP_PORT:-8000}
 work=${VLM_BENCH_WORK:-/tmp/ttft_http}
 rm -rf "$work" && mkdir -p "$work"  # stale summaries of an earlier run would be counted below
 $py -c "import fastapi, uvicorn, httpx" || { echo "the http extra is missing on this host (see above)" >&2; exit 1; }
-# the tokenizer dir of the served model (runtime.resolve_model_path: stable across the demo/preset module moves)
-dir=$($py -c "
-import sys
-from vlm_service.config import Config, ModelConfig, ServerConfig, default_state_dir
-from vlm_service.runtime import resolve_model_path
-cfg = Config(model=ModelConfig(model=sys.argv[1]), server=ServerConfig(state_dir=default_state_dir()))
-print(resolve_model_path(cfg)[2])
-" "$model") || exit 1
+source benchmarks/serve_bg.sh
+dir=$(model_dir "$model") || exit 1
 # shellcheck disable=SC2086  # VLM_BENCH_SERVE_ARGS is a list of flags
-$py -m vlm_service.cli serve --model "$model" --insecure --host 127.0.0.1 --port "$grpc_port" \
-  --http-port "$http_port" --log-format json ${VLM_BENCH_SERVE_ARGS:-} > "$work/serve_http.log" 2>&1 &
-pid=$!
-trap 'kill -TERM $pid 2>/dev/null' EXIT
-$py - "$http_port" "$pid" "${VLM_BENCH_READY_S:-200}" <<'PY' || { tail -30 "$work/serve_http.log"; exit 1; }
-import os, sys, time, urllib.request
-port, pid, limit = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-for _ in range(limit):
-    try:
-        urllib.request.urlopen(f"http://127.0.0.1:{port}/health/ready", timeout=1)
-        break
-    except Exception:
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            raise SystemExit("the server exited before it was ready")
-        time.sleep(1)
-else:
-    raise SystemExit(f"not ready after {limit} s")
-PY
+serve_bg "$work/serve_http.log" "http:$http_port" --model "$model" --insecure --host 127.0.0.1 --port "$grpc_port" \
+  --http-port "$http_port" --log-format json ${VLM_BENCH_SERVE_ARGS:-} || exit 1
+pid=$server_pid
 common="--num-prompts ${VLM_BENCH_PROMPTS:-12} --num-warmup ${VLM_BENCH_WARMUP:-3} --max-concurrency 1
   --image-resolution ${VLM_BENCH_RESOLUTION:-1024x1024} --image-format png --input-len 77 --output-len 8
   --tokenizer $dir --no-plots --logprobs"

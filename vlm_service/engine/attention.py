@@ -6,6 +6,7 @@ CUDA: FlashInferAttention over FlashInfer's paged prefill/decode wrappers (flash
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -90,8 +91,13 @@ class FlashInferAttention:
 
 def decode_uses_tensor_cores(spec) -> bool:
     """FlashInfer's CUDA-core decode kernels exist for GQA group sizes 1, 2, 4 and 8 only (Qwen2.5-VL-7B has 7);
-    its tensor-core (prefill-kernel) decode takes any group size and is the faster one for large groups."""
-    return spec.num_heads // spec.num_kv_heads > 4
+    its tensor-core (prefill-kernel) decode takes any group size and is the faster one for large groups.
+    VLM_DECODE_TENSOR_CORES=0|1 overrides the choice where both exist (an A/B knob for benchmarks/bench_decode.py)."""
+    group = spec.num_heads // spec.num_kv_heads
+    forced = os.environ.get("VLM_DECODE_TENSOR_CORES", "")
+    if forced in ("0", "1") and group in (1, 2, 4, 8):
+        return forced == "1"
+    return group > 4
 
 
 class FlashInferPlanner:
