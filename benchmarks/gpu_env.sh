@@ -4,8 +4,9 @@
 # googleapis-common-protos==1.72.0) into /tmp/site and points Python at them and at this checkout.
 # The gRPC stubs must be carried too (vlm_service/_proto, generated here with grpcio-tools 1.84).
 # A second folder, .whl2/ (PyAV, the http extra), goes to /tmp/site2: the 64 MiB carry limit does not hold both, so
-# a first call carries .whl and a second one, on the still-warm machine, carries .whl2 (.whl stays there).
-for d in .whl .whl2; do
+# a first call carries .whl and a second one, on the still-warm machine, carries .whl2 (.whl stays there). Any other
+# split works the same way: every carried .whlX folder is installed into /tmp/siteX and put on PYTHONPATH.
+for d in .whl*; do  # each carried wheel folder .whlX goes to /tmp/siteX (a call's carry limit: see below)
   compgen -G "$d/*.whl" >/dev/null || continue
   # a warm machine keeps /tmp/site*: reinstall only when the carried wheel set changed
   stamp=/tmp/site${d#.whl}/.wheels
@@ -14,8 +15,9 @@ for d in .whl .whl2; do
     $d/*.whl || { echo "wheel install from $d failed" >&2; return 1; }
   ls $d > $stamp
 done
-[ -d /tmp/site ] || { echo "no GPU extras: carry .whl (fresh machine)" >&2; return 1; }
-export PYTHONPATH=/tmp/site:/tmp/site2:$PWD
+compgen -G "/tmp/site*/.wheels" >/dev/null || { echo "no GPU extras: carry .whl (fresh machine)" >&2; return 1; }
+site_path=$(for s in /tmp/site*/.wheels; do printf '%s:' "$(dirname $s)"; done)
+export PYTHONPATH=$site_path$PWD
 export PYTHONUNBUFFERED=1
 export FLASHINFER_WORKSPACE_BASE=/tmp/flashinfer-cache
 export VLM_STATE_DIR=/tmp/vlm-state

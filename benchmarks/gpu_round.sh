@@ -7,10 +7,11 @@
 #   bash benchmarks/gpu_round.sh serve   # issue 16: HTTP vs gRPC TTFT (ttft_http_vs_grpc.sh); issue 15: the video
 #                                        # GPU tests; issue 17: the tower timing (vit_tower.json); issue 14: the MoE
 #                                        # test cut by session 5's timeout                                   (~9 min)
-# Round two (a fresh warm machine: load, then video and http right after it):
-#   bash benchmarks/gpu_round.sh load    # issue 17: seed load shape on 8B (ttft_load_8b.tgz), mixed_load.json (~6 min)
-#   bash benchmarks/gpu_round.sh video   # issue 15: video TTFT, 8B and 7B (gpu_video.sh ttft)                (~8 min)
-#   bash benchmarks/gpu_round.sh http    # issue 16: HTTP vs gRPC again; issue 15: the video GPU tests        (~6 min)
+# Round two (a fresh warm machine: load; it went back before the next round):
+#   bash benchmarks/gpu_round.sh load    # issue 17: seed load shape on 8B (ttft_load_8b.tgz), mixed_load.json (~5 min)
+# Round three (fresh machine): http, then video right after it on the same machine:
+#   bash benchmarks/gpu_round.sh http    # carry .whlA .whl3: issue 16, HTTP vs gRPC again                      (~4 min)
+#   bash benchmarks/gpu_round.sh video   # carry .whlB: issue 15, video TTFT 8B + 7B, then the video GPU tests  (~8 min)
 set -o pipefail
 source benchmarks/gpu_env.sh >/dev/null || exit 1
 log() { grep -v "leaked\|nanobind\|^ - \|USDT\|Warning:" | tail -n "$1"; }
@@ -39,10 +40,13 @@ case "${1:-}" in
     pkill -f "vlm_service.cli serve"
     tar czf $OUT/ttft_load_8b.tgz -C /tmp ttft_load_8b
     timeout 170 bash benchmarks/mixed_load.sh 2>&1 | log 40 ;;
-  video)  # issue 15 (carry .whl2): video TTFT, both models, with the video frames preprocessed on the GPU
-    VIDEO_TTFT_TIMEOUT_S=255 bash benchmarks/gpu_video.sh ttft ;;
-  http)  # issue 16 (.whl2 still there): HTTP vs gRPC after the data-URL change; issue 15: the video GPU tests
-    VLM_SKIP_GPU_ENV=1 VLM_BENCH_RUN_TIMEOUT=50 timeout 200 bash benchmarks/ttft_http_vs_grpc.sh 2>&1 | log 30
-    timeout 170 bash benchmarks/gpu_video.sh tests 2>&1 | log 12 ;;
-  *) echo "usage: $0 moe|serve|load|video|http" >&2; exit 2 ;;
+  http)  # issue 16, first call of a fresh machine (carry .whlA = .whl without cuDNN's frontend, .whl3 = the http
+         # stack without PyAV): HTTP vs gRPC after the data-URL change (fa3, so cuDNN is not needed)
+    VLM_SKIP_GPU_ENV=1 VLM_BENCH_RUN_TIMEOUT=50 VLM_BENCH_SERVE_ARGS="--vit-attention-backend fa3" timeout 280 \
+      bash benchmarks/ttft_http_vs_grpc.sh 2>&1 | log 30 ;;
+  video)  # issue 15, right after (carry .whlB = cuDNN's frontend + PyAV): video TTFT, 8B then 7B, with the frames
+          # preprocessed on the GPU; then the video GPU tests
+    VIDEO_TTFT_TIMEOUT_S=230 bash benchmarks/gpu_video.sh ttft
+    timeout 120 bash benchmarks/gpu_video.sh tests 2>&1 | log 12 ;;
+  *) echo "usage: $0 moe|serve|load|http|video" >&2; exit 2 ;;
 esac
