@@ -27,9 +27,15 @@ case "${1:-}" in
       tar czf $OUT/ttft_video_$m.tgz -C /tmp ttft_video_$m
     done ;;
   tests)
-    timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/processor/test_video_processor_gpu.py \
-      tests/models/test_video_gpu.py 2>&1 | tee $OUT/gpu_tests_video.log | log 12
-    [ -n "${VIDEO_CPU_SUITES:-}" ] && timeout 200 python3 -m pytest -q -p no:cacheprovider tests/processor/test_video.py tests/models/test_video_parity.py \
+    timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests/processor/test_video_processor_gpu.py \
+      tests/processor/test_gpu_video_gpu.py tests/models/test_video_gpu.py 2>&1 | tee $OUT/gpu_tests_video.log | log 12
+    # the host stages of the TTFT clip (demux, segment decode, RGB, resize, the CPU and the GPU video paths)
+    for m in qwen3_vl_8b qwen2_5_vl_7b; do
+      timeout 90 python3 benchmarks/bench_video_decode.py --preset $m --clip /tmp/clip_bench.mp4 \
+        --out $OUT/video_decode_$m.json 2>&1 | log 12
+    done
+    [ -n "${VIDEO_CPU_SUITES:-}" ] && timeout 200 python3 -m pytest -q -p no:cacheprovider tests/processor/test_video.py \
+      tests/processor/test_video_decode.py tests/processor/test_gpu_video.py tests/models/test_video_parity.py \
       2>&1 | tee $OUT/tests_video_cpu_suites.log | log 8 ;;
   *) echo "usage: $0 ttft|tests" >&2; exit 2 ;;
 esac
