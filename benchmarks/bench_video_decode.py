@@ -100,14 +100,19 @@ def _stage_fns(data: bytes, cfg, device: str, workers: int) -> dict:
     pts, keys, fps = _packets(data)
     indices = sample_indices(cfg, len(pts), fps, cfg.fps, cfg.max_frames)
     size = resize_size(cfg, len(indices), 720, 1280)
+    from vlm_service.processor.video import decode_video
+
+    sampler = lambda *a: indices  # noqa: E731
     fns = {"demux": lambda: _packets(data),
-           "prepare_cpu": lambda: prepare_video(VideoInput(data=data), cfg, _limits(), FIELD, torch.bfloat16)}
+           "prepare_cpu": lambda: prepare_video(VideoInput(data=data), cfg, _limits(), FIELD, torch.bfloat16),
+           "video_cpu_path": lambda: decode_video(data, "video/mp4", _limits(), sampler, FIELD, lambda *a: size,
+                                                  **({"workers": workers} if workers else {}))}
     try:
         from vlm_service.processor.video_frames import decode_segments, plan_segments
     except ImportError:  # an older tree (A/B runs): its stages only
         return fns
     from vlm_service.processor.gpu_video import GpuVideoPreprocessor
-    from vlm_service.processor.video import decode_video, resize_frame
+    from vlm_service.processor.video import resize_frame
 
     segments = plan_segments([pts[i] for i in indices], keys)
     frames = _decode_seq(data, segments, skip=True, keep=True)
@@ -119,15 +124,12 @@ def _stage_fns(data: bytes, cfg, device: str, workers: int) -> dict:
                             time.monotonic() + 60, FIELD, workers)
 
     gpu = GpuVideoPreprocessor(cfg, device, torch.bfloat16)
-    sampler = lambda *a: indices  # noqa: E731
     fns.update({
         "decode_seq": lambda: _decode_seq(data, segments, skip=False),
         "decode_seq_skip": lambda: _decode_seq(data, segments, skip=True),
         "decode_parallel": parallel,
         "rgb": lambda: [f.to_ndarray(format="rgb24") for f in frames],
         "resize": lambda: [resize_frame(x, size) for x in rgbs],
-        "video_cpu_path": lambda: decode_video(data, "video/mp4", _limits(), sampler, FIELD,
-                                               lambda *a: size, workers=workers),
         "video_gpu_path": lambda: decode_video(data, "video/mp4", _limits(), sampler, FIELD, lambda *a: None,
                                                gpu.host_buffer, workers=workers),
         "prepare_device": lambda: prepare_video(VideoInput(data=data), cfg, _limits(), FIELD, gpu=gpu),

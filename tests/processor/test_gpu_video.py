@@ -155,3 +155,19 @@ def test_resolve_video_preprocess_device():
         resolve_video_preprocess_device("cuda", cpu)
     with pytest.raises(ValueError, match="preprocess-device"):
         resolve_video_preprocess_device("gpu", cuda)
+
+
+def test_a_failing_device_resize_falls_back_to_the_host_path(monkeypatch, caplog):
+    from vlm_service.processor import gpu_video
+
+    cfg = CONFIGS[0]
+    frames = _decode_unresized(make_clip(seconds=2.0, width=66, height=40, fps=10.0), cfg)
+
+    def boom(*a, **k):
+        raise RuntimeError("too much shared memory")
+
+    monkeypatch.setattr(gpu_video, "resize_levels", boom)
+    got, grid = GpuVideoPreprocessor(cfg, "cpu", torch.bfloat16)(frames)
+    want, want_grid = preprocess_video(frames, cfg, torch.bfloat16)
+    assert grid == want_grid and torch.equal(got.view(torch.int16), want.view(torch.int16))  # the host path's
+    assert "preprocessed on the host" in caplog.text

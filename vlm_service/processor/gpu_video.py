@@ -23,6 +23,7 @@ transformers' own CPU and CUDA video processing; run in two passes with that rou
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 
 import numpy as np
@@ -30,7 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from vlm_service.processor.video_config import VideoConfig, resize_size
-from vlm_service.processor.video_preprocess import _value_table
+from vlm_service.processor.video_preprocess import _value_table, preprocess_video
+
+log = logging.getLogger(__name__)
 
 
 def video_value_table(cfg: VideoConfig, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
@@ -94,7 +97,8 @@ class GpuVideoPreprocessor:
     """Decoded frames [n, H, W, 3] uint8 (host) -> (pixel_values on `device` in `dtype`, grid_thw).
 
     host_buffer(n, h, w) is the array the decoder writes the kept frames into (pinned on CUDA, so the upload is
-    one asynchronous copy). Each calling thread has its own CUDA stream and synchronises only that stream before
+    one asynchronous copy). Where the device ops fail (out of memory, a downscale beyond the CUDA antialias
+    kernel's limits) the video takes the host path, logged, and is copied up. Each calling thread has its own CUDA stream and synchronises only that stream before
     handing the tensor over (model_runner records the engine stream's use of it). On a CPU device the same code
     runs without streams or pinned memory (the CPU tests)."""
 
@@ -103,6 +107,7 @@ class GpuVideoPreprocessor:
         self.cuda = self.device.type == "cuda"
         self.table = video_value_table(cfg, dtype, self.device)
         self._local = threading.local()
+        self._warned = False
 
     def host_buffer(self, n: int, height: int, width: int) -> np.ndarray:
         """An empty uint8 [n, height, width, 3] array for the decoder to fill (a view of pinned memory on CUDA)."""
@@ -112,11 +117,22 @@ class GpuVideoPreprocessor:
         """frames [n, H, W, 3] uint8 -> (pixel_values [t*gh*gw, 3*tp*p*p] on the device, (t, gh, gw))."""
         host = torch.from_numpy(np.ascontiguousarray(frames))
         with self._on_stream() as stream:
-            video = host.to(self.device, non_blocking=self.cuda).permute(0, 3, 1, 2)  # [n, 3, H, W] view
-            out = preprocess_video_frames(video, self.cfg, self.table)
+            try:
+                video = host.to(self.device, non_blocking=self.cuda).permute(0, 3, 1, 2)  # [n, 3, H, W] view
+                out = preprocess_video_frames(video, self.cfg, self.table)
+            except RuntimeError as exc:  # e.g. out of memory, or a downscale beyond the CUDA aa kernel's limits
+                self._warn(exc)
+                values, grid = preprocess_video(frames, self.cfg, self.dtype, pin_memory=self.cuda)
+                out = values.to(self.device, non_blocking=self.cuda), grid
             if stream is not None:
                 stream.synchronize()  # this thread's stream only; also: the pinned buffer is free once it returns
         return out
+
+    def _warn(self, exc: Exception) -> None:
+        """The first failure at WARNING, later ones at DEBUG (a client sending odd videos must not flood)."""
+        log.log(logging.DEBUG if self._warned else logging.WARNING,
+                "video preprocessing on %s failed (%s); this video is preprocessed on the host", self.device, exc)
+        self._warned = True
 
     @contextlib.contextmanager
     def _on_stream(self):

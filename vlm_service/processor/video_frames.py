@@ -3,8 +3,9 @@
 The sampled presentation timestamps are grouped by the keyframe before each (a segment: seek there, decode until
 its last target). Segments are independent, so with several of them each worker thread opens its own container over
 the same bytes and decodes whole segments, longest first; FFmpeg decodes and converts with the GIL released, so
-the threads run on separate cores. The codec's own frame threads are split among the workers (thread_count set
-before the codec opens, which PyAV does at the first decode). Two further cuts:
+the threads run on separate cores. The cores are split among the workers' codecs in proportion to the decoding
+each has to do (frame threads; thread_count set before the codec opens, which PyAV does at the first decode), so
+the longest GOP prefix, the critical path, gets the most. Two further cuts:
 - H.264 / HEVC frames that no other frame references (nal_ref_idc 0) and that are not sampled are skipped
   (skip_frame NONREF, switched per packet): nothing else depends on them, and they are about 40 % of an x264
   stream's frames with B-frames;
@@ -65,29 +66,41 @@ def decode_segments(data: bytes, container, stream, segments: list[tuple[int, li
             _decode_segment(container, stream, key, targets, store, convert, deadline, field, None)
         return
     todo: queue.SimpleQueue = queue.SimpleQueue()
-    for seg in sorted(segments, key=lambda s: s[1][-1] - s[0], reverse=True):  # longest (in pts) first
+    for seg in sorted(segments, key=_span, reverse=True):  # longest first: the critical path starts at once
         todo.put(seg)
-    codec_threads = -(-cores // workers)
+    share = cores / sum(_span(seg) for seg in segments)  # codec threads per pts unit of decoding
     with ThreadPoolExecutor(workers, thread_name_prefix="video-decode") as pool:
-        futures = [pool.submit(_worker, data, stream.index, todo, store, convert, deadline, field, codec_threads)
+        futures = [pool.submit(_worker, data, stream.index, todo, store, convert, deadline, field, share)
                    for _ in range(workers)]
         for future in futures:
             future.result()  # re-raises a worker's InvalidInput / FFmpeg error here
 
 
+def _span(segment: tuple[int, list[int]]) -> int:
+    """How much decoding a segment is, in pts units (keyframe to last target; at least 1)."""
+    key, targets = segment
+    return max(targets[-1] - key, 0) + 1
+
+
 def _worker(data: bytes, index: int, todo: queue.SimpleQueue, store, convert, deadline: float, field: str,
-            codec_threads: int) -> None:
+            share: float) -> None:
+    """Decode segments from `todo` until it is empty, on a container of its own. Its codec gets frame threads in
+    proportion to its first (longest) segment's share of all the decoding: the cores go to the long GOPs."""
     import av
 
+    try:
+        segment = todo.get_nowait()
+    except queue.Empty:
+        return
     with av.open(io.BytesIO(data), mode="r") as container:
         stream = container.streams[index]  # the same bytes: the same stream layout
-        _set_threads(stream, codec_threads)
-        while True:
+        _set_threads(stream, max(1, round(share * _span(segment))))
+        while segment is not None:
+            _decode_segment(container, stream, *segment, store, convert, deadline, field, 1)
             try:
-                key, targets = todo.get_nowait()
+                segment = todo.get_nowait()
             except queue.Empty:
-                return
-            _decode_segment(container, stream, key, targets, store, convert, deadline, field, 1)
+                segment = None
 
 
 def _set_threads(stream, count: int) -> None:
