@@ -89,7 +89,8 @@ class Processor:
     def from_pretrained(cls, model_dir: Path, max_pixels_limit: int = 40_000_000, max_images: int = 8,
                         chat_template: str | Path | None = None, **pixels) -> "Processor":
         """Load the tokenizer, image and video settings of an HF-format checkpoint directory (pixels: pixel_dtype,
-        pin_pixels, trust_client_special_tokens, the cost limits, video_limits, max_videos, max_visual_tokens);
+        pin_pixels, trust_client_special_tokens, the cost limits, video_limits, max_videos, max_visual_tokens,
+        preprocess_device, video_preprocess_device);
         `chat_template`: a jinja file that replaces the checkpoint's template."""
         return cls(load_tokenizer(model_dir, chat_template), ImageConfig.from_pretrained(model_dir), max_pixels_limit, max_images,
                    video_config=VideoConfig.from_pretrained(model_dir), **pixels)

@@ -6,7 +6,7 @@ the same bytes and decodes whole segments, longest first; FFmpeg decodes and con
 the threads run on separate cores. The cores are split among the workers' codecs in proportion to the decoding
 each has to do (frame threads; thread_count set before the codec opens, which PyAV does at the first decode), so
 the longest GOP prefix, the critical path, gets the most. Two further cuts:
-- H.264 / HEVC frames that no other frame references (nal_ref_idc 0) and that are not sampled are skipped
+- H.264 frames that no other frame references (nal_ref_idc 0) and that are not sampled are skipped
   (skip_frame NONREF, switched per packet): nothing else depends on them, and they are about 40 % of an x264
   stream's frames with B-frames;
 - only the kept frames are converted to RGB24 (PyAV's to_ndarray, the conversion transformers' PyAV reader uses),
@@ -29,7 +29,9 @@ import numpy as np
 
 from vlm_service.errors import InvalidInput
 
-_SKIP_NONREF_CODECS = ("h264", "hevc")  # whose non-reference frames change no decoder state others use
+# whose non-reference frames (nal_ref_idc 0) no other frame uses; not HEVC: its "non-reference" NAL types are so only
+# within their temporal sub-layer, a higher one may still predict from them
+_SKIP_NONREF_CODECS = ("h264",)
 
 # convert(frame, swscale threads or None for FFmpeg's choice) -> the [h, w, 3] uint8 RGB array of a kept frame
 Convert = Callable[[object, "int | None"], np.ndarray]
