@@ -171,3 +171,14 @@ def test_a_failing_device_resize_falls_back_to_the_host_path(monkeypatch, caplog
     want, want_grid = preprocess_video(frames, cfg, torch.bfloat16)
     assert grid == want_grid and torch.equal(got.view(torch.int16), want.view(torch.int16))  # the host path's
     assert "preprocessed on the host" in caplog.text
+
+
+def test_warm_up_runs_the_device_ops_and_logs_the_difference(caplog):
+    """What a CUDA preprocessor does at start-up (here on the CPU): a smooth clip within about one level."""
+    import logging
+    import re
+
+    caplog.set_level(logging.INFO, logger="vlm_service.processor.gpu_video")
+    GpuVideoPreprocessor(CONFIGS[0], "cpu", torch.float32)._warm_up()
+    diff = float(re.search(r"max \|diff\| vs the CPU path ([0-9.]+)", caplog.text).group(1))
+    assert diff <= 2 * CONFIGS[0].rescale_factor / min(CONFIGS[0].image_std)
