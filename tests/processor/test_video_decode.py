@@ -81,3 +81,33 @@ def test_a_decode_worker_past_the_deadline_is_refused_naming_the_field():
     with pytest.raises(InvalidInput, match="too long") as err:
         decode_video(data, "", VideoLimits(decode_timeout_s=0.2), slow_sampler, FIELD, workers=4)
     assert err.value.field == FIELD
+
+
+def test_a_failing_worker_stops_the_others():
+    """An error in one segment thread empties the queue: the rest stop after their current segment, and the
+    error reaches the caller (decode_video turns it into InvalidInput naming the field)."""
+    import av as _av
+    import io
+
+    from vlm_service.processor.video_frames import decode_segments
+
+    data = make_clip(seconds=3.0, width=64, height=48, fps=10.0, codec="mjpeg")  # 30 keyframes: 30 segments
+    calls = []
+
+    def convert(frame, threads):
+        calls.append(frame.pts)
+        raise ValueError("boom")
+
+    with _av.open(io.BytesIO(data)) as c:
+        stream = c.streams.video[0]
+        stamps = sorted(p.pts for p in c.demux(stream) if p.pts is not None and p.size)
+        segments = plan_segments(stamps, stamps)
+        assert len(segments) == 30
+        with pytest.raises(ValueError, match="boom"):
+            decode_segments(data, c, stream, segments, lambda *a: None, convert, time.monotonic() + 60, FIELD,
+                            workers=2)
+    assert 1 <= len(calls) <= 10
+    with pytest.raises(InvalidInput, match="corrupt or unsupported") as err:
+        decode_video(data, "", VideoLimits(), lambda total, *_: list(range(total)), FIELD,
+                     frames_buffer=lambda n, h, w: np.empty((n, h + 1, w, 3), np.uint8), workers=2)  # wrong shape
+    assert err.value.field == FIELD

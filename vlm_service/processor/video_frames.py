@@ -87,22 +87,31 @@ def _span(segment: tuple[int, list[int]]) -> int:
 def _worker(data: bytes, index: int, todo: queue.SimpleQueue, store, convert, deadline: float, field: str,
             share: float) -> None:
     """Decode segments from `todo` until it is empty, on a container of its own. Its codec gets frame threads in
-    proportion to its first (longest) segment's share of all the decoding: the cores go to the long GOPs."""
+    proportion to its first (longest) segment's share of all the decoding: the cores go to the long GOPs. A
+    failure empties `todo`, so the other workers stop after their current segment."""
     import av
 
-    try:
-        segment = todo.get_nowait()
-    except queue.Empty:
+    segment = _next(todo)
+    if segment is None:
         return
-    with av.open(io.BytesIO(data), mode="r") as container:
-        stream = container.streams[index]  # the same bytes: the same stream layout
-        _set_threads(stream, max(1, round(share * _span(segment))))
-        while segment is not None:
-            _decode_segment(container, stream, *segment, store, convert, deadline, field, 1)
-            try:
-                segment = todo.get_nowait()
-            except queue.Empty:
-                segment = None
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            stream = container.streams[index]  # the same bytes: the same stream layout
+            _set_threads(stream, max(1, round(share * _span(segment))))
+            while segment is not None:
+                _decode_segment(container, stream, *segment, store, convert, deadline, field, 1)
+                segment = _next(todo)
+    except BaseException:
+        while _next(todo) is not None:
+            pass
+        raise
+
+
+def _next(todo: queue.SimpleQueue):
+    try:
+        return todo.get_nowait()
+    except queue.Empty:
+        return None
 
 
 def _set_threads(stream, count: int) -> None:
