@@ -4,7 +4,9 @@
 #   bash benchmarks/gpu_video.sh ttft    # TTFT of one 10 s 1280x720 H.264 clip (30 fps source, sampled at 2 fps),
 #                                        # qwen3_vl_8b and qwen2_5_vl_7b, server breakdown + transformers peer
 #   bash benchmarks/gpu_video.sh tests   # the GPU-marked video tests (processor half against transformers' video
-#                                        # processors, which need torchvision; the models on CUDA) and the CPU video
+#                                        # processors, which need torchvision, on the CPU and, for the GPU video path,
+#                                        # on CUDA; the models on CUDA), the host stages of the TTFT clip per preset
+#                                        # ($OUT/video_decode_<preset>.json) and (VIDEO_CPU_SUITES=1) the CPU video
 #                                        # suites on the host
 # Carry what gpu_next.sh carries (.whl/ with the GPU extras and googleapis-common-protos, vlm_service/_proto) plus
 # a PyAV wheel for Python 3.12: pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl av
