@@ -100,8 +100,8 @@ def test_gpu_path_on_cpu_matches_the_cpu_path(clip_kw, cfg, dtype):
 def test_unchanged_size_is_not_resampled():
     frames = torch.randint(0, 256, (3, 3, 64, 96), dtype=torch.uint8)
     assert resize_levels(frames, (64, 96)) is frames
-    assert torch.equal(resize_levels(frames, (32, 64)), resize_levels(frames.contiguous(memory_format=torch.channels_last),
-                                                                       (32, 64)))
+    channels_last = frames.contiguous(memory_format=torch.channels_last)  # as uploaded from [n, H, W, 3]
+    assert torch.equal(resize_levels(frames, (32, 64)), resize_levels(channels_last, (32, 64)))
 
 
 @pytest.mark.parametrize("cfg", CONFIGS[::2], ids=["qwen3", "qwen2_5"])

@@ -98,9 +98,9 @@ class GpuVideoPreprocessor:
 
     host_buffer(n, h, w) is the array the decoder writes the kept frames into (pinned on CUDA, so the upload is
     one asynchronous copy). Where the device ops fail (out of memory, a downscale beyond the CUDA antialias
-    kernel's limits) the video takes the host path, logged, and is copied up. Each calling thread has its own CUDA stream and synchronises only that stream before
-    handing the tensor over (model_runner records the engine stream's use of it). On a CPU device the same code
-    runs without streams or pinned memory (the CPU tests)."""
+    kernel's limits) the video takes the host path, logged, and is copied up. Each calling thread has its own
+    CUDA stream and synchronises only that stream before handing the tensor over (model_runner records the engine
+    stream's use of it). On a CPU device the same code runs without streams or pinned memory (the CPU tests)."""
 
     def __init__(self, cfg: VideoConfig, device: torch.device | str, dtype: torch.dtype):
         self.cfg, self.device, self.dtype = cfg, torch.device(device), dtype
