@@ -4,7 +4,9 @@
 #   bash benchmarks/gpu_video.sh ttft    # TTFT of one 10 s 1280x720 H.264 clip (30 fps source, sampled at 2 fps),
 #                                        # qwen3_vl_8b and qwen2_5_vl_7b, server breakdown + transformers peer
 #   bash benchmarks/gpu_video.sh tests   # the GPU-marked video tests (processor half against transformers' video
-#                                        # processors, which need torchvision; the models on CUDA) and the CPU video
+#                                        # processors, which need torchvision, on the CPU and, for the GPU video path,
+#                                        # on CUDA; the models on CUDA), the host stages of the TTFT clip per preset
+#                                        # ($OUT/video_decode_<preset>.json) and (VIDEO_CPU_SUITES=1) the CPU video
 #                                        # suites on the host
 # Carry what gpu_next.sh carries (.whl/ with the GPU extras and googleapis-common-protos, vlm_service/_proto) plus
 # a PyAV wheel for Python 3.12: pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl av
@@ -27,9 +29,15 @@ case "${1:-}" in
       tar czf $OUT/ttft_video_$m.tgz -C /tmp ttft_video_$m
     done ;;
   tests)
-    timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/processor/test_video_processor_gpu.py \
-      tests/models/test_video_gpu.py 2>&1 | tee $OUT/gpu_tests_video.log | log 12
-    [ -n "${VIDEO_CPU_SUITES:-}" ] && timeout 200 python3 -m pytest -q -p no:cacheprovider tests/processor/test_video.py tests/models/test_video_parity.py \
+    timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests/processor/test_video_processor_gpu.py \
+      tests/processor/test_gpu_video_gpu.py tests/models/test_video_gpu.py 2>&1 | tee $OUT/gpu_tests_video.log | log 12
+    # the host stages of the TTFT clip (demux, segment decode, RGB, resize, the CPU and the GPU video paths)
+    for m in qwen3_vl_8b qwen2_5_vl_7b; do
+      timeout 90 python3 benchmarks/bench_video_decode.py --preset $m --clip /tmp/clip_bench.mp4 \
+        --out $OUT/video_decode_$m.json 2>&1 | log 12
+    done
+    [ -n "${VIDEO_CPU_SUITES:-}" ] && timeout 200 python3 -m pytest -q -p no:cacheprovider tests/processor/test_video.py \
+      tests/processor/test_video_decode.py tests/processor/test_gpu_video.py tests/models/test_video_parity.py \
       2>&1 | tee $OUT/tests_video_cpu_suites.log | log 8 ;;
   *) echo "usage: $0 ttft|tests" >&2; exit 2 ;;
 esac

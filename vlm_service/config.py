@@ -32,7 +32,9 @@ class ModelConfig:
     vit_attention_backend: str = "auto"  # auto | sdpa | fa3 | flashinfer_cudnn
     served_model_name: str = ""  # what /v1/models, responses and GetModelInfo report; "" = the model id
     chat_template: str = ""  # a jinja file overriding the checkpoint's chat template; "" = the checkpoint's
-    preprocess_device: str = "auto"  # auto (= cpu for now: see gpu_preprocess.py) | cpu | cuda: image decode + preprocess
+    # auto | cpu | cuda: image decode + preprocess, video frame resize + normalise + layout. auto: images on the host
+    # (see gpu_preprocess.py), videos on the model's CUDA device when it has one (gpu_video.py)
+    preprocess_device: str = "auto"
 
     def __post_init__(self):
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):

@@ -150,7 +150,7 @@ def processor_limits(limits) -> dict:
 def load_runtime(cfg: Config) -> Runtime:
     """Resolve device and dtype, load model + processor + tokenizer and build the (not yet started) engine."""
     from vlm_service.engine import AsyncEngine
-    from vlm_service.processor.gpu_preprocess import resolve_preprocess_device
+    from vlm_service.processor.gpu_preprocess import resolve_preprocess_device, resolve_video_preprocess_device
     from vlm_service.processor.processor import Processor
 
     import vit_backends
@@ -171,11 +171,14 @@ def load_runtime(cfg: Config) -> Runtime:
     cuda = device.type == "cuda"
     # --preprocess-device: on CUDA the pixels are decoded (JPEG) and laid out on the device itself (gpu_preprocess)
     preprocess_device = resolve_preprocess_device(cfg.model.preprocess_device, device)
+    # videos: auto on CUDA = the device (resize / normalise / patch layout as transformers' GPU video processor)
+    video_device = resolve_video_preprocess_device(cfg.model.preprocess_device, device)
     processor = Processor.from_pretrained(processor_dir, max_pixels_limit=cfg.server.limits.max_image_pixels,
                                           max_images=cfg.server.limits.max_images_per_request,
                                           chat_template=cfg.model.chat_template or None,
                                           pixel_dtype=dtype if cuda else torch.float32, pin_pixels=cuda,
-                                          preprocess_device=preprocess_device, **processor_limits(cfg.server.limits),
+                                          preprocess_device=preprocess_device, video_preprocess_device=video_device,
+                                          **processor_limits(cfg.server.limits),
                                           **video_processor_kwargs(cfg.server.limits))
     if parallel is None:
         engine = AsyncEngine(model, processor.tokenizer, cfg.engine, cfg.server.limits, device)

@@ -90,17 +90,17 @@ def test_seeking_decoder_returns_the_frames_of_a_plain_decode(kw, family):
 
 def test_long_clip_decodes_only_around_the_sampled_frames(monkeypatch):
     data = make_clip(seconds=30.0, width=32, height=32, fps=10.0, gop=10, seed=-1)  # 300 frames, GOPs of 10
-    decoded = []
-    real = video_mod._decode_until
+    from vlm_service.processor import video_frames
 
-    def counting(frames, *args):
-        def gen():
-            for f in frames:
-                decoded.append(f.pts)
-                yield f
-        return real(gen(), *args)
+    decoded = []  # packets handed to the decoder
+    real = video_frames._packets_from
 
-    monkeypatch.setattr(video_mod, "_decode_until", counting)
+    def counting(*args):
+        for packet in real(*args):
+            decoded.append(packet.pts)
+            yield packet
+
+    monkeypatch.setattr(video_frames, "_packets_from", counting)
     out = decode_video(data, "video/mp4", VideoLimits(), _sampler(VideoConfig(), fps=0.2, max_frames=8), FIELD)
     assert out.frames.shape[0] == 6
     assert len(decoded) <= 6 * 10 + 6  # at most one GOP per sampled frame, far from the 300 of a full decode

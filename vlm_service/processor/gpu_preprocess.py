@@ -55,6 +55,17 @@ def resolve_preprocess_device(name: str, model_device: torch.device) -> torch.de
     return model_device
 
 
+def resolve_video_preprocess_device(name: str, model_device: torch.device) -> torch.device | None:
+    """The device video frames are resized / normalised / laid out on (gpu_video.py), None for the CPU path:
+    cuda, and auto when the model is on CUDA -> the model's device (the frames then follow transformers' own GPU
+    video processor: the decoder is the same PyAV one, only the resize runs in float32 as torchvision's does off
+    the CPU); cpu, or auto with the model elsewhere -> the host path. Refusals as resolve_preprocess_device's."""
+    image_device = resolve_preprocess_device(name, model_device)  # validates the name and cuda's needs
+    if name == "auto" and model_device.type == "cuda":
+        return model_device
+    return image_device
+
+
 def load_jpeg_decoder():
     """torchvision's (decode_jpeg, ImageReadMode), or None when torchvision cannot be loaded (logged)."""
     try:

@@ -54,14 +54,17 @@ class Processor:
                  trust_client_special_tokens: bool = False, max_request_pixels: int = 0,
                  decode_budget: DecodeBudget | None = None, preprocess_device: torch.device | None = None,
                  video_config: VideoConfig | None = None, video_limits: VideoLimits = VideoLimits(),
-                 max_videos: int = 4, max_visual_tokens: int = 0):
+                 max_videos: int = 4, max_visual_tokens: int = 0,
+                 video_preprocess_device: torch.device | None = None):
         """pixel_dtype / pin_pixels: what a CUDA server wants to copy to the device (the model dtype, pinned
         memory), written directly by the patch layout copy; float32 (the default) is transformers' layout.
         trust_client_special_tokens: parse special tokens inside client text (off: they are plain text).
         max_request_pixels / decode_budget: the cost limits of processor/budget.py (0 / None = none).
         preprocess_device: decode and preprocess images there (gpu_preprocess.py) instead of on the host.
         video_config: the checkpoint's video settings (None: the Qwen3-VL defaults with the image patch sizes);
-        max_visual_tokens bounds the image + video tokens of one request (0 = no bound)."""
+        max_visual_tokens bounds the image + video tokens of one request (0 = no bound).
+        video_preprocess_device: resize / normalise / lay out video frames there (gpu_video.py); None: where
+        preprocess_device says (None there too: on the host)."""
         self.tokenizer = tokenizer
         self.video_config = video_config or VideoConfig(patch_size=image_config.patch_size,
                                                         temporal_patch_size=image_config.temporal_patch_size,
@@ -69,6 +72,7 @@ class Processor:
         self.video_limits, self.max_videos, self.max_visual_tokens = video_limits, max_videos, max_visual_tokens
         self.pixel_dtype, self.pin_pixels = pixel_dtype, pin_pixels
         self.gpu_preprocessor = _gpu_preprocessor(image_config, preprocess_device, pixel_dtype)
+        self.gpu_video = _gpu_video(self.video_config, video_preprocess_device or preprocess_device, pixel_dtype)
         self.image_config = image_config
         self.max_pixels_limit = max_pixels_limit
         self.max_images = max_images
@@ -85,7 +89,8 @@ class Processor:
     def from_pretrained(cls, model_dir: Path, max_pixels_limit: int = 40_000_000, max_images: int = 8,
                         chat_template: str | Path | None = None, **pixels) -> "Processor":
         """Load the tokenizer, image and video settings of an HF-format checkpoint directory (pixels: pixel_dtype,
-        pin_pixels, trust_client_special_tokens, the cost limits, video_limits, max_videos, max_visual_tokens);
+        pin_pixels, trust_client_special_tokens, the cost limits, video_limits, max_videos, max_visual_tokens,
+        preprocess_device, video_preprocess_device);
         `chat_template`: a jinja file that replaces the checkpoint's template."""
         return cls(load_tokenizer(model_dir, chat_template), ImageConfig.from_pretrained(model_dir), max_pixels_limit, max_images,
                    video_config=VideoConfig.from_pretrained(model_dir), **pixels)
@@ -163,7 +168,7 @@ class Processor:
                     left = self._tokens_left(out) if self.max_visual_tokens else 0
                     out.append(prepare_video(part, self.video_config, self.video_limits,
                                              f"messages[{i}].content[{j}].video", self.pixel_dtype, self.pin_pixels,
-                                             max_tokens=left))
+                                             max_tokens=left, gpu=self.gpu_video))
         return out
 
     def _tokens_left(self, items: list[PreparedVisual]) -> int:
@@ -219,6 +224,19 @@ def _gpu_preprocessor(image_config: ImageConfig, device: torch.device | None, dt
         return GpuPreprocessor(image_config, device, dtype)
     except Exception:  # serve with the host path rather than not at all
         log.exception("GPU preprocessing on %s failed to start; images are preprocessed on the host", device)
+        return None
+
+
+def _gpu_video(video_config: VideoConfig, device: torch.device | None, dtype: torch.dtype):
+    """A GpuVideoPreprocessor on `device`, or None for the host path (also, logged, when it cannot start there)."""
+    if device is None:
+        return None
+    from vlm_service.processor.gpu_video import GpuVideoPreprocessor
+
+    try:
+        return GpuVideoPreprocessor(video_config, device, dtype)
+    except Exception:  # serve with the host path rather than not at all
+        log.exception("GPU video preprocessing on %s failed to start; videos are preprocessed on the host", device)
         return None
 
 

@@ -3,8 +3,9 @@
 decode_video: sniff (images and non-video containers refused), open, check the header (a video stream, frame size,
 declared duration and frame count), demux the packets without decoding (exact frame count, keyframes, truncation),
 choose the frames to keep (a sampler from video_config), then decode only those: from the keyframe before each
-target, seeking forward whenever the next target lies past another keyframe, so 16 frames of a long clip cost 16
-GOP prefixes, never the whole stream. Frames come out as RGB24, the conversion transformers' PyAV reader uses.
+target to the segment's last target (video_frames.py: segments in parallel threads, unsampled non-reference
+frames skipped), so 16 frames of a long clip cost 16 GOP prefixes, never the whole stream. Frames come out as
+RGB24, the conversion transformers' PyAV reader uses, written into one [n, h, w, 3] array.
 decode_frames: the same for clients that send already-extracted frames (encoded images) with timestamps or an fps.
 Every failure is InvalidInput naming the field (messages[i].content[j].video), TooLarge for the byte limit.
 """
@@ -48,6 +49,9 @@ class DecodedVideo:
     sampled_fps: float  # kept frames per second of video (transformers' VideoMetadata.sampled_fps)
 
 
+FrameSize = Callable[[int, int, int], "tuple[int, int] | None"]  # (num_frames, height, width) -> resized size
+FramesBuffer = Callable[[int, int, int], np.ndarray]  # (n, height, width) -> empty uint8 [n, height, width, 3]
+
 # sampler(total_frames, source_fps, width, height) -> indices of the frames to keep, in presentation order; it may
 # raise InvalidInput (e.g. a visual-token budget the sampled frames would exceed), before any frame is decoded
 Sampler = Callable[[int, float, int, int], list[int]]
@@ -58,11 +62,15 @@ def supported_video_mime_types() -> tuple[str, ...]:
 
 
 def decode_video(data: bytes, mime_type: str, limits: VideoLimits, sampler: Sampler, field: str,
-                 frame_size: Callable[[int, int, int], tuple[int, int]] | None = None) -> DecodedVideo:
+                 frame_size: FrameSize | None = None, frames_buffer: FramesBuffer | None = None,
+                 workers: int = 0) -> DecodedVideo:
     """Decode the frames `sampler` picks from an encoded video, or raise InvalidInput / TooLarge naming `field`.
 
     frame_size(num_frames, height, width) -> (height, width): resize each frame to that as it is decoded (what
-    video_preprocess does to the whole stack, frame by frame), so only resized frames are ever held."""
+    video_preprocess does to the whole stack, frame by frame), so only resized frames are ever held; None from it:
+    keep the decoded size (the GPU path resizes on the device). frames_buffer(n, height, width): the empty
+    [n, height, width, 3] uint8 array the frames are written into (e.g. pinned memory); default np.empty.
+    workers: decode threads over keyframe segments (0 = one per segment up to the cores; 1 = this thread)."""
     if not data:
         raise InvalidInput("video is empty (zero bytes)", field=field)
     if len(data) > limits.max_bytes:
@@ -77,7 +85,8 @@ def decode_video(data: bytes, mime_type: str, limits: VideoLimits, sampler: Samp
 
     try:
         with av.open(io.BytesIO(data), mode="r") as container:
-            return _decode(container, expected, limits, sampler, field, deadline, frame_size)
+            return _decode(data, container, expected, limits, sampler, field, deadline,
+                           (frame_size, frames_buffer or _empty_frames, workers))
     except (InvalidInput, TooLarge):
         raise
     except (av.FFmpegError, OSError, ValueError, EOFError, IndexError, KeyError, TypeError, ZeroDivisionError,
@@ -103,8 +112,8 @@ def _refuse_images(data: bytes, field: str) -> None:
             raise InvalidInput(f"this is a {name} image, not a video: send it as an image part", field=field)
 
 
-def _decode(container, expected, limits: VideoLimits, sampler: Sampler, field: str, deadline: float,
-            frame_size=None) -> DecodedVideo:
+def _decode(data: bytes, container, expected, limits: VideoLimits, sampler: Sampler, field: str, deadline: float,
+            how: tuple) -> DecodedVideo:
     name = container.format.name
     if name not in _DEMUXERS:
         raise InvalidInput(f"not an MP4, MOV or WebM video (the bytes look like {name[:30]!r})", field=field)
@@ -118,18 +127,19 @@ def _decode(container, expected, limits: VideoLimits, sampler: Sampler, field: s
     if not indices:
         raise InvalidInput(f"video has {len(pts)} frames: too few to sample", field=field)
     width, height = stream.codec_context.width, stream.codec_context.height
+    frame_size, frames_buffer, workers = how
     size = frame_size(len(indices), height, width) if frame_size else None
-    frames = _decode_at(container, stream, [pts[i] for i in indices], keyframes, deadline, field, size)
-    return DecodedVideo(np.stack(frames), [i / src_fps for i in indices], len(indices) / len(pts) * src_fps)
+    out = frames_buffer(len(indices), *(size or (height, width)))
+    frames = _decode_at(data, container, stream, [pts[i] for i in indices], keyframes, deadline, field, out, size,
+                        workers)
+    return DecodedVideo(frames, [i / src_fps for i in indices], len(indices) / len(pts) * src_fps)
 
 
 def _video_stream(container, field: str):
     if not container.streams.video:
         what = "only audio" if container.streams.audio else "no streams"
         raise InvalidInput(f"the file has no video stream ({what})", field=field)
-    stream = container.streams.video[0]
-    stream.thread_type = "AUTO"  # frame threads: the decoder is FFmpeg's, off the GIL
-    return stream
+    return container.streams.video[0]  # its codec threads are set by video_frames before it opens
 
 
 def _check_header(container, stream, limits: VideoLimits, field: str) -> None:
@@ -184,39 +194,28 @@ def _source_fps(stream, pts: list[int]) -> float:
     return (len(pts) - 1) / span if span > 0 else 24.0
 
 
-def _decode_at(container, stream, targets: list[int], keyframes: list[int], deadline: float,
-               field: str, size: tuple[int, int] | None = None) -> list[np.ndarray]:
-    """RGB frames at presentation timestamps `targets` (ascending), decoding from the keyframe before each."""
-    import bisect
+def _decode_at(data: bytes, container, stream, targets: list[int], keyframes: list[int], deadline: float, field: str,
+               out: np.ndarray, size: tuple[int, int] | None, workers: int) -> np.ndarray:
+    """Frames at presentation timestamps `targets` (ascending) into `out` [n, h, w, 3], from the keyframe before
+    each (video_frames.py: keyframe segments, in parallel threads when there are several)."""
+    from vlm_service.processor.video_frames import decode_segments, plan_segments, slot_store
 
-    out: dict[int, np.ndarray] = {}
-    frames, pos = None, None  # the live decode iterator and the pts of its last frame
-    for target in sorted(set(targets)):
-        if target in out:
-            continue
-        key = keyframes[max(bisect.bisect_right(keyframes, target) - 1, 0)]
-        if frames is None or pos is None or key > pos:  # decoding on would pass a keyframe: seek instead
-            container.seek(key, stream=stream, backward=True, any_frame=False)
-            frames = container.decode(stream)
-        pos = _decode_until(frames, target, set(targets), out, deadline, field, size)
-    missing = [t for t in targets if t not in out]
+    segments = plan_segments(targets, keyframes)
+    write, seen = slot_store(targets, out), set()
+
+    def convert(frame, threads: int | None) -> np.ndarray:
+        rgb = frame.to_ndarray(format="rgb24", **({"threads": threads} if threads else {}))
+        return resize_frame(rgb, size) if size else rgb
+
+    def store(pts: int, rgb: np.ndarray) -> None:
+        write(pts, rgb)
+        seen.add(pts)
+
+    decode_segments(data, container, stream, segments, store, convert, deadline, field, workers)
+    missing = sum(1 for t in targets if t not in seen)
     if missing:
-        raise InvalidInput(f"corrupt video: {len(missing)} of the sampled frames could not be decoded", field=field)
-    return [out[t] for t in targets]
-
-
-def _decode_until(frames, target: int, wanted: set[int], out: dict, deadline: float, field: str,
-                  size: tuple[int, int] | None = None) -> int | None:
-    pos = None
-    for frame in frames:
-        _check_deadline(deadline, field)
-        pos = frame.pts
-        if pos in wanted and pos not in out:
-            rgb = frame.to_ndarray(format="rgb24")
-            out[pos] = resize_frame(rgb, size) if size else rgb
-        if pos is None or pos >= target:
-            break
-    return pos
+        raise InvalidInput(f"corrupt video: {missing} of the sampled frames could not be decoded", field=field)
+    return out
 
 
 def resize_frame(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -227,6 +226,10 @@ def resize_frame(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
     x = torch.from_numpy(rgb).permute(2, 0, 1)[None]  # [1, 3, H, W]
     return resize_frames(x, *size)[0].permute(1, 2, 0).numpy()
+
+
+def _empty_frames(n: int, height: int, width: int) -> np.ndarray:
+    return np.empty((n, height, width, 3), dtype=np.uint8)
 
 
 def _check_deadline(deadline: float, field: str) -> None:

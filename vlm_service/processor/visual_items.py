@@ -72,19 +72,25 @@ def video_hash(part: VideoInput, fps: float, max_frames: int) -> str:
 
 
 def prepare_video(part: VideoInput, cfg: VideoConfig, limits: VideoLimits, field: str,
-                  out_dtype: torch.dtype = torch.float32, pin: bool = False, max_tokens: int = 0) -> PreparedVisual:
+                  out_dtype: torch.dtype = torch.float32, pin: bool = False, max_tokens: int = 0,
+                  gpu=None) -> PreparedVisual:
     """Decode (file or frames), sample, resize and patchify one video; InvalidInput / TooLarge name `field`.
 
-    max_tokens (> 0): the visual tokens this video may take, checked from the header before frames are decoded."""
+    max_tokens (> 0): the visual tokens this video may take, checked from the header before frames are decoded.
+    gpu: a gpu_video.GpuVideoPreprocessor: the frames are decoded at their own size into its host buffer and
+    resized, normalised and laid out on its device (out_dtype / pin are then its own)."""
     fps, max_frames = sampling_of(part, cfg, limits)
     started = time.perf_counter()
-    decoded = _decode(part, cfg, limits, field, fps, max_frames, max_tokens)
+    decoded = _decode(part, cfg, limits, field, fps, max_frames, max_tokens, gpu)
     decode_ms = (time.perf_counter() - started) * 1000.0
     tp = cfg.temporal_patch_size
     if len(decoded.frames) < tp:
         raise InvalidInput(f"video yields {len(decoded.frames)} frame(s); at least {tp} are needed", field=field)
     try:
-        pixels, grid = preprocess_video(decoded.frames, cfg, out_dtype, pin, resized=bool(part.data))
+        if gpu is not None:
+            pixels, grid = gpu(decoded.frames)
+        else:
+            pixels, grid = preprocess_video(decoded.frames, cfg, out_dtype, pin, resized=bool(part.data))
     except ValueError as exc:  # smart_resize's aspect-ratio refusal
         raise InvalidInput(f"video frames cannot be resized: {exc}", field=field) from None
     timing = cfg.rules.video_timing(cfg, decoded.frame_times, decoded.sampled_fps)
@@ -100,7 +106,7 @@ def video_tokens(cfg: VideoConfig, num_frames: int, height: int, width: int) -> 
 
 
 def _decode(part: VideoInput, cfg: VideoConfig, limits: VideoLimits, field: str, fps: float,
-            max_frames: int, max_tokens: int = 0) -> DecodedVideo:
+            max_frames: int, max_tokens: int = 0, gpu=None) -> DecodedVideo:
     if part.data and part.frames:
         raise InvalidInput("give either data or frames, not both", field=field)
     if part.frames:
@@ -118,13 +124,15 @@ def _decode(part: VideoInput, cfg: VideoConfig, limits: VideoLimits, field: str,
                                    "request's limit (lower fps or max_frames)", field=field)
         return indices
 
-    def frame_size(n: int, height: int, width: int) -> tuple[int, int]:
+    def frame_size(n: int, height: int, width: int) -> tuple[int, int] | None:
         try:
-            return resize_size(cfg, n, height, width)
+            size = resize_size(cfg, n, height, width)  # checked before decoding on both paths
         except ValueError as exc:  # smart_resize's aspect-ratio refusal
             raise InvalidInput(f"video frames cannot be resized: {exc}", field=field) from None
+        return None if gpu is not None else size  # the GPU path resizes on its device
 
-    return decode_video(part.data, part.mime_type, limits, sampler, field, frame_size)
+    buffer = gpu.host_buffer if gpu is not None else None
+    return decode_video(part.data, part.mime_type, limits, sampler, field, frame_size, buffer)
 
 
 def expand_video_text(text: str, items: list[PreparedVisual]) -> str:

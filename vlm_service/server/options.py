@@ -56,8 +56,10 @@ _FIELD_HELP = {
     "default_max_tokens": "completion tokens of a request that sets no max_tokens; 0 = up to the context",
     "served_model_name": "the model name that /v1/models, responses and GetModelInfo report; empty = the model id",
     "chat_template": "a Jinja chat-template file used instead of the checkpoint's; empty = the checkpoint's",
-    "preprocess_device": "where images are decoded and preprocessed: auto (= cpu today: nvJPEG's pixels differ from "
-                         "libjpeg's), cpu, or cuda (JPEG on nvJPEG, resize/normalise on the GPU)",
+    "preprocess_device": "where images and videos are preprocessed: auto (images on the host: nvJPEG's pixels differ "
+                         "from libjpeg's; videos on the model's GPU when it has one, resized there as transformers' "
+                         "video processors resize on CUDA), cpu (both on the host), or cuda (JPEG on nvJPEG, "
+                         "resize/normalise of images and video frames on the GPU)",
     "max_buffered_outputs": "unread token chunks a stream may hold before its request is paused (KV freed, "
                             "recomputed when the reader catches up); 0 = never pause",
     "stalled_stream_timeout_s": "a request paused for a reader that stopped reading is aborted after this many "

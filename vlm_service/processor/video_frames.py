@@ -1,0 +1,162 @@
+"""Decoding the sampled frames of a video: keyframe segments, decoded in parallel threads (video.py calls this).
+
+The sampled presentation timestamps are grouped by the keyframe before each (a segment: seek there, decode until
+its last target). Segments are independent, so with several of them each worker thread opens its own container over
+the same bytes and decodes whole segments, longest first; FFmpeg decodes and converts with the GIL released, so
+the threads run on separate cores. The cores are split among the workers' codecs in proportion to the decoding
+each has to do (frame threads; thread_count set before the codec opens, which PyAV does at the first decode), so
+the longest GOP prefix, the critical path, gets the most. Two further cuts:
+- H.264 frames that no other frame references (nal_ref_idc 0) and that are not sampled are skipped
+  (skip_frame NONREF, switched per packet): nothing else depends on them, and they are about 40 % of an x264
+  stream's frames with B-frames;
+- only the kept frames are converted to RGB24 (PyAV's to_ndarray, the conversion transformers' PyAV reader uses),
+  optionally resized (the CPU path), and written straight into their slots of one output array (for the GPU path
+  a pinned host buffer).
+The frames are those of a plain decode from the start (tests/processor/test_video_decode.py).
+"""
+
+from __future__ import annotations
+
+import bisect
+import io
+import os
+import queue
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+import numpy as np
+
+from vlm_service.errors import InvalidInput
+
+# whose non-reference frames (nal_ref_idc 0) no other frame uses; not HEVC: its "non-reference" NAL types are so only
+# within their temporal sub-layer, a higher one may still predict from them
+_SKIP_NONREF_CODECS = ("h264",)
+
+# convert(frame, swscale threads or None for FFmpeg's choice) -> the [h, w, 3] uint8 RGB array of a kept frame
+Convert = Callable[[object, "int | None"], np.ndarray]
+
+
+def plan_segments(targets: list[int], keyframes: list[int]) -> list[tuple[int, list[int]]]:
+    """(keyframe pts, the sorted unique targets it leads to) per segment, in stream order."""
+    segments: dict[int, list[int]] = {}
+    for target in sorted(set(targets)):
+        key = keyframes[max(bisect.bisect_right(keyframes, target) - 1, 0)]
+        segments.setdefault(key, []).append(target)
+    return list(segments.items())
+
+
+def cpu_count() -> int:
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def decode_segments(data: bytes, container, stream, segments: list[tuple[int, list[int]]], store: Callable,
+                    convert: Convert, deadline: float, field: str, workers: int = 0) -> None:
+    """Decode every segment, calling store(pts, convert(frame)) once per target pts.
+
+    container / stream: the open container (used when one worker decodes); workers: threads (0 = one per
+    segment, at most a thread per core; 1 = on the calling thread, the original container)."""
+    cores = cpu_count()
+    workers = min(len(segments), workers or cores)
+    if workers <= 1:
+        _set_threads(stream, 0)
+        for key, targets in segments:
+            _decode_segment(container, stream, key, targets, store, convert, deadline, field, None)
+        return
+    todo: queue.SimpleQueue = queue.SimpleQueue()
+    for seg in sorted(segments, key=_span, reverse=True):  # longest first: the critical path starts at once
+        todo.put(seg)
+    share = cores / sum(_span(seg) for seg in segments)  # codec threads per pts unit of decoding
+    with ThreadPoolExecutor(workers, thread_name_prefix="video-decode") as pool:
+        futures = [pool.submit(_worker, data, stream.index, todo, store, convert, deadline, field, share)
+                   for _ in range(workers)]
+        for future in futures:
+            future.result()  # re-raises a worker's InvalidInput / FFmpeg error here
+
+
+def _span(segment: tuple[int, list[int]]) -> int:
+    """How much decoding a segment is, in pts units (keyframe to last target; at least 1)."""
+    key, targets = segment
+    return max(targets[-1] - key, 0) + 1
+
+
+def _worker(data: bytes, index: int, todo: queue.SimpleQueue, store, convert, deadline: float, field: str,
+            share: float) -> None:
+    """Decode segments from `todo` until it is empty, on a container of its own. Its codec gets frame threads in
+    proportion to its first (longest) segment's share of all the decoding: the cores go to the long GOPs. A
+    failure empties `todo`, so the other workers stop after their current segment."""
+    import av
+
+    segment = _next(todo)
+    if segment is None:
+        return
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            stream = container.streams[index]  # the same bytes: the same stream layout
+            _set_threads(stream, max(1, round(share * _span(segment))))
+            while segment is not None:
+                _decode_segment(container, stream, *segment, store, convert, deadline, field, 1)
+                segment = _next(todo)
+    except BaseException:
+        while _next(todo) is not None:
+            pass
+        raise
+
+
+def _next(todo: queue.SimpleQueue):
+    try:
+        return todo.get_nowait()
+    except queue.Empty:
+        return None
+
+
+def _set_threads(stream, count: int) -> None:
+    """Frame + slice threads, `count` of them (0 = FFmpeg's choice); only before the codec opens."""
+    codec = stream.codec_context
+    if not codec.is_open:
+        codec.thread_type = "AUTO"
+        codec.thread_count = count
+
+
+def _decode_segment(container, stream, key: int, targets: list[int], store, convert, deadline: float,
+                    field: str, sws_threads: int | None) -> None:
+    """Seek to keyframe `key` and decode until the last of `targets` (sorted), storing each target frame.
+    sws_threads: 1 when segments run in parallel (the cores are theirs), None alone (FFmpeg's choice)."""
+    codec = stream.codec_context
+    skip = codec.name in _SKIP_NONREF_CODECS
+    wanted, last = set(targets), targets[-1]
+    for packet in _packets_from(container, stream, key):
+        if time.monotonic() > deadline:
+            raise InvalidInput("video decode took too long (over the server's decode time limit)", field=field)
+        if skip:  # read by the decoder when the packet is submitted, also with frame threads
+            codec.skip_frame = "DEFAULT" if packet.pts in wanted or packet.pts is None else "NONREF"
+        for frame in codec.decode(packet):
+            pos = frame.pts
+            if pos in wanted:
+                wanted.discard(pos)
+                store(pos, convert(frame, sws_threads))
+            if pos is None or pos >= last:
+                return
+
+
+def _packets_from(container, stream, key: int):
+    """The stream's packets in decode order from keyframe `key` on (then the flush packets at its end)."""
+    container.seek(key, stream=stream, backward=True, any_frame=False)
+    return container.demux(stream)
+
+
+def slot_store(targets: list[int], out: np.ndarray) -> Callable[[int, np.ndarray], None]:
+    """store(pts, rgb) writing rgb into every slot k of `out` [n, h, w, 3] whose targets[k] is pts (a sampler may
+    keep one frame twice); each slot is written by one thread only."""
+    slots: dict[int, list[int]] = {}
+    for k, target in enumerate(targets):
+        slots.setdefault(target, []).append(k)
+
+    def store(pts: int, rgb: np.ndarray) -> None:
+        for k in slots[pts]:
+            out[k] = rgb
+    return store
