@@ -47,6 +47,9 @@ case "${1:-}" in
   video)  # issue 15, right after (carry .whlB = cuDNN's frontend + PyAV): video TTFT, 8B then 7B, with the frames
           # preprocessed on the GPU; then the video GPU tests
     VIDEO_TTFT_TIMEOUT_S=230 bash benchmarks/gpu_video.sh ttft
-    timeout 120 bash benchmarks/gpu_video.sh tests 2>&1 | log 12 ;;
+    timeout 60 python3 benchmarks/bench_video_decode.py --preset qwen3_vl_8b --clip /tmp/clip_bench.mp4 \
+      --out $OUT/video_decode_qwen3_vl_8b.json 2>&1 | log 12
+    timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/processor/test_gpu_video_gpu.py \
+      tests/processor/test_video_processor_gpu.py 2>&1 | tee $OUT/gpu_tests_video_processor.log | log 12 ;;
   *) echo "usage: $0 moe|serve|load|http|video" >&2; exit 2 ;;
 esac
