@@ -17,6 +17,9 @@ use the CPU path's own value table, so equal resized pixels give bit-equal pixel
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import torch
 import torch.nn.functional as F
 
@@ -81,3 +84,24 @@ def preprocess_pixels(pixels: torch.Tensor, cfg: ImageConfig, table: torch.Tenso
     size = smart_resize(height, width, cfg.factor, cfg.min_pixels, cfg.max_pixels)
     levels = resize_like_pil(pixels, size)
     return patchify(normalize(levels, table), cfg)
+
+
+class ThreadStreams:
+    """One CUDA stream per calling thread (the preprocessing pool's), so one request's upload and kernels overlap
+    another's; on a CPU device there are no streams (the CPU tests run the same code)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.cuda = device, device.type == "cuda"
+        self._local = threading.local()
+
+    @contextlib.contextmanager
+    def current(self):
+        """This thread's stream made current (yields it), or None on a CPU device."""
+        if not self.cuda:
+            yield None
+            return
+        stream = getattr(self._local, "stream", None)
+        if stream is None:
+            stream = self._local.stream = torch.cuda.Stream(device=self.device)
+        with torch.cuda.device(self.device), torch.cuda.stream(stream):
+            yield stream

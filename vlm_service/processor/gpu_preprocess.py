@@ -20,16 +20,14 @@ oracle. Content hashes (vision and prefix cache keys) stay the sha256 of the enc
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
-import threading
 
 import numpy as np
 import torch
 from PIL import Image
 
-from vlm_service.processor.gpu_ops import preprocess_pixels, value_table
+from vlm_service.processor.gpu_ops import ThreadStreams, preprocess_pixels, value_table
 from vlm_service.processor.image import decode_image, open_checked
 from vlm_service.processor.vision import ImageConfig, preprocess_image
 
@@ -104,7 +102,7 @@ class GpuPreprocessor:
         self.cuda = self.device.type == "cuda"
         self.table = value_table(cfg, dtype, self.device)  # [C, 256] rescale + normalise, the CPU path's values
         self.jpeg = load_jpeg_decoder() if jpeg_decoder == "auto" else jpeg_decoder
-        self._local = threading.local()
+        self._streams = ThreadStreams(self.device)
         self._warned = False
         self.images = {"gpu_jpeg": 0, "host_decode": 0, "cpu_fallback": 0}  # counts, for logs and tests
         if warm_up:
@@ -112,7 +110,7 @@ class GpuPreprocessor:
 
     def __call__(self, data: bytes, mime_type: str, max_pixels: int, field: str
                  ) -> tuple[torch.Tensor, tuple[int, int, int]]:
-        with self._on_stream() as stream:
+        with self._streams.current() as stream:
             pixels = self._decode(data, mime_type, max_pixels, field)  # uint8 [3, H, W] on the device
             try:
                 out = preprocess_pixels(pixels, self.cfg, self.table)
@@ -168,18 +166,6 @@ class GpuPreprocessor:
         return values.to(self.device, non_blocking=True), grid
 
     # ---- plumbing --------------------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _on_stream(self):
-        """This thread's own CUDA stream made current (yields it), or nothing to do on a CPU device (None)."""
-        if not self.cuda:
-            yield None
-            return
-        stream = getattr(self._local, "stream", None)
-        if stream is None:
-            stream = self._local.stream = torch.cuda.Stream(device=self.device)
-        with torch.cuda.device(self.device), torch.cuda.stream(stream):
-            yield stream
-
     def _warn(self, msg: str, *args) -> None:
         """The first occurrence at WARNING, later ones at DEBUG (a client sending odd JPEGs must not flood)."""
         log.log(logging.DEBUG if self._warned else logging.WARNING, msg, *args)

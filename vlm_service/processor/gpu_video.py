@@ -22,14 +22,13 @@ transformers' own CPU and CUDA video processing; run in two passes with that rou
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import threading
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vlm_service.processor.gpu_ops import ThreadStreams
 from vlm_service.processor.video_config import VideoConfig, resize_size
 from vlm_service.processor.video_preprocess import _value_table, preprocess_video
 
@@ -106,7 +105,7 @@ class GpuVideoPreprocessor:
         self.cfg, self.device, self.dtype = cfg, torch.device(device), dtype
         self.cuda = self.device.type == "cuda"
         self.table = video_value_table(cfg, dtype, self.device)
-        self._local = threading.local()
+        self._streams = ThreadStreams(self.device)
         self._warned = False
         if self.cuda:
             self._warm_up()
@@ -118,7 +117,7 @@ class GpuVideoPreprocessor:
     def __call__(self, frames: np.ndarray) -> tuple[torch.Tensor, tuple[int, int, int]]:
         """frames [n, H, W, 3] uint8 -> (pixel_values [t*gh*gw, 3*tp*p*p] on the device, (t, gh, gw))."""
         host = torch.from_numpy(np.ascontiguousarray(frames))
-        with self._on_stream() as stream:
+        with self._streams.current() as stream:
             try:
                 video = host.to(self.device, non_blocking=self.cuda).permute(0, 3, 1, 2)  # [n, 3, H, W] view
                 out = preprocess_video_frames(video, self.cfg, self.table)
@@ -148,14 +147,3 @@ class GpuVideoPreprocessor:
         log.info("video preprocessing on %s (%s): warm-up %s max |diff| vs the CPU path %.4f", self.device,
                  str(self.dtype).removeprefix("torch."), grid, diff)
 
-    @contextlib.contextmanager
-    def _on_stream(self):
-        """This thread's own CUDA stream made current (yields it), or nothing to do on a CPU device (None)."""
-        if not self.cuda:
-            yield None
-            return
-        stream = getattr(self._local, "stream", None)
-        if stream is None:
-            stream = self._local.stream = torch.cuda.Stream(device=self.device)
-        with torch.cuda.device(self.device), torch.cuda.stream(stream):
-            yield stream

@@ -71,8 +71,9 @@ class Processor:
                                                         merge_size=image_config.merge_size)
         self.video_limits, self.max_videos, self.max_visual_tokens = video_limits, max_videos, max_visual_tokens
         self.pixel_dtype, self.pin_pixels = pixel_dtype, pin_pixels
-        self.gpu_preprocessor = _gpu_preprocessor(image_config, preprocess_device, pixel_dtype)
-        self.gpu_video = _gpu_video(self.video_config, video_preprocess_device or preprocess_device, pixel_dtype)
+        self.gpu_preprocessor = _on_device("image", image_config, preprocess_device, pixel_dtype)
+        self.gpu_video = _on_device("video", self.video_config, video_preprocess_device or preprocess_device,
+                                    pixel_dtype)
         self.image_config = image_config
         self.max_pixels_limit = max_pixels_limit
         self.max_images = max_images
@@ -214,29 +215,20 @@ class Processor:
                               decode_ms=sum(it.decode_ms for it in items))
 
 
-def _gpu_preprocessor(image_config: ImageConfig, device: torch.device | None, dtype: torch.dtype):
-    """A GpuPreprocessor on `device`, or None for the host path (also, logged, when it cannot start there)."""
+def _on_device(kind: str, config, device: torch.device | None, dtype: torch.dtype):
+    """A GpuPreprocessor (kind "image") or GpuVideoPreprocessor ("video") on `device`, or None for the host path
+    (also, logged, when it cannot start there: serving with the host path beats not serving)."""
     if device is None:
         return None
-    from vlm_service.processor.gpu_preprocess import GpuPreprocessor
-
+    if kind == "image":
+        from vlm_service.processor.gpu_preprocess import GpuPreprocessor as starter
+    else:
+        from vlm_service.processor.gpu_video import GpuVideoPreprocessor as starter
     try:
-        return GpuPreprocessor(image_config, device, dtype)
-    except Exception:  # serve with the host path rather than not at all
-        log.exception("GPU preprocessing on %s failed to start; images are preprocessed on the host", device)
-        return None
-
-
-def _gpu_video(video_config: VideoConfig, device: torch.device | None, dtype: torch.dtype):
-    """A GpuVideoPreprocessor on `device`, or None for the host path (also, logged, when it cannot start there)."""
-    if device is None:
-        return None
-    from vlm_service.processor.gpu_video import GpuVideoPreprocessor
-
-    try:
-        return GpuVideoPreprocessor(video_config, device, dtype)
-    except Exception:  # serve with the host path rather than not at all
-        log.exception("GPU video preprocessing on %s failed to start; videos are preprocessed on the host", device)
+        return starter(config, device, dtype)
+    except Exception:
+        log.exception("GPU %s preprocessing on %s failed to start; %ss are preprocessed on the host", kind, device,
+                      kind)
         return None
 
 
