@@ -128,14 +128,20 @@ def _check_size(width: int, height: int, max_pixels: int, field: str) -> None:
                            field=field)
 
 
+_ORIENTATION = 0x0112  # the EXIF tag exif_transpose reads
+
+
 def _decode_rgb(img: Image.Image, field: str) -> Image.Image:
-    """Force the full decode of the first frame, apply EXIF orientation, convert to RGB."""
+    """Force the full decode of the first frame, apply EXIF orientation, convert to RGB. An upright RGB image is
+    returned as decoded: exif_transpose copies one it does not rotate (~4 ms at 1024², 60 ms at 4096²)."""
     try:
         img.seek(0)
         img.load()
-        oriented = ImageOps.exif_transpose(img)  # a new image (a copy when there is no orientation to apply)
-        return oriented if oriented.mode == "RGB" else oriented.convert("RGB")
+        out = ImageOps.exif_transpose(img) if img.getexif().get(_ORIENTATION, 1) != 1 else img
+        out = out if out.mode == "RGB" else out.convert("RGB")
     except _DECODE_ERRORS as exc:
-        raise InvalidImage(f"corrupt or truncated image: {exc}", field=field) from None
-    finally:
         img.close()
+        raise InvalidImage(f"corrupt or truncated image: {exc}", field=field) from None
+    if out is not img:
+        img.close()
+    return out

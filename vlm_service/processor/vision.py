@@ -105,6 +105,10 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
 # server's preprocess pool, and band tasks never wait on anything, so callers on any thread cannot deadlock.
 BAND_THREADS = min(4, os.cpu_count() or 1)
 BAND_MIN_PIXELS = 256 * 256  # output pixels from which bands pay (measured: ~25% off at 308x336 on 2 cores)
+# the pixel read-out, look-up and layout work in pieces of at most this many pixels: numpy holds the GIL through
+# each call, and a 4096² plane in one np.take (or np.asarray of the whole image) held it for 10-16 ms at a time
+# (benchmarks/gil_hold.py), stalling the event loop
+GIL_PIECE_PIXELS = 1 << 20
 # The filters of PIL's separable two-pass resample (NEAREST goes through an affine transform instead).
 _BANDED_FILTERS = frozenset({Image.Resampling.BOX, Image.Resampling.BILINEAR, Image.Resampling.HAMMING,
                              Image.Resampling.BICUBIC, Image.Resampling.LANCZOS})
@@ -229,18 +233,25 @@ def _preprocess(img: Image.Image, cfg: ImageConfig, out_dtype: torch.dtype, pin_
     height, width = smart_resize(img.height, img.width, cfg.factor, cfg.min_pixels, cfg.max_pixels)
     # `img` itself when the size is kept: only read
     resized = resize_banded(img, (width, height), cfg.resample, bands)
-    chw = np.asarray(resized, dtype=np.uint8).transpose(2, 0, 1)  # [C, H, W]
     lut = _value_table(cfg.do_rescale, cfg.rescale_factor, cfg.do_normalize, cfg.image_mean, cfg.image_std, out_dtype)
-    values = np.empty(chw.shape, dtype=lut.dtype)
+    values = np.empty((3, height, width), dtype=lut.dtype)
     out, layout, grid = _patch_layout(values, cfg, out_dtype, pin_memory)
     rows_per_block = cfg.factor
 
+    step = max(1, GIL_PIECE_PIXELS // (width * rows_per_block))  # merge-block rows per numpy call
+
     def fill(lo: int, hi: int) -> None:  # merge-block rows [lo, hi): look their values up, then lay them out
-        rows = slice(lo * rows_per_block, hi * rows_per_block)
-        for c in range(chw.shape[0]):
-            # uint8 indices into 256 entries are always in range: "clip" changes nothing but skips take's buffering
-            np.take(lut[c], chw[c, rows], out=values[c, rows], mode="clip")
-        np.copyto(layout[0][lo:hi], layout[1][lo:hi])
+        for a in range(lo, hi, step):
+            b = min(a + step, hi)
+            rows = slice(a * rows_per_block, b * rows_per_block)
+            # the piece's pixels [rows, W, 3]: np.asarray of the whole image joins all its bytes in one GIL-held
+            # copy (10-16 ms at 4096²); row pieces are shorter holds and, measured, 2.5x faster in total
+            hwc = np.asarray(resized.crop((0, rows.start, width, rows.stop)))
+            for c in range(3):
+                # uint8 indices into 256 entries are always in range: "clip" changes nothing but skips take's
+                # buffering
+                np.take(lut[c], hwc[..., c], out=values[c, rows], mode="clip")
+            np.copyto(layout[0][a:b], layout[1][a:b])
 
     _run_bands(fill, _spans(height // rows_per_block, bands if width * height >= BAND_MIN_PIXELS else 1))
     return out, grid
