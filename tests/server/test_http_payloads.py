@@ -109,3 +109,10 @@ def test_without_pybase64_the_lifted_payload_decodes_the_same(monkeypatch):
     monkeypatch.setitem(sys.modules, "pybase64", None)
     monkeypatch.setattr(hc, "_B64DECODE", hc._b64decode())
     assert _same(_body(_image(BIG))).messages[0][1][0].data == BIG
+
+
+def test_a_marker_in_a_later_string_is_not_taken_for_this_one():
+    # "data:x" ends before the ;base64, that a later string holds: nothing is lifted across the two strings
+    raw = _body({"type": "text", "text": "data:x"}, {"type": "text", "text": "y;base64," + "A" * MIN_LIFT})
+    assert not lift_payloads(raw)[1].payloads
+    assert _same(raw).messages[0][1] == ["data:x", "y;base64," + "A" * MIN_LIFT]

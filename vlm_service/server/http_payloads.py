@@ -50,7 +50,7 @@ def lift_payloads(raw: bytes | bytearray) -> tuple[bytes | bytearray, LiftedPayl
     pieces, copied, pos = [], 0, 0  # raw[:copied] is in pieces; the next "data: is searched from pos
     while (start := raw.find(_START, pos)) != -1:
         head = raw.find(_BASE64, start, start + _MAX_HEAD)
-        if head == -1:
+        if head == -1 or raw.find(b'"', start + 1, head) != -1:  # no ;base64, inside this string
             pos = start + len(_START)
             continue
         begin = head + len(_BASE64)
