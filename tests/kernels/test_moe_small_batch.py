@@ -83,21 +83,27 @@ def test_gpu_pairs_path_every_candidate(qwen3_moe_weights, t):
         torch.testing.assert_close(out, want, **TOL[torch.bfloat16])
 
 
-@pytest.mark.gpu
-def test_gpu_pairs_path_in_a_graph(qwen3_moe_weights):
-    from kernels.moe_config import pairs_candidates
-
-    w13, w2 = qwen3_moe_weights
-    x, logits = moe_inputs(2, 128, 2048, torch.bfloat16, device="cuda", seed=8)
-    cfg = MoeConfig(1, pairs_candidates("gate_up")[0], pairs_candidates("down")[0], "pairs")
+def _check_replay_with_new_routing(weights, cfg: MoeConfig, seeds: tuple[int, int]) -> None:
+    """fused_moe (k=8, bf16, 2 tokens) captured in a CUDA graph, then replayed after new router logits were copied
+    into its input: the replay must route anew and match the reference."""
+    w13, w2 = weights
+    x, logits = moe_inputs(2, 128, 2048, torch.bfloat16, device="cuda", seed=seeds[0])
     moe.fused_moe(x, logits, w13, w2, 8, config=cfg)  # compile outside the capture
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out = moe.fused_moe(x, logits, w13, w2, 8, config=cfg)
-    logits.copy_(moe_inputs(2, 128, 2048, torch.bfloat16, device="cuda", seed=9)[1])  # new routing, same graph
+    logits.copy_(moe_inputs(2, 128, 2048, torch.bfloat16, device="cuda", seed=seeds[1])[1])  # same graph
     graph.replay()
     want = reference.fused_moe(x, w13, w2, *reference.moe_route(logits, 8, True))
     torch.testing.assert_close(out, want, **TOL[torch.bfloat16])
+
+
+@pytest.mark.gpu
+def test_gpu_pairs_path_in_a_graph(qwen3_moe_weights):
+    from kernels.moe_config import pairs_candidates
+
+    cfg = MoeConfig(1, pairs_candidates("gate_up")[0], pairs_candidates("down")[0], "pairs")
+    _check_replay_with_new_routing(qwen3_moe_weights, cfg, seeds=(8, 9))
 
 
 # ---- the decode path (one kernel per (I-block, pair): gate/up, silu*up, down partial product, fp32 atomics) --------
@@ -179,17 +185,8 @@ def test_gpu_decode_path_every_candidate(qwen3_moe_weights, t):
 def test_gpu_decode_path_in_a_graph_fp32_and_k1(qwen3_moe_weights):
     from kernels.moe_config import decode_candidates
 
-    w13, w2 = qwen3_moe_weights
     cfg = decode_candidates()[0]
-    x, logits = moe_inputs(2, 128, 2048, torch.bfloat16, device="cuda", seed=28)
-    moe.fused_moe(x, logits, w13, w2, 8, config=cfg)  # compile outside the capture
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = moe.fused_moe(x, logits, w13, w2, 8, config=cfg)
-    logits.copy_(moe_inputs(2, 128, 2048, torch.bfloat16, device="cuda", seed=29)[1])  # new routing, same graph
-    graph.replay()
-    want = reference.fused_moe(x, w13, w2, *reference.moe_route(logits, 8, True))
-    torch.testing.assert_close(out, want, **TOL[torch.bfloat16])
+    _check_replay_with_new_routing(qwen3_moe_weights, cfg, seeds=(28, 29))
     w13f, w2f = (w.float()[:16].contiguous() for w in qwen3_moe_weights)
     xf, lf = moe_inputs(5, 16, 2048, torch.float32, device="cuda", seed=30)
     for k in (1, 8):
