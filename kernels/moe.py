@@ -10,7 +10,9 @@ The Triton path (kernels/moe_launch.py, bodies in kernels/triton/moe.py), with P
   5. the sum over each token's k picks in fp32 -> [T, H] (skipped for k = 1: step 4 writes the output).
 For few pairs (P <= moe_config.PAIRS_MAX_PAIRS, decode) the tuner also times the "pairs" path
 (kernels/triton/moe_pairs.py): 2 launches, routing fused into a GEMV-style gate_up over each pair, the k-sum into
-the down kernel; and the "decode" path (kernels/triton/moe_decode.py): one kernel whose program (I-block, pair)
+the down kernel; the "gemv" / "gemv_pdl" paths (kernels/triton/moe_gemv.py): as pairs, with every load of a program
+unrolled into flight and the down kernel gathering all k picks' w2 rows in one tile ("gemv_pdl": its w2 loads
+overlap the gate_up kernel through programmatic dependent launch, sm_90+); and the "decode" path (kernels/triton/moe_decode.py): one kernel whose program (I-block, pair)
 routes, computes its gate/up slice and adds that slice's down-projection partial product into an fp32 [T, H] with
 atomics (memset + 1 kernel + cast); for k > 1 also "sorted_atomic" (the down kernel adds each pair into an fp32
 [T, H] instead of step 5); the faster path end to end is kept per bucket (MoeConfig.path).
@@ -27,7 +29,7 @@ import torch
 from kernels import moe_launch as launch
 from kernels import reference
 from kernels._dispatch import check, check_float, check_same_device, use_triton
-from kernels.moe_config import INTERPRET_CONFIG, MoeBucket, MoeConfig, default_config, pow2
+from kernels.moe_config import GEMV_PATHS, INTERPRET_CONFIG, MoeBucket, MoeConfig, default_config, pow2
 from kernels.moe_tuning import MoeTuner, measure_config
 
 _TUNER: MoeTuner | None = None  # the process-wide cache of measured choices, made on first use
@@ -86,6 +88,8 @@ def _routed(x, logits, w13, w2, top_k: int, renormalize: bool, config: MoeConfig
         return _pairs(x, w13, w2, top_k, config, logits=logits, renormalize=renormalize)
     if config.path == "decode":
         return _decode(x, w13, w2, top_k, config, logits=logits, renormalize=renormalize)
+    if config.path in GEMV_PATHS:
+        return _gemv(x, w13, w2, top_k, config, logits=logits, renormalize=renormalize)
     counts = torch.zeros(w13.shape[0], dtype=torch.int32, device=x.device)
     weights, ids = launch.route(logits, top_k, renormalize, counts)
     return _sorted(x, w13, w2, weights, ids, counts, config)
@@ -112,6 +116,8 @@ def _given(x, w13, w2, weights, ids, config: MoeConfig) -> torch.Tensor:
         return _pairs(x, w13, w2, ids.shape[1], config, ids=ids, weights=weights)
     if config.path == "decode":
         return _decode(x, w13, w2, ids.shape[1], config, ids=ids.view(-1), weights=weights.view(-1))
+    if config.path in GEMV_PATHS:
+        return _gemv(x, w13, w2, ids.shape[1], config, ids=ids.view(-1), weights=weights.view(-1))
     return _sorted(x, w13, w2, weights, ids, launch.count_experts(ids, w13.shape[0]), config)
 
 
@@ -152,6 +158,22 @@ def _pairs(x, w13, w2, top_k: int, config: MoeConfig, *, logits=None, renormaliz
     inter = torch.empty(t * top_k, w2.shape[2], dtype=x.dtype, device=x.device)
     launch.pairs_gate_up(x, w13, top_k, config.gate_up, inter, flat_ids, flat_w, logits, renormalize)
     launch.pairs_down(inter, w2, flat_ids, flat_w, top_k, config.down, out)
+    return out
+
+
+def _gemv(x, w13, w2, top_k: int, config: MoeConfig, *, logits=None, renormalize=True, ids=None,
+          weights=None) -> torch.Tensor:
+    """The gemv paths (kernels/triton/moe_gemv.py): 2 launches, each routing for itself from logits (or reading
+    ids / weights); "gemv_pdl" launches the down kernel as a programmatic dependent of gate_up."""
+    out = torch.empty_like(x)
+    if x.shape[0] == 0:
+        return out
+    pdl = config.path == "gemv_pdl"
+    inter = torch.empty(x.shape[0] * top_k, w2.shape[2], dtype=x.dtype, device=x.device)
+    launch.gemv_gate_up(x, w13, top_k, config.gate_up, inter, logits=logits, ids=ids, renormalize=renormalize,
+                        pdl=pdl)
+    launch.gemv_down(inter, w2, top_k, config.down, out, logits=logits, ids=ids, weights=weights,
+                     renormalize=renormalize, pdl=pdl)
     return out
 
 

@@ -21,7 +21,8 @@ class GemmTile:
     num_stages: int
 
 
-PATHS = ("sorted", "sorted_atomic", "pairs", "decode")
+PATHS = ("sorted", "sorted_atomic", "pairs", "decode", "gemv", "gemv_pdl")
+GEMV_PATHS = ("gemv", "gemv_pdl")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +35,8 @@ class MoeConfig:
     path "decode" (few tokens): one kernel per (I-block, pair) computes gate/up, silu*up and its slice's down
     partial product, summed into an fp32 [T, H] by atomics (kernels/triton/moe_decode.py); there gate_up.block_n
     is BLOCK_I, gate_up.block_k the k-step over H, down.block_n BLOCK_H (down.block_k = BLOCK_I, for the record).
+    paths "gemv" / "gemv_pdl" (few tokens, kernels/triton/moe_gemv.py): as "pairs" with unrolled K loops and a
+    down kernel over all k picks at once; "gemv_pdl" overlaps the two kernels (programmatic dependent launch).
     gate_up's block_n counts gate (= up) columns."""
     block_m: int
     gate_up: GemmTile
@@ -113,6 +116,20 @@ _PAIRS_DOWN = [(4, 256, 1, 2, 2), (8, 256, 1, 4, 2), (2, 256, 1, 1, 2), (16, 128
 # Small BLOCK_I: more programs but more fp32 atomics (H per program) and shorter w2 row chunks (2 * BLOCK_I bytes).
 _DECODE_FUSED = [(16, 256, 128, 4, 2), (32, 128, 128, 4, 2), (32, 256, 64, 8, 2), (8, 512, 256, 4, 2),
                  (16, 128, 256, 4, 3), (64, 128, 64, 8, 2), (16, 512, 128, 8, 1)]
+
+
+# The gemv paths (P <= PAIRS_MAX_PAIRS, kernels/triton/moe_gemv.py): (block_n, block_k, group_m unused, num_warps,
+# num_stages unused: the K loop is unrolled). gate_up: P * I / block_n programs each with 2 * block_n * H weights,
+# all loads unrolled; per thread 2 * block_n * block_k / (32 * warps) elements per step (<= 32, fp32 accumulators
+# <= 32 registers) and H / block_k steps in flight. down: a [pow2(k), block_n, block_k] tile of every pick's w2 rows
+# per step; block_k 1024 covers I = 768 in one masked step (so under PDL the whole w2 tile loads before the wait).
+_GEMV_GATE_UP = [(4, 512, 1, 4, 1), (8, 256, 1, 4, 1), (2, 1024, 1, 4, 1), (4, 1024, 1, 8, 1), (2, 2048, 1, 8, 1)]
+_GEMV_DOWN = [(1, 1024, 1, 4, 1), (2, 1024, 1, 8, 1), (1, 1024, 1, 8, 1), (2, 256, 1, 2, 1), (4, 256, 1, 4, 1)]
+
+
+def gemv_candidates(which: str) -> list[GemmTile]:
+    """Tiles timed for one gemv-path kernel ("gate_up" | "down")."""
+    return [GemmTile(*t) for t in (_GEMV_GATE_UP if which == "gate_up" else _GEMV_DOWN)]
 
 
 def decode_candidates() -> list[MoeConfig]:

@@ -174,3 +174,45 @@ def _precision(x: torch.Tensor) -> str:
 
 def triton_cdiv(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def gemv_gate_up(x: torch.Tensor, w13: torch.Tensor, top_k: int, tile: GemmTile, out: torch.Tensor,
+                 logits: torch.Tensor | None = None, ids: torch.Tensor | None = None, renormalize: bool = True,
+                 pdl: bool = False) -> None:
+    """The gemv paths' step 1 (kernels/triton/moe_gemv.py): out [P, I] = silu(gate) * up of each pair, the pick
+    routed from logits [T, E] or read from ids [P] int32. pdl: let the next (launch_pdl) kernel start early."""
+    from kernels.triton.moe_gemv import moe_gemv_gate_up_kernel
+
+    inter, hidden, experts = w13.shape[1] // 2, w13.shape[2], w13.shape[0]
+    route = logits is not None
+    grid = (out.shape[0], triton_cdiv(inter, tile.block_n))
+    moe_gemv_gate_up_kernel[grid](
+        x, w13, out, logits if route else x, ids if not route else out, inter, experts, x.stride(0),
+        w13.stride(0), w13.stride(1), logits.stride(0) if route else 0, out.stride(0), K=hidden, TOP_K=top_k,
+        ROUTE=route, RENORM=renormalize, BLOCK_E=next_pow2(experts), BLOCK_N=tile.block_n, BLOCK_K=tile.block_k,
+        PDL=pdl, num_warps=tile.num_warps, num_stages=tile.num_stages)
+
+
+def gemv_down(inter: torch.Tensor, w2: torch.Tensor, top_k: int, tile: GemmTile, out: torch.Tensor,
+              logits: torch.Tensor | None = None, ids: torch.Tensor | None = None,
+              weights: torch.Tensor | None = None, renormalize: bool = True, pdl: bool = False) -> None:
+    """The gemv paths' step 2: out [T, H] = sum over each token's k picks of weight * (inter [P, I] through w2),
+    the picks routed from logits or read from ids [P] / weights [P]. pdl: launched as a programmatic dependent of
+    the gate_up kernel (it waits for it before reading inter)."""
+    from kernels.triton.moe_gemv import moe_gemv_down_kernel
+
+    hidden, k_dim, experts = w2.shape[1], w2.shape[2], w2.shape[0]
+    route = logits is not None
+    grid = (out.shape[0], triton_cdiv(hidden, tile.block_n))
+    extra = {"launch_pdl": True} if pdl else {}  # only on CUDA (sm_90+): the interpreter knows no such option
+    moe_gemv_down_kernel[grid](
+        inter, w2, out, logits if route else inter, ids if not route else out, weights if not route else out,
+        hidden, experts, inter.stride(0), w2.stride(0), w2.stride(1), logits.stride(0) if route else 0,
+        out.stride(0), K=k_dim, TOP_K=top_k, ROUTE=route, RENORM=renormalize, BLOCK_E=next_pow2(experts),
+        KP=next_pow2(top_k), BLOCK_N=tile.block_n, BLOCK_K=tile.block_k, PDL=pdl, num_warps=tile.num_warps,
+        num_stages=tile.num_stages, **extra)
+
+
+def pdl_supported(device: torch.device) -> bool:
+    """Programmatic dependent launch needs sm_90+ (griddepcontrol)."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9

@@ -6,7 +6,7 @@ once, then each gate_up tile and each down tile is timed alone, and the BLOCK_M 
 wins. Then the paths (MoeConfig.path) are timed as the whole op, every launch included: that "sorted" winner, the
 same tiles with the k-sum fused by atomics ("sorted_atomic", k > 1) and, for P <= PAIRS_MAX_PAIRS, the best
 "pairs" tiles (each of its two kernels timed alone first) and the best "decode" config (its one kernel timed alone
-first); the fastest is cached. Every timing is kernels.gpu_timing.cold_l2_us, the one bench_moe.py reports (graph
+first), the best "gemv" tiles (each kernel alone) and the same as "gemv_pdl" (sm_90+); the fastest is cached. Every timing is kernels.gpu_timing.cold_l2_us, the one bench_moe.py reports (graph
 replay after an L2 flush, median). Candidates that fail to compile (shared memory) are skipped. Measuring is
 impossible inside CUDA-graph capture: there the cached choice is used, else default_config() (not cached); call
 kernels.moe.tune_fused_moe before capturing.
@@ -30,7 +30,7 @@ import torch
 from kernels import moe_launch as launch
 from kernels.gpu_timing import cold_l2_us
 from kernels.moe_config import (PAIRS_MAX_PAIRS, GemmTile, MoeBucket, MoeConfig, block_m_candidates,
-                                decode_candidates, pairs_candidates, tile_candidates)
+                                decode_candidates, gemv_candidates, pairs_candidates, tile_candidates)
 
 log = logging.getLogger(__name__)
 CONFIG_FILE_ENV = "VLM_MOE_CONFIGS"
@@ -78,6 +78,9 @@ def measure_config(bucket: MoeBucket, x: torch.Tensor, w13: torch.Tensor, w2: to
         paths += [pairs] if pairs is not None else []
         decode, timings["decode"] = _measure_decode(x, w13, w2, weights, ids, top_k)
         paths += [decode] if decode is not None else []
+        gemv, timings["gemv"] = _measure_gemv(x, w13, w2, weights, ids, top_k)
+        if gemv is not None:
+            paths += [gemv] + ([dataclasses.replace(gemv, path="gemv_pdl")] if launch.pdl_supported(x.device) else [])
     whole = {}
     for cfg in paths:
         try:
@@ -123,6 +126,21 @@ def _measure_pairs(x, w13, w2, weights, ids, top_k) -> tuple[MoeConfig | None, d
     if gu is None or dn is None:
         return None, timings
     return MoeConfig(1, gu, dn, "pairs"), timings
+
+
+def _measure_gemv(x, w13, w2, weights, ids, top_k) -> tuple[MoeConfig | None, dict]:
+    """The gemv paths' tiles, each kernel alone on the given routing, without PDL (which only overlaps the two)."""
+    flat_ids, flat_w = ids.reshape(-1), weights.reshape(-1)
+    inter = torch.empty(ids.numel(), w2.shape[2], dtype=x.dtype, device=x.device)
+    out = torch.empty_like(x)
+    gu, gu_us = _fastest(lambda t: time_launch_us(
+        lambda: launch.gemv_gate_up(x, w13, top_k, t, inter, ids=flat_ids)), gemv_candidates("gate_up"))
+    dn, dn_us = _fastest(lambda t: time_launch_us(
+        lambda: launch.gemv_down(inter, w2, top_k, t, out, ids=flat_ids, weights=flat_w)), gemv_candidates("down"))
+    timings = {"gate_up": gu_us, "down": dn_us}
+    if gu is None or dn is None:
+        return None, timings
+    return MoeConfig(1, gu, dn, "gemv"), timings
 
 
 def _measure_decode(x, w13, w2, weights, ids, top_k) -> tuple[MoeConfig | None, dict]:
