@@ -9,7 +9,9 @@ a 48-layer step); the torch reference (a loop
 over experts with host syncs, not capturable) is timed by do_bench on the eager call. Each row also checks the
 Triton output against the reference. "path" names the variant the tuner kept for the row's bucket: "sorted"
 (route, align, grouped GEMMs, k-sum), "sorted_atomic", "pairs" (few tokens: 2 launches, see
-kernels/triton/moe_pairs.py) or "decode" (few tokens: one fused kernel, kernels/triton/moe_decode.py).
+kernels/triton/moe_pairs.py), "gemv" / "gemv_pdl" (few tokens: kernels/triton/moe_gemv.py) or "decode" (few
+tokens: one fused kernel, kernels/triton/moe_decode.py); "paths_us" gives every path's tuning time end to end (the
+per-tile timings are under "tuning_timings_us").
 """
 
 from __future__ import annotations
@@ -79,8 +81,10 @@ def bench_case(w13, w2, t: int, kind: str) -> dict:
     touched = int(torch.unique(ids).numel())
     bucket = str(moe.bucket_of(x, w13, t * K))
     config = moe.moe_configs().get(bucket)
+    # each path's best config timed as the whole op while tuning (µs): which variant won, and by how much
+    candidates = moe.tuner().timings().get(bucket, {}).get("end_to_end", {})
     return _row(f"fused_moe_{kind}", t, us, ref_us, err, touched, tune_s=round(tune_s, 1),
-                path=(config or {}).get("path"), config=config, bucket=bucket)
+                path=(config or {}).get("path"), config=config, bucket=bucket, paths_us=candidates)
 
 
 def environment() -> dict:

@@ -174,7 +174,8 @@ def test_gpu_tuner_keeps_the_faster_path_end_to_end(qwen3_moe_weights):
     moe.tune_fused_moe(w13, w2, 8, [3], logits_dtype=torch.float32)
     bucket = str(moe.bucket_of(x, w13, 3 * 8))
     whole = moe.tuner().timings()[bucket]["end_to_end"]
-    assert set(whole) == {"sorted", "sorted_atomic", "pairs", "decode"}  # every path ran as the whole op
+    assert {"sorted", "sorted_atomic", "pairs", "decode", "gemv"} <= set(whole)  # every path ran as the whole op
+    assert ("gemv_pdl" in whole) == moe_launch.pdl_supported(x.device)
     assert moe.moe_configs()[bucket]["path"] == min(whole, key=whole.get)
     want = reference.fused_moe(x, w13, w2, *reference.moe_route(logits.float(), 8, True))
     torch.testing.assert_close(moe.fused_moe(x, logits, w13, w2, 8), want, **TOL[torch.bfloat16])
@@ -183,7 +184,7 @@ def test_gpu_tuner_keeps_the_faster_path_end_to_end(qwen3_moe_weights):
 @pytest.mark.usefixtures("interpreter")
 def test_measure_config_times_every_path_and_keeps_the_fastest(monkeypatch):
     # the selection logic on CPU: a fake clock that calls the launch (so every candidate really runs) and reports
-    # ever smaller times, so the last path timed end to end (pairs) must be the one kept
+    # ever smaller times, so the last path timed end to end (gemv; no gemv_pdl on CPU) must be the one kept
     from kernels import moe_config, moe_tuning
 
     clock = iter(range(1000, 0, -1))
@@ -192,6 +193,8 @@ def test_measure_config_times_every_path_and_keeps_the_fastest(monkeypatch):
     monkeypatch.setattr(moe_config, "_PAIRS_GATE_UP", [(8, 32, 1, 4, 1), (16, 16, 1, 4, 1)])
     monkeypatch.setattr(moe_config, "_PAIRS_DOWN", [(16, 16, 1, 2, 1)])
     monkeypatch.setattr(moe_config, "_DECODE_FUSED", [(16, 32, 16, 4, 1), (8, 32, 32, 4, 1)])
+    monkeypatch.setattr(moe_config, "_GEMV_GATE_UP", [(8, 32, 1, 4, 1)])
+    monkeypatch.setattr(moe_config, "_GEMV_DOWN", [(4, 16, 1, 2, 1), (8, 32, 1, 2, 1)])
     e, h, i, k, t = 8, 64, 32, 2, 3
     w13, w2 = moe_weights(e, h, i, torch.float32)
     x, logits = moe_inputs(t, e, h, torch.float32)
@@ -201,9 +204,10 @@ def test_measure_config_times_every_path_and_keeps_the_fastest(monkeypatch):
     bucket = moe.MoeBucket("cpu", "float32", e, h, i, pow2(t * k))
     cfg, timings = moe_tuning.measure_config(bucket, x, w13, w2, weights, ids, counts, k,
                                              run=lambda c: runs.append(c.path))
-    assert runs == ["sorted", "sorted_atomic", "pairs", "decode"] and cfg.path == "decode"
-    assert cfg.gate_up == GemmTile(8, 32, 1, 4, 1) and cfg.down.block_n == 32  # the later (faster) decode config
-    assert set(timings["end_to_end"]) == {"sorted", "sorted_atomic", "pairs", "decode"} and "block_m=16" in timings
-    assert len(timings["decode"]) == 2 and len(timings["pairs"]["gate_up"]) == 2
+    assert runs == ["sorted", "sorted_atomic", "pairs", "decode", "gemv"] and cfg.path == "gemv"
+    assert cfg.gate_up == GemmTile(8, 32, 1, 4, 1) and cfg.down == GemmTile(8, 32, 1, 2, 1)  # the later (faster) tile
+    assert set(timings["end_to_end"]) == {"sorted", "sorted_atomic", "pairs", "decode", "gemv"}
+    assert "block_m=16" in timings and len(timings["decode"]) == 2 and len(timings["pairs"]["gate_up"]) == 2
+    assert len(timings["gemv"]["down"]) == 2
 
 
