@@ -19,6 +19,7 @@ class GemmTile:
     group_m: int
     num_warps: int
     num_stages: int
+    tma: bool = False  # sorted GEMMs only: the weight tiles by TMA (sm_90+; the tuner skips it elsewhere)
 
 
 PATHS = ("sorted", "sorted_atomic", "pairs", "decode", "gemv", "gemv_pdl")
@@ -95,11 +96,19 @@ def block_m_candidates(pairs: int, experts: int) -> list[int]:
 # can only be as fast or faster than before.
 _DECODE_TILES = [(32, 128, 1, 4, 4), (64, 128, 1, 4, 3), (64, 64, 1, 4, 5), (32, 64, 1, 4, 5), (128, 128, 1, 4, 3),
                  (16, 128, 1, 4, 4), (16, 256, 1, 4, 4), (32, 256, 1, 4, 3)]
-_MID_TILES = [(64, 128, 8, 4, 3), (128, 64, 8, 4, 4), (128, 64, 8, 8, 4), (64, 64, 8, 4, 4)]
+# Third round (a trailing True): the weight operand by TMA through a host tensor descriptor (sm_90+ only; the tuner
+# skips these elsewhere): the copy engine fills the pipeline's shared memory instead of every thread's cp.async
+# address math, which frees issue slots for the wgmma loop; the gathered activation rows stay pointer loads. Shared
+# memory per stage is unchanged, so the same (block_n, block_k, stages) fit; the winners of the second round plus
+# one deeper or wider neighbour.
+_MID_TILES = [(64, 128, 8, 4, 3), (128, 64, 8, 4, 4), (128, 64, 8, 8, 4), (64, 64, 8, 4, 4),
+              (128, 64, 8, 4, 4, True)]
 _LARGE_TILES = [(128, 64, 16, 8, 4), (128, 64, 16, 8, 3), (64, 64, 16, 4, 4), (64, 128, 16, 4, 3),
-                (128, 64, 8, 8, 4), (128, 64, 32, 8, 4), (128, 32, 16, 8, 5)]
+                (128, 64, 8, 8, 4), (128, 64, 32, 8, 4), (128, 32, 16, 8, 5),
+                (128, 64, 16, 8, 4, True), (64, 128, 16, 4, 3, True)]
 _DOWN_LARGE = [(256, 64, 16, 8, 4), (128, 64, 16, 8, 4), (128, 128, 16, 8, 3), (256, 64, 16, 8, 3),
-               (256, 64, 8, 8, 4), (256, 64, 32, 8, 4), (128, 64, 16, 4, 5)]
+               (256, 64, 8, 8, 4), (256, 64, 32, 8, 4), (128, 64, 16, 4, 5),
+               (256, 64, 16, 8, 4, True), (128, 128, 16, 8, 3, True)]
 
 
 # The pairs path (P <= PAIRS_MAX_PAIRS): (block_n, block_k, group_m unused, num_warps, num_stages). A GEMV is bound by

@@ -75,12 +75,13 @@ def gate_up(x: torch.Tensor, w13: torch.Tensor, layout: SortedPairs, top_k: int,
     inter, hidden = w13.shape[1] // 2, w13.shape[2]
     num_m = layout.block_expert.shape[0]
     grid = (num_m * triton_cdiv(inter, tile.block_n),)
+    w = _weight_desc(w13, tile) if tile.tma else w13
     moe_gate_up_kernel[grid](
-        x, w13, out, layout.sorted_ids, layout.block_expert, layout.num_padded,
+        x, w, out, layout.sorted_ids, layout.block_expert, layout.num_padded,
         x.shape[0] * top_k, inter, num_m, x.stride(0), w13.stride(0), w13.stride(1), out.stride(0), K=hidden,
         TOP_K=top_k, PRECISION=_precision(x), EVEN_K=hidden % tile.block_k == 0, BLOCK_M=layout.block_m,
-        BLOCK_N=tile.block_n, BLOCK_K=tile.block_k, GROUP_M=tile.group_m, num_warps=tile.num_warps,
-        num_stages=tile.num_stages)
+        BLOCK_N=tile.block_n, BLOCK_K=tile.block_k, GROUP_M=tile.group_m, B_DESC=tile.tma,
+        num_warps=tile.num_warps, num_stages=tile.num_stages)
 
 
 def down(inter: torch.Tensor, w2: torch.Tensor, layout: SortedPairs, weights: torch.Tensor, tile: GemmTile,
@@ -92,13 +93,25 @@ def down(inter: torch.Tensor, w2: torch.Tensor, layout: SortedPairs, weights: to
     hidden, k_dim = w2.shape[1], w2.shape[2]
     num_m = layout.block_expert.shape[0]
     grid = (num_m * triton_cdiv(hidden, tile.block_n),)
+    w = _weight_desc(w2, tile) if tile.tma else w2
     moe_down_kernel[grid](
-        inter, w2, out, layout.sorted_ids, layout.block_expert, layout.num_padded, weights,
+        inter, w, out, layout.sorted_ids, layout.block_expert, layout.num_padded, weights,
         weights.shape[0], hidden, num_m, inter.stride(0), w2.stride(0), w2.stride(1),
         out.stride(0), K=k_dim,
         PRECISION=_precision(inter), EVEN_K=k_dim % tile.block_k == 0, BLOCK_M=layout.block_m,
         BLOCK_N=tile.block_n, BLOCK_K=tile.block_k, GROUP_M=tile.group_m, ATOMIC=atomic_top_k > 0,
-        TOP_K=max(atomic_top_k, 1), num_warps=tile.num_warps, num_stages=tile.num_stages)
+        TOP_K=max(atomic_top_k, 1), B_DESC=tile.tma, num_warps=tile.num_warps, num_stages=tile.num_stages)
+
+
+def _weight_desc(w: torch.Tensor, tile: GemmTile):
+    """A host TMA descriptor over the expert stack w [E, R, K] viewed [E*R, K], block [block_n, block_k] (zero
+    padding past K and past the last row). Its base is the weights' fixed address, so it is CUDA-graph safe."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    e, r, k = w.shape
+    if w.stride(0) != r * w.stride(1) or w.stride(2) != 1:
+        raise ValueError(f"a TMA weight tile needs w rows packed, got strides {w.stride()}")
+    return TensorDescriptor(w, [e * r, k], [w.stride(1), 1], [tile.block_n, tile.block_k])
 
 
 def sum_picks(pairs_out: torch.Tensor, top_k: int, out: torch.Tensor) -> None:
@@ -214,5 +227,5 @@ def gemv_down(inter: torch.Tensor, w2: torch.Tensor, top_k: int, tile: GemmTile,
 
 
 def pdl_supported(device: torch.device) -> bool:
-    """Programmatic dependent launch needs sm_90+ (griddepcontrol)."""
+    """Programmatic dependent launch (griddepcontrol) and TMA weight tiles need sm_90+."""
     return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9

@@ -58,7 +58,12 @@ def _fastest(time_tile: Callable, tiles: list, name: Callable = None) -> tuple[o
 
 
 def _tile_name(t: GemmTile) -> str:
-    return f"n{t.block_n}_k{t.block_k}_g{t.group_m}_w{t.num_warps}_s{t.num_stages}"
+    return f"n{t.block_n}_k{t.block_k}_g{t.group_m}_w{t.num_warps}_s{t.num_stages}" + ("_tma" if t.tma else "")
+
+
+def _runnable(tiles: list[GemmTile], device: torch.device) -> list[GemmTile]:
+    """The candidates this device can run: TMA weight tiles only on sm_90+."""
+    return [t for t in tiles if not t.tma or launch.pdl_supported(device)]
 
 
 def measure_config(bucket: MoeBucket, x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, weights: torch.Tensor,
@@ -100,9 +105,9 @@ def _measure_sorted(bucket, x, w13, w2, weights, ids, counts, top_k) -> tuple[Mo
         layout = launch.align(ids, counts, experts, bm)
         inter = torch.empty(layout.sorted_ids.shape[0], two_i // 2, dtype=x.dtype, device=x.device)
         gu, gu_us = _fastest(lambda t: time_launch_us(lambda: launch.gate_up(x, w13, layout, top_k, t, inter)),
-                             tile_candidates(bm, "gate_up"))
+                             _runnable(tile_candidates(bm, "gate_up"), x.device))
         dn, dn_us = _fastest(lambda t: time_launch_us(lambda: launch.down(inter, w2, layout, weights, t, out_pairs)),
-                             tile_candidates(bm, "down"))
+                             _runnable(tile_candidates(bm, "down"), x.device))
         timings[f"block_m={bm}"] = {"gate_up": gu_us, "down": dn_us}
         if gu is not None and dn is not None:
             total = gu_us[_tile_name(gu)] + dn_us[_tile_name(dn)]

@@ -117,11 +117,13 @@ def _load_k(ptrs, k_ok, EVEN_K: tl.constexpr):
 def moe_gate_up_kernel(x_ptr, w_ptr, out_ptr, sorted_ptr, block_expert_ptr, num_padded_ptr,
                        P, N, num_m, stride_x, stride_we, stride_wn, stride_out, K: tl.constexpr,
                        TOP_K: tl.constexpr, PRECISION: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr,
-                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+                       B_DESC: tl.constexpr = False):
     """out[slot, n] = silu(x[tok] . gate[e, n]) * (x[tok] . up[e, n]) for the slots of each block.
 
     x [T, K=H]; w [E, 2N, K] (gate rows 0..N-1, up rows N..2N-1); out [slots, N=I], rows in slot order (padding
-    rows hold junk from token 0 that the down kernel never writes out). Grid: num_m * cdiv(N, BLOCK_N)."""
+    rows hold junk from token 0 that the down kernel never writes out). Grid: num_m * cdiv(N, BLOCK_N).
+    B_DESC (sm_90+ on CUDA): the weight tiles come by TMA through a host tensor descriptor in w_ptr."""
     pid_m, pid_n = _tile(num_m, tl.cdiv(N, BLOCK_N), GROUP_M)
     if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
         return
@@ -129,21 +131,28 @@ def moe_gate_up_kernel(x_ptr, w_ptr, out_ptr, sorted_ptr, block_expert_ptr, num_
     slots = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     pairs = tl.load(sorted_ptr + slots)
     tokens = tl.where(pairs < P, pairs // TOP_K, 0).to(tl.int64)
-    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)) % N  # wrapped columns load real rows; not stored
     offs_k = tl.arange(0, BLOCK_K)
     a_ptrs = x_ptr + tokens[:, None] * stride_x + offs_k[None, :]
-    g_ptrs = w_ptr + expert * stride_we + offs_n[None, :].to(tl.int64) * stride_wn + offs_k[:, None]
-    u_ptrs = g_ptrs + N * stride_wn
+    if B_DESC:  # w_ptr: a TMA descriptor over w viewed [E*2N, K], block [BLOCK_N, BLOCK_K] (zero past K)
+        row_g = (expert * 2 * N + pid_n * BLOCK_N).to(tl.int32)  # rows past N: junk in unstored columns
+    else:
+        offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)) % N  # wrapped columns load real rows; not stored
+        g_ptrs = w_ptr + expert * stride_we + offs_n[None, :].to(tl.int64) * stride_wn + offs_k[:, None]
+        u_ptrs = g_ptrs + N * stride_wn
     gate = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     up = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k_ok = offs_k < K - k0
         a = _load_k(a_ptrs, k_ok[None, :], EVEN_K)
-        gate = _dot(a, _load_k(g_ptrs, k_ok[:, None], EVEN_K), gate, PRECISION)
-        up = _dot(a, _load_k(u_ptrs, k_ok[:, None], EVEN_K), up, PRECISION)
+        if B_DESC:
+            gate = _dot(a, w_ptr.load([row_g, k0]).T, gate, PRECISION)
+            up = _dot(a, w_ptr.load([row_g + N, k0]).T, up, PRECISION)
+        else:
+            gate = _dot(a, _load_k(g_ptrs, k_ok[:, None], EVEN_K), gate, PRECISION)
+            up = _dot(a, _load_k(u_ptrs, k_ok[:, None], EVEN_K), up, PRECISION)
+            g_ptrs += BLOCK_K
+            u_ptrs += BLOCK_K
         a_ptrs += BLOCK_K
-        g_ptrs += BLOCK_K
-        u_ptrs += BLOCK_K
     dtype = out_ptr.dtype.element_ty
     # round as the reference does: each projection, then silu, then the product, in the input dtype
     gate = gate.to(dtype).to(tl.float32)
@@ -158,27 +167,34 @@ def moe_down_kernel(a_ptr, w_ptr, out_ptr, sorted_ptr, block_expert_ptr, num_pad
                     P, N, num_m, stride_a, stride_we, stride_wn, stride_out, K: tl.constexpr,
                     PRECISION: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, ATOMIC: tl.constexpr = False,
-                    TOP_K: tl.constexpr = 1):
+                    TOP_K: tl.constexpr = 1, B_DESC: tl.constexpr = False):
     """out[pair, n] = weight[pair] * (a[slot] . w[e, n]) for the real pairs of each block.
 
     a [slots, K=I] (moe_gate_up_kernel's output); w [E, N=H, K]; weights [P] fp32; out [P, N]. Grid as gate_up.
     ATOMIC: out is fp32 [T, N] (zeroed) and each pair adds into its token's row, out[pair // TOP_K, n] += ...
-    (the k-sum fused; the order of the k fp32 adds is not fixed)."""
+    (the k-sum fused; the order of the k fp32 adds is not fixed). B_DESC: w by TMA, as in moe_gate_up_kernel."""
     pid_m, pid_n = _tile(num_m, tl.cdiv(N, BLOCK_N), GROUP_M)
     if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
         return
     expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
     slots = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)) % N
     offs_k = tl.arange(0, BLOCK_K)
     a_ptrs = a_ptr + slots[:, None].to(tl.int64) * stride_a + offs_k[None, :]
-    b_ptrs = w_ptr + expert * stride_we + offs_n[None, :].to(tl.int64) * stride_wn + offs_k[:, None]
+    if B_DESC:  # w_ptr: a TMA descriptor over w viewed [E*N, K], block [BLOCK_N, BLOCK_K]
+        row_b = (expert * N + pid_n * BLOCK_N).to(tl.int32)  # rows past N: junk in unstored columns
+    else:
+        offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)) % N
+        b_ptrs = w_ptr + expert * stride_we + offs_n[None, :].to(tl.int64) * stride_wn + offs_k[:, None]
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k_ok = offs_k < K - k0
-        acc = _dot(_load_k(a_ptrs, k_ok[None, :], EVEN_K), _load_k(b_ptrs, k_ok[:, None], EVEN_K), acc, PRECISION)
+        a = _load_k(a_ptrs, k_ok[None, :], EVEN_K)
+        if B_DESC:
+            acc = _dot(a, w_ptr.load([row_b, k0]).T, acc, PRECISION)
+        else:
+            acc = _dot(a, _load_k(b_ptrs, k_ok[:, None], EVEN_K), acc, PRECISION)
+            b_ptrs += BLOCK_K
         a_ptrs += BLOCK_K
-        b_ptrs += BLOCK_K
     dtype = out_ptr.dtype.element_ty
     pairs = tl.load(sorted_ptr + slots)
     real = pairs < P
