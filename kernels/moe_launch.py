@@ -94,13 +94,15 @@ def down(inter: torch.Tensor, w2: torch.Tensor, layout: SortedPairs, weights: to
     num_m = layout.block_expert.shape[0]
     grid = (num_m * triton_cdiv(hidden, tile.block_n),)
     w = _weight_desc(w2, tile) if tile.tma else w2
+    a_desc = tile.tma and not atomic_top_k
+    a = _rows_desc(inter, layout.block_m, tile.block_k) if a_desc else inter
     moe_down_kernel[grid](
-        inter, w, out, layout.sorted_ids, layout.block_expert, layout.num_padded, weights,
+        a, w, out, layout.sorted_ids, layout.block_expert, layout.num_padded, weights,
         weights.shape[0], hidden, num_m, inter.stride(0), w2.stride(0), w2.stride(1),
         out.stride(0), K=k_dim,
         PRECISION=_precision(inter), EVEN_K=k_dim % tile.block_k == 0, BLOCK_M=layout.block_m,
         BLOCK_N=tile.block_n, BLOCK_K=tile.block_k, GROUP_M=tile.group_m, ATOMIC=atomic_top_k > 0,
-        TOP_K=max(atomic_top_k, 1), B_DESC=tile.tma, num_warps=tile.num_warps, num_stages=tile.num_stages)
+        TOP_K=max(atomic_top_k, 1), B_DESC=tile.tma, A_DESC=a_desc, num_warps=tile.num_warps, num_stages=tile.num_stages)
 
 
 def _weight_desc(w: torch.Tensor, tile: GemmTile):
@@ -112,6 +114,13 @@ def _weight_desc(w: torch.Tensor, tile: GemmTile):
     if w.stride(0) != r * w.stride(1) or w.stride(2) != 1:
         raise ValueError(f"a TMA weight tile needs w rows packed, got strides {w.stride()}")
     return TensorDescriptor(w, [e * r, k], [w.stride(1), 1], [tile.block_n, tile.block_k])
+
+
+def _rows_desc(a: torch.Tensor, block_m: int, block_k: int):
+    """A host TMA descriptor over a 2-D row-major a [R, K], block [block_m, block_k] (zero past the ends)."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    return TensorDescriptor(a, list(a.shape), [a.stride(0), 1], [block_m, block_k])
 
 
 def sum_picks(pairs_out: torch.Tensor, top_k: int, out: torch.Tensor) -> None:

@@ -167,19 +167,21 @@ def moe_down_kernel(a_ptr, w_ptr, out_ptr, sorted_ptr, block_expert_ptr, num_pad
                     P, N, num_m, stride_a, stride_we, stride_wn, stride_out, K: tl.constexpr,
                     PRECISION: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, ATOMIC: tl.constexpr = False,
-                    TOP_K: tl.constexpr = 1, B_DESC: tl.constexpr = False):
+                    TOP_K: tl.constexpr = 1, B_DESC: tl.constexpr = False, A_DESC: tl.constexpr = False):
     """out[pair, n] = weight[pair] * (a[slot] . w[e, n]) for the real pairs of each block.
 
     a [slots, K=I] (moe_gate_up_kernel's output); w [E, N=H, K]; weights [P] fp32; out [P, N]. Grid as gate_up.
     ATOMIC: out is fp32 [T, N] (zeroed) and each pair adds into its token's row, out[pair // TOP_K, n] += ...
-    (the k-sum fused; the order of the k fp32 adds is not fixed). B_DESC: w by TMA, as in moe_gate_up_kernel."""
+    (the k-sum fused; the order of the k fp32 adds is not fixed). B_DESC: w by TMA, as in moe_gate_up_kernel;
+    A_DESC (not with ATOMIC, which reads a's dtype from a_ptr): a by TMA too, its rows being contiguous slots."""
     pid_m, pid_n = _tile(num_m, tl.cdiv(N, BLOCK_N), GROUP_M)
     if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
         return
     expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
     slots = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_k = tl.arange(0, BLOCK_K)
-    a_ptrs = a_ptr + slots[:, None].to(tl.int64) * stride_a + offs_k[None, :]
+    if not A_DESC:  # else a_ptr: a TMA descriptor over a [slots, K], block [BLOCK_M, BLOCK_K] (rows in slot order)
+        a_ptrs = a_ptr + slots[:, None].to(tl.int64) * stride_a + offs_k[None, :]
     if B_DESC:  # w_ptr: a TMA descriptor over w viewed [E*N, K], block [BLOCK_N, BLOCK_K]
         row_b = (expert * N + pid_n * BLOCK_N).to(tl.int32)  # rows past N: junk in unstored columns
     else:
@@ -188,13 +190,16 @@ def moe_down_kernel(a_ptr, w_ptr, out_ptr, sorted_ptr, block_expert_ptr, num_pad
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k_ok = offs_k < K - k0
-        a = _load_k(a_ptrs, k_ok[None, :], EVEN_K)
+        if A_DESC:
+            a = a_ptr.load([(pid_m * BLOCK_M).to(tl.int32), k0])
+        else:
+            a = _load_k(a_ptrs, k_ok[None, :], EVEN_K)
+            a_ptrs += BLOCK_K
         if B_DESC:
             acc = _dot(a, w_ptr.load([row_b, k0]).T, acc, PRECISION)
         else:
             acc = _dot(a, _load_k(b_ptrs, k_ok[:, None], EVEN_K), acc, PRECISION)
             b_ptrs += BLOCK_K
-        a_ptrs += BLOCK_K
     dtype = out_ptr.dtype.element_ty
     pairs = tl.load(sorted_ptr + slots)
     real = pairs < P
