@@ -102,7 +102,8 @@ def down(inter: torch.Tensor, w2: torch.Tensor, layout: SortedPairs, weights: to
         out.stride(0), K=k_dim,
         PRECISION=_precision(inter), EVEN_K=k_dim % tile.block_k == 0, BLOCK_M=layout.block_m,
         BLOCK_N=tile.block_n, BLOCK_K=tile.block_k, GROUP_M=tile.group_m, ATOMIC=atomic_top_k > 0,
-        TOP_K=max(atomic_top_k, 1), B_DESC=tile.tma, A_DESC=a_desc, num_warps=tile.num_warps, num_stages=tile.num_stages)
+        TOP_K=max(atomic_top_k, 1), B_DESC=tile.tma, A_DESC=a_desc, num_warps=tile.num_warps,
+        num_stages=tile.num_stages)
 
 
 def _weight_desc(w: torch.Tensor, tile: GemmTile):
