@@ -13,9 +13,10 @@ For few pairs (P <= moe_config.PAIRS_MAX_PAIRS, decode) the tuner also times the
 the down kernel; the "gemv" / "gemv_pdl" paths (kernels/triton/moe_gemv.py): as pairs, with every load of a program
 unrolled into flight and the down kernel gathering all k picks' w2 rows in one tile ("gemv_pdl": its w2 loads
 overlap the gate_up kernel through programmatic dependent launch, sm_90+); and the "decode" path
-(kernels/triton/moe_decode.py): one kernel whose program (I-block, pair) routes, computes its gate/up slice and
-adds that slice's down-projection partial product into an fp32 [T, H] with atomics (memset + 1 kernel + cast); for k > 1 also "sorted_atomic" (the down kernel adds each pair into an fp32
-[T, H] instead of step 5); the faster path end to end is kept per bucket (MoeConfig.path).
+(kernels/triton/moe_decode.py): one kernel whose program (I-block, pair) routes, computes its gate/up slice and adds
+that slice's down-projection partial product into an fp32 [T, H] with atomics (memset + 1 kernel + cast); for k > 1
+also "sorted_atomic" (the down kernel adds each pair into an fp32 [T, H] instead of step 5); the faster path end to
+end is kept per bucket (MoeConfig.path).
 No step reads a device value on the host, so the op runs inside CUDA graphs. Tile configs: kernels.moe_config,
 chosen by kernels.moe_tuning (measured per shape bucket on first use; call tune_fused_moe before capturing CUDA graphs).
 """

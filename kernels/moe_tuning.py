@@ -4,13 +4,13 @@ A bucket is (device name, dtype, E, H, I, P) with P = T*k pairs rounded up to a 
 bucket (kernels.moe) times a few candidates on its own inputs: for each BLOCK_M candidate the tokens are aligned
 once, then each gate_up tile and each down tile is timed alone, and the BLOCK_M whose best two GEMMs sum lowest
 wins. Then the paths (MoeConfig.path) are timed as the whole op, every launch included: that "sorted" winner, the
-same tiles with the k-sum fused by atomics ("sorted_atomic", k > 1) and, for P <= PAIRS_MAX_PAIRS, the best
-"pairs" tiles (each of its two kernels timed alone first), the best "decode" config (its one kernel timed alone
-first), the best "gemv" tiles (each kernel alone) and the same tiles as "gemv_pdl" (sm_90+); the fastest is cached.
-Every timing is kernels.gpu_timing.cold_l2_us, the one bench_moe.py reports (graph replay after an L2 flush,
-median). TMA weight tiles (GemmTile.tma) are candidates on sm_90+ only. Candidates that fail to compile (shared
-memory) are skipped. Measuring is impossible inside CUDA-graph capture: there the cached choice is used, else default_config() (not cached); call
-kernels.moe.tune_fused_moe before capturing.
+same tiles with the k-sum fused by atomics ("sorted_atomic", k > 1) and, for P <= PAIRS_MAX_PAIRS, the best "pairs"
+tiles (each of its two kernels timed alone first), the best "decode" config (its one kernel timed alone first), the
+best "gemv" tiles (each kernel alone) and the same tiles as "gemv_pdl" (sm_90+); the fastest is cached. Every timing
+is kernels.gpu_timing.cold_l2_us, the one bench_moe.py reports (graph replay after an L2 flush, median). TMA weight
+tiles (GemmTile.tma) are candidates on sm_90+ only. Candidates that fail to compile (shared memory) are skipped.
+Measuring is impossible inside CUDA-graph capture: there the cached choice is used, else default_config() (not
+cached); call kernels.moe.tune_fused_moe before capturing.
 $VLM_MOE_CONFIGS names an optional JSON file (e.g. $VLM_KERNEL_CACHE/moe_configs.json, beside FlashInfer's JIT
 cache): choices are read from it at start and written back after each tune.
 The configs and candidate lists are in kernels/moe_config.py.
