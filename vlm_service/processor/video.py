@@ -63,14 +63,15 @@ def supported_video_mime_types() -> tuple[str, ...]:
 
 def decode_video(data: bytes, mime_type: str, limits: VideoLimits, sampler: Sampler, field: str,
                  frame_size: FrameSize | None = None, frames_buffer: FramesBuffer | None = None,
-                 workers: int = 0) -> DecodedVideo:
+                 workers: int = 0, threads=None) -> DecodedVideo:
     """Decode the frames `sampler` picks from an encoded video, or raise InvalidInput / TooLarge naming `field`.
 
     frame_size(num_frames, height, width) -> (height, width): resize each frame to that as it is decoded (what
     video_preprocess does to the whole stack, frame by frame), so only resized frames are ever held; None from it:
     keep the decoded size (the GPU path resizes on the device). frames_buffer(n, height, width): the empty
     [n, height, width, 3] uint8 array the frames are written into (e.g. pinned memory); default np.empty.
-    workers: decode threads over keyframe segments (0 = one per segment up to the cores; 1 = this thread)."""
+    workers: decode threads over keyframe segments (0 = one per segment up to the cores; 1 = this thread);
+    threads: their codecs' video_frames.CodecThreads (None: the server's default)."""
     if not data:
         raise InvalidInput("video is empty (zero bytes)", field=field)
     if len(data) > limits.max_bytes:
@@ -86,7 +87,7 @@ def decode_video(data: bytes, mime_type: str, limits: VideoLimits, sampler: Samp
     try:
         with av.open(io.BytesIO(data), mode="r") as container:
             return _decode(data, container, expected, limits, sampler, field, deadline,
-                           (frame_size, frames_buffer or _empty_frames, workers))
+                           (frame_size, frames_buffer or _empty_frames, workers, threads))
     except (InvalidInput, TooLarge):
         raise
     except (av.FFmpegError, OSError, ValueError, EOFError, IndexError, KeyError, TypeError, ZeroDivisionError,
@@ -127,11 +128,11 @@ def _decode(data: bytes, container, expected, limits: VideoLimits, sampler: Samp
     if not indices:
         raise InvalidInput(f"video has {len(pts)} frames: too few to sample", field=field)
     width, height = stream.codec_context.width, stream.codec_context.height
-    frame_size, frames_buffer, workers = how
+    frame_size, frames_buffer, workers, threads = how
     size = frame_size(len(indices), height, width) if frame_size else None
     out = frames_buffer(len(indices), *(size or (height, width)))
     frames = _decode_at(data, container, stream, [pts[i] for i in indices], keyframes, deadline, field, out, size,
-                        workers)
+                        (workers, threads))
     return DecodedVideo(frames, [i / src_fps for i in indices], len(indices) / len(pts) * src_fps)
 
 
@@ -195,7 +196,7 @@ def _source_fps(stream, pts: list[int]) -> float:
 
 
 def _decode_at(data: bytes, container, stream, targets: list[int], keyframes: list[int], deadline: float, field: str,
-               out: np.ndarray, size: tuple[int, int] | None, workers: int) -> np.ndarray:
+               out: np.ndarray, size: tuple[int, int] | None, how: tuple) -> np.ndarray:
     """Frames at presentation timestamps `targets` (ascending) into `out` [n, h, w, 3], from the keyframe before
     each (video_frames.py: keyframe segments, in parallel threads when there are several)."""
     from vlm_service.processor.video_frames import decode_segments, plan_segments, slot_store
@@ -211,7 +212,8 @@ def _decode_at(data: bytes, container, stream, targets: list[int], keyframes: li
         write(pts, rgb)
         seen.add(pts)
 
-    decode_segments(data, container, stream, segments, store, convert, deadline, field, workers)
+    workers, threads = how
+    decode_segments(data, container, stream, segments, store, convert, deadline, field, workers, threads)
     missing = sum(1 for t in targets if t not in seen)
     if missing:
         raise InvalidInput(f"corrupt video: {missing} of the sampled frames could not be decoded", field=field)

@@ -5,7 +5,8 @@ its last target). Segments are independent, so with several of them each worker 
 the same bytes and decodes whole segments, longest first; FFmpeg decodes and converts with the GIL released, so
 the threads run on separate cores. The cores are split among the workers' codecs in proportion to the decoding
 each has to do (frame threads; thread_count set before the codec opens, which PyAV does at the first decode), so
-the longest GOP prefix, the critical path, gets the most. Two further cuts:
+the longest GOP prefix, the critical path, gets the most (CodecThreads: that share scaled, the thread type, optionally
+all cores for the longest; benchmarks/sweep_video_threads.py measures the choices). Two further cuts:
 - H.264 frames that no other frame references (nal_ref_idc 0) and that are not sampled are skipped
   (skip_frame NONREF, switched per packet): nothing else depends on them, and they are about 40 % of an x264
   stream's frames with B-frames;
@@ -18,16 +19,22 @@ The frames are those of a plain decode from the start (tests/processor/test_vide
 from __future__ import annotations
 
 import bisect
+import functools
 import io
+import logging
 import os
 import queue
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
 from vlm_service.errors import InvalidInput
+
+log = logging.getLogger(__name__)
+THREADS_SCALE_ENV = "VLM_VIDEO_DECODE_THREADS_SCALE"  # tuning knob: CodecThreads.scale of the server's decodes
 
 # whose non-reference frames (nal_ref_idc 0) no other frame uses; not HEVC: its "non-reference" NAL types are so only
 # within their temporal sub-layer, a higher one may still predict from them
@@ -35,6 +42,45 @@ _SKIP_NONREF_CODECS = ("h264",)
 
 # convert(frame, swscale threads or None for FFmpeg's choice) -> the [h, w, 3] uint8 RGB array of a kept frame
 Convert = Callable[[object, "int | None"], np.ndarray]
+
+
+@dataclass(frozen=True)
+class CodecThreads:
+    """How parallel segment decoders split the cores among their codecs (FFmpeg threads, set before each opens).
+
+    A worker's codec gets max(1, round(scale * cores * span / total span)) threads, span: the decoding its first
+    (longest) segment needs. scale 1 splits the cores exactly; above 1 oversubscribes them, which pays where frame
+    threads stall on their reference rows and leave cores idle. longest > 0: the worker of the longest segment
+    (the critical path) gets that many instead. thread_type: FFmpeg's FRAME (frames in flight), SLICE (one frame's
+    slices; an x264 stream has one slice per frame unless encoded with sliced threads) or AUTO (both)."""
+
+    scale: float = 1.0
+    thread_type: str = "AUTO"
+    longest: int = 0
+
+    def count(self, span: int, total: int, cores: int, is_longest: bool) -> int:
+        if is_longest and self.longest > 0:
+            return self.longest
+        return max(1, round(self.scale * cores * span / total))
+
+
+def default_threads() -> CodecThreads:
+    """The server's CodecThreads: scale from $VLM_VIDEO_DECODE_THREADS_SCALE when set (a tuning knob), else 1."""
+    return _threads_from(os.environ.get(THREADS_SCALE_ENV, ""))
+
+
+@functools.lru_cache(maxsize=4)
+def _threads_from(text: str) -> CodecThreads:
+    if not text:
+        return CodecThreads()
+    try:
+        scale = float(text)
+        if not 0.1 <= scale <= 16.0:
+            raise ValueError
+    except ValueError:
+        log.warning("%s=%r is not a number in [0.1, 16]: using 1", THREADS_SCALE_ENV, text[:20])
+        return CodecThreads()
+    return CodecThreads(scale=scale)
 
 
 def plan_segments(targets: list[int], keyframes: list[int]) -> list[tuple[int, list[int]]]:
@@ -55,12 +101,15 @@ def cpu_count() -> int:
 
 
 def decode_segments(data: bytes, container, stream, segments: list[tuple[int, list[int]]], store: Callable,
-                    convert: Convert, deadline: float, field: str, workers: int = 0) -> None:
+                    convert: Convert, deadline: float, field: str, workers: int = 0,
+                    threads: CodecThreads | None = None) -> None:
     """Decode every segment, calling store(pts, convert(frame)) once per target pts.
 
     container / stream: the open container (used when one worker decodes); workers: threads (0 = one per
-    segment, at most a thread per core; 1 = on the calling thread, the original container)."""
+    segment, at most a thread per core; 1 = on the calling thread, the original container); threads: the codec
+    threads of parallel workers (None: default_threads())."""
     cores = cpu_count()
+    threads = threads or default_threads()
     workers = min(len(segments), workers or cores)
     if workers <= 1:
         _set_threads(stream, 0)
@@ -70,10 +119,14 @@ def decode_segments(data: bytes, container, stream, segments: list[tuple[int, li
     todo: queue.SimpleQueue = queue.SimpleQueue()
     for seg in sorted(segments, key=_span, reverse=True):  # longest first: the critical path starts at once
         todo.put(seg)
-    share = cores / sum(_span(seg) for seg in segments)  # codec threads per pts unit of decoding
+    spans = [_span(seg) for seg in segments]
+
+    def count(span: int) -> int:  # codec threads of a worker whose first segment is `span` long
+        return threads.count(span, sum(spans), cores, span == max(spans))
+
     with ThreadPoolExecutor(workers, thread_name_prefix="video-decode") as pool:
-        futures = [pool.submit(_worker, data, stream.index, todo, store, convert, deadline, field, share)
-                   for _ in range(workers)]
+        futures = [pool.submit(_worker, data, stream.index, todo, store, convert, deadline, field, count,
+                               threads.thread_type) for _ in range(workers)]
         for future in futures:
             future.result()  # re-raises a worker's InvalidInput / FFmpeg error here
 
@@ -85,10 +138,10 @@ def _span(segment: tuple[int, list[int]]) -> int:
 
 
 def _worker(data: bytes, index: int, todo: queue.SimpleQueue, store, convert, deadline: float, field: str,
-            share: float) -> None:
-    """Decode segments from `todo` until it is empty, on a container of its own. Its codec gets frame threads in
-    proportion to its first (longest) segment's share of all the decoding: the cores go to the long GOPs. A
-    failure empties `todo`, so the other workers stop after their current segment."""
+            count: Callable[[int], int], thread_type: str) -> None:
+    """Decode segments from `todo` until it is empty, on a container of its own. Its codec gets count(span of its
+    first, longest, segment) threads: the cores go to the long GOPs. A failure empties `todo`, so the other workers
+    stop after their current segment."""
     import av
 
     segment = _next(todo)
@@ -97,7 +150,7 @@ def _worker(data: bytes, index: int, todo: queue.SimpleQueue, store, convert, de
     try:
         with av.open(io.BytesIO(data), mode="r") as container:
             stream = container.streams[index]  # the same bytes: the same stream layout
-            _set_threads(stream, max(1, round(share * _span(segment))))
+            _set_threads(stream, count(_span(segment)), thread_type)
             while segment is not None:
                 _decode_segment(container, stream, *segment, store, convert, deadline, field, 1)
                 segment = _next(todo)
@@ -114,11 +167,12 @@ def _next(todo: queue.SimpleQueue):
         return None
 
 
-def _set_threads(stream, count: int) -> None:
-    """Frame + slice threads, `count` of them (0 = FFmpeg's choice); only before the codec opens."""
+def _set_threads(stream, count: int, thread_type: str = "AUTO") -> None:
+    """`count` codec threads (0 = FFmpeg's choice) of `thread_type` (AUTO: frame + slice); only before the codec
+    opens."""
     codec = stream.codec_context
     if not codec.is_open:
-        codec.thread_type = "AUTO"
+        codec.thread_type = thread_type
         codec.thread_count = count
 
 
