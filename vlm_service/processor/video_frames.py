@@ -179,22 +179,34 @@ def _set_threads(stream, count: int, thread_type: str = "AUTO") -> None:
 def _decode_segment(container, stream, key: int, targets: list[int], store, convert, deadline: float,
                     field: str, sws_threads: int | None) -> None:
     """Seek to keyframe `key` and decode until the last of `targets` (sorted), storing each target frame.
-    sws_threads: 1 when segments run in parallel (the cores are theirs), None alone (FFmpeg's choice)."""
+    sws_threads: 1 when segments run in parallel (the cores are theirs), None alone (FFmpeg's choice).
+
+    Once every target's packet has been sent the decoder is drained (decode(None)): the frames still in flight
+    come out now, without sending the packets after them that frame threads (a frame comes out only when
+    thread_count - 1 later packets are in) and B-frame reordering (has_b_frames later frames) would otherwise
+    wait for and decode for nothing. The next seek's flush_buffers resets the drained codec."""
     codec = stream.codec_context
     skip = codec.name in _SKIP_NONREF_CODECS
-    wanted, last = set(targets), targets[-1]
+    wanted, unsent, last = set(targets), set(targets), targets[-1]
     for packet in _packets_from(container, stream, key):
         if time.monotonic() > deadline:
             raise InvalidInput("video decode took too long (over the server's decode time limit)", field=field)
         if skip:  # read by the decoder when the packet is submitted, also with frame threads
             codec.skip_frame = "DEFAULT" if packet.pts in wanted or packet.pts is None else "NONREF"
-        for frame in codec.decode(packet):
+        frames = codec.decode(packet)
+        if packet.pts is not None and unsent:
+            unsent.discard(packet.pts)
+            if not unsent:  # every target is in the decoder (its references were sent before it)
+                frames += codec.decode(None)
+        for frame in frames:
             pos = frame.pts
             if pos in wanted:
                 wanted.discard(pos)
                 store(pos, convert(frame, sws_threads))
             if pos is None or pos >= last:
                 return
+        if not unsent:
+            return
 
 
 def _packets_from(container, stream, key: int):
