@@ -25,6 +25,9 @@ VIDEO_MIME_TYPES = ("video/mp4", "video/webm", "video/quicktime")
 _MIME_TO_DEMUXER = {"video/mp4": "mov,mp4,m4a,3gp,3g2,mj2", "video/quicktime": "mov,mp4,m4a,3gp,3g2,mj2",
                     "video/webm": "matroska,webm"}
 _DEMUXERS = frozenset(_MIME_TO_DEMUXER.values())
+# the parallel decoder's workers open their containers during the demux (video_workers.py); off: after it, as
+# before (benchmarks/sweep_video_threads.py's A/B)
+PREOPEN_WORKERS = True
 _IMAGE_MAGIC = ((b"\x89PNG", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"), (b"BM", "BMP"))
 
 
@@ -122,18 +125,36 @@ def _decode(data: bytes, container, expected, limits: VideoLimits, sampler: Samp
         raise InvalidInput(f"declared mime type does not match the bytes ({name[:30]})", field=field)
     stream = _video_stream(container, field)
     _check_header(container, stream, limits, field)
-    pts, keyframes = _demux(container, stream, deadline, field, limits)
-    src_fps = _source_fps(stream, pts)
-    indices = sampler(len(pts), src_fps, stream.codec_context.width, stream.codec_context.height)
-    if not indices:
-        raise InvalidInput(f"video has {len(pts)} frames: too few to sample", field=field)
-    width, height = stream.codec_context.width, stream.codec_context.height
     frame_size, frames_buffer, workers, threads = how
-    size = frame_size(len(indices), height, width) if frame_size else None
-    out = frames_buffer(len(indices), *(size or (height, width)))
-    frames = _decode_at(data, container, stream, [pts[i] for i in indices], keyframes, deadline, field, out, size,
-                        (workers, threads))
+    pool = _early_workers(data, container, stream, limits, workers)
+    try:
+        pts, keyframes = _demux(container, stream, deadline, field, limits)
+        src_fps = _source_fps(stream, pts)
+        indices = sampler(len(pts), src_fps, stream.codec_context.width, stream.codec_context.height)
+        if not indices:
+            raise InvalidInput(f"video has {len(pts)} frames: too few to sample", field=field)
+        width, height = stream.codec_context.width, stream.codec_context.height
+        size = frame_size(len(indices), height, width) if frame_size else None
+        out = frames_buffer(len(indices), *(size or (height, width)))
+        frames = _decode_at(data, container, stream, [pts[i] for i in indices], keyframes, deadline, field, out,
+                            size, (workers, threads, pool))
+    finally:
+        if pool is not None:
+            pool.close()  # workers left without a job (an error above, or fewer segments than guessed)
     return DecodedVideo(frames, [i / src_fps for i in indices], len(indices) / len(pts) * src_fps)
+
+
+def _early_workers(data: bytes, container, stream, limits: VideoLimits, workers: int):
+    """video_workers.DecodeWorkers opening their containers now, while this thread demuxes (None: too few
+    segments expected, one worker asked for, no index to guess from, or PREOPEN_WORKERS off)."""
+    if not PREOPEN_WORKERS or workers == 1:
+        return None
+    from vlm_service.processor.video_frames import cpu_count
+    from vlm_service.processor.video_workers import DecodeWorkers, expected_segments
+
+    probes = min(limits.max_frames, int(_declared_duration(container, stream) * limits.max_fps))
+    count = min(workers or cpu_count(), expected_segments(stream, probes))
+    return DecodeWorkers(data, stream.index, count) if count > 1 else None
 
 
 def _video_stream(container, field: str):
@@ -212,8 +233,8 @@ def _decode_at(data: bytes, container, stream, targets: list[int], keyframes: li
         write(pts, rgb)
         seen.add(pts)
 
-    workers, threads = how
-    decode_segments(data, container, stream, segments, store, convert, deadline, field, workers, threads)
+    workers, threads, pool = how
+    decode_segments(data, container, stream, segments, store, convert, deadline, field, workers, threads, pool)
     missing = sum(1 for t in targets if t not in seen)
     if missing:
         raise InvalidInput(f"corrupt video: {missing} of the sampled frames could not be decoded", field=field)

@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import bisect
 import functools
-import io
 import logging
 import os
 import queue
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -102,16 +100,22 @@ def cpu_count() -> int:
 
 def decode_segments(data: bytes, container, stream, segments: list[tuple[int, list[int]]], store: Callable,
                     convert: Convert, deadline: float, field: str, workers: int = 0,
-                    threads: CodecThreads | None = None) -> None:
+                    threads: CodecThreads | None = None, pool=None) -> None:
     """Decode every segment, calling store(pts, convert(frame)) once per target pts.
 
     container / stream: the open container (used when one worker decodes); workers: threads (0 = one per
     segment, at most a thread per core; 1 = on the calling thread, the original container); threads: the codec
-    threads of parallel workers (None: default_threads())."""
+    threads of parallel workers (None: default_threads()); pool: video_workers.DecodeWorkers started earlier
+    (their containers opened while the caller demuxed), grown or left partly unused as the segments need; it is
+    run or closed here."""
+    from vlm_service.processor.video_workers import DecodeWorkers
+
     cores = cpu_count()
     threads = threads or default_threads()
     workers = min(len(segments), workers or cores)
     if workers <= 1:
+        if pool is not None:
+            pool.close()
         _set_threads(stream, 0)
         for key, targets in segments:
             _decode_segment(container, stream, key, targets, store, convert, deadline, field, None)
@@ -124,11 +128,10 @@ def decode_segments(data: bytes, container, stream, segments: list[tuple[int, li
     def count(span: int) -> int:  # codec threads of a worker whose first segment is `span` long
         return threads.count(span, sum(spans), cores, span == max(spans))
 
-    with ThreadPoolExecutor(workers, thread_name_prefix="video-decode") as pool:
-        futures = [pool.submit(_worker, data, stream.index, todo, store, convert, deadline, field, count,
-                               threads.thread_type) for _ in range(workers)]
-        for future in futures:
-            future.result()  # re-raises a worker's InvalidInput / FFmpeg error here
+    pool = pool if pool is not None else DecodeWorkers(data, stream.index)
+    pool.grow(workers)
+    pool.run(lambda c, error: _worker(c, error, stream.index, todo, store, convert, deadline, field, count,
+                                      threads.thread_type))  # re-raises a worker's InvalidInput / FFmpeg error
 
 
 def _span(segment: tuple[int, list[int]]) -> int:
@@ -137,23 +140,22 @@ def _span(segment: tuple[int, list[int]]) -> int:
     return max(targets[-1] - key, 0) + 1
 
 
-def _worker(data: bytes, index: int, todo: queue.SimpleQueue, store, convert, deadline: float, field: str,
-            count: Callable[[int], int], thread_type: str) -> None:
-    """Decode segments from `todo` until it is empty, on a container of its own. Its codec gets count(span of its
-    first, longest, segment) threads: the cores go to the long GOPs. A failure empties `todo`, so the other workers
-    stop after their current segment."""
-    import av
-
+def _worker(container, error: BaseException | None, index: int, todo: queue.SimpleQueue, store, convert,
+            deadline: float, field: str, count: Callable[[int], int], thread_type: str) -> None:
+    """Decode segments from `todo` until it is empty, on this worker's own container (error: why it could not be
+    opened). Its codec gets count(span of its first, longest, segment) threads: the cores go to the long GOPs. A
+    failure empties `todo`, so the other workers stop after their current segment."""
     segment = _next(todo)
     if segment is None:
         return
     try:
-        with av.open(io.BytesIO(data), mode="r") as container:
-            stream = container.streams[index]  # the same bytes: the same stream layout
-            _set_threads(stream, count(_span(segment)), thread_type)
-            while segment is not None:
-                _decode_segment(container, stream, *segment, store, convert, deadline, field, 1)
-                segment = _next(todo)
+        if error is not None:
+            raise error
+        stream = container.streams[index]  # the same bytes: the same stream layout
+        _set_threads(stream, count(_span(segment)), thread_type)
+        while segment is not None:
+            _decode_segment(container, stream, *segment, store, convert, deadline, field, 1)
+            segment = _next(todo)
     except BaseException:
         while _next(todo) is not None:
             pass
