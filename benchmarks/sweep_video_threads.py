@@ -7,7 +7,10 @@ milliseconds of --repeats per allocation:
   video_gpu_path   decode_video as the GPU path calls it (decode + RGB into the pinned buffer)
   prepare_device   prepare_video with GpuVideoPreprocessor on --device: the host side of the server's TTFT
 
-and, once: the tail after the decode (gpu_call: GpuVideoPreprocessor on decoded frames, hash: the cache key's
+Each row also says which of the other host-side changes were on (video_frames.DRAIN_AFTER_TARGETS,
+video.PREOPEN_WORKERS, visual_items.HASH_DURING_DECODE): the first row, all off at scale 1, is the code before
+them (the A/B baseline); the next rows add them one at a time; the rest vary the allocation with all on.
+And, once: the tail after the decode (gpu_call: GpuVideoPreprocessor on decoded frames, hash: the cache key's
 sha256) and longest_alone (the longest segment decoded alone on one container with 1..cores codec threads: how
 far frame threads scale on this clip). "best" names the allocation with the lowest prepare_device median; set it
 with $VLM_VIDEO_DECODE_THREADS_SCALE (scale) or as video_frames.CodecThreads' default.
@@ -18,6 +21,7 @@ with $VLM_VIDEO_DECODE_THREADS_SCALE (scale) or as video_frames.CodecThreads' de
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import sys
@@ -31,18 +35,39 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from bench_video_decode import FIELD, _clip, _limits, _packets, _time  # noqa: E402
 
-# (scale, thread_type, longest); longest -1: all cores for the longest segment
-ALLOCATIONS = [(1.0, "AUTO", 0), (1.5, "AUTO", 0), (2.0, "AUTO", 0), (3.0, "AUTO", 0), (1.0, "FRAME", 0),
-               (2.0, "FRAME", 0), (1.0, "SLICE", 0), (1.0, "AUTO", -1), (1.5, "AUTO", -1), (0.7, "AUTO", 0)]
+# (scale, thread_type, longest, (drain, preopen, hash during decode)); longest -1: all cores for the longest
+ON = (True, True, True)
+ALLOCATIONS = [(1.0, "AUTO", 0, (False, False, False)), (1.0, "AUTO", 0, (True, False, False)),
+               (1.0, "AUTO", 0, (True, True, False)), (1.0, "AUTO", 0, ON), (1.5, "AUTO", 0, ON),
+               (2.0, "AUTO", 0, ON), (3.0, "AUTO", 0, ON), (1.0, "FRAME", 0, ON), (2.0, "FRAME", 0, ON),
+               (1.0, "SLICE", 0, ON), (1.0, "AUTO", -1, ON), (1.5, "AUTO", -1, ON), (0.7, "AUTO", 0, ON),
+               (2.0, "AUTO", 0, (False, False, False))]
 
 
 def _allocations(cores: int):
     from vlm_service.processor.video_frames import CodecThreads
 
-    return [CodecThreads(scale, kind, cores if longest < 0 else longest) for scale, kind, longest in ALLOCATIONS]
+    return [(CodecThreads(scale, kind, cores if longest < 0 else longest), toggles)
+            for scale, kind, longest, toggles in ALLOCATIONS]
 
 
-def _sweep(data: bytes, cfg, device: str, repeats: int) -> dict:
+@contextlib.contextmanager
+def _variant(threads, toggles):
+    """prepare_video's decode with these CodecThreads and these changes on / off (module switches)."""
+    from vlm_service.processor import video, video_frames, visual_items
+
+    saved = (video_frames.default_threads, video_frames.DRAIN_AFTER_TARGETS, video.PREOPEN_WORKERS,
+             visual_items.HASH_DURING_DECODE)
+    video_frames.default_threads = lambda: threads
+    video_frames.DRAIN_AFTER_TARGETS, video.PREOPEN_WORKERS, visual_items.HASH_DURING_DECODE = toggles
+    try:
+        yield
+    finally:
+        (video_frames.default_threads, video_frames.DRAIN_AFTER_TARGETS, video.PREOPEN_WORKERS,
+         visual_items.HASH_DURING_DECODE) = saved
+
+
+def _sweep(data: bytes, cfg, device: str, repeats: int, rows_limit: int = 0) -> dict:
     import av
 
     from vlm_service.processor import video_frames
@@ -58,24 +83,21 @@ def _sweep(data: bytes, cfg, device: str, repeats: int) -> dict:
     gpu = GpuVideoPreprocessor(cfg, device, torch.bfloat16)
     sampler = lambda *a: indices  # noqa: E731
     cores = video_frames.cpu_count()
-    original = video_frames.default_threads
     rows = []
-    for threads in _allocations(cores):
+    for threads, toggles in _allocations(cores)[:rows_limit or None]:
         def parallel(threads=threads):
             with av.open(io.BytesIO(data)) as c:
                 video_frames.decode_segments(data, c, c.streams.video[0], segments, lambda *a: None,
                                              lambda *a: None, time.monotonic() + 60, FIELD, 0, threads)
 
-        video_frames.default_threads = lambda threads=threads: threads  # what prepare_video's decode takes
-        try:
+        with _variant(threads, toggles):
             row = {"scale": threads.scale, "thread_type": threads.thread_type, "longest": threads.longest,
+                   "drain": toggles[0], "preopen": toggles[1], "hash_during_decode": toggles[2],
                    "decode_parallel": _time(parallel, repeats),
                    "video_gpu_path": _time(lambda: decode_video(data, "video/mp4", _limits(), sampler, FIELD,
                                                                 lambda *a: None, gpu.host_buffer), repeats),
                    "prepare_device": _time(lambda: prepare_video(VideoInput(data=data), cfg, _limits(), FIELD,
                                                                  gpu=gpu), repeats)}
-        finally:
-            video_frames.default_threads = original
         rows.append(row)
         print(json.dumps(row), flush=True)
     decoded = decode_video(data, "video/mp4", _limits(), sampler, FIELD, lambda *a: None, gpu.host_buffer)
@@ -83,8 +105,11 @@ def _sweep(data: bytes, cfg, device: str, repeats: int) -> dict:
     tail = {"gpu_call": _time(lambda: gpu(decoded.frames), repeats),
             "hash": _time(lambda: video_hash(part, cfg.fps, cfg.max_frames), repeats)}
     best = min(rows, key=lambda r: r["prepare_device"]["median_ms"])
+    gain = rows[0]["prepare_device"]["median_ms"] - best["prepare_device"]["median_ms"]
     return {"segments": [[k, len(t), video_frames._span((k, t))] for k, t in segments], "allocations": rows,
-            "best": {k: best[k] for k in ("scale", "thread_type", "longest")}, "tail": tail,
+            "best": {**{k: best[k] for k in ("scale", "thread_type", "longest", "drain", "preopen")},
+                     "prepare_device_ms": best["prepare_device"]["median_ms"], "gain_vs_baseline_ms": round(gain, 2)},
+            "tail": tail,
             "longest_alone": _longest_alone(data, max(segments, key=video_frames._span), cores, repeats)}
 
 
@@ -112,15 +137,17 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--clip", default="", help="cache the clip in this file (made when missing)")
     ap.add_argument("--out", default="", help="JSON file (default: print only)")
+    ap.add_argument("--rows", type=int, default=0, help="only the first ROWS allocations (0 = all; smoke tests)")
+    ap.add_argument("--state-dir", default=tempfile.gettempdir() + "/vlm-bench-state")
     args = ap.parse_args()
     from vlm_service.demo.presets import ensure_preset_dir
     from vlm_service.processor.video_config import VideoConfig
     from vlm_service.processor.video_frames import cpu_count
 
-    cfg = VideoConfig.from_pretrained(ensure_preset_dir(tempfile.gettempdir() + "/vlm-bench-state", args.preset))
+    cfg = VideoConfig.from_pretrained(ensure_preset_dir(args.state_dir, args.preset))
     result = {"preset": args.preset, "clip": "10 s 1280x720 30 fps H.264, keyframe every 2 s", "device": args.device,
               "cores": cpu_count(), "repeats": args.repeats}
-    result.update(_sweep(_clip(args.clip or None), cfg, args.device, args.repeats))
+    result.update(_sweep(_clip(args.clip or None), cfg, args.device, args.repeats, args.rows))
     print(json.dumps({k: result[k] for k in ("best", "tail", "longest_alone")}, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))

@@ -146,3 +146,14 @@ def test_the_scale_knob_is_read_from_the_environment(monkeypatch, caplog):
     assert THREADS_SCALE_ENV in caplog.text
     monkeypatch.delenv(THREADS_SCALE_ENV)
     assert default_threads() == CodecThreads()
+
+
+@pytest.mark.parametrize("kw", CLIPS)
+def test_draining_after_the_last_target_gives_the_frames_of_decoding_on(kw, monkeypatch):
+    from vlm_service.processor import video_frames
+
+    data, cfg, seen = make_clip(**kw), VideoConfig(family="qwen3_vl"), []
+    drained = decode_video(data, "", VideoLimits(), _sampler(cfg, 2.0, seen), FIELD, workers=2)
+    monkeypatch.setattr(video_frames, "DRAIN_AFTER_TARGETS", False)
+    kept_on = decode_video(data, "", VideoLimits(), _sampler(cfg, 2.0, seen), FIELD, workers=2)
+    np.testing.assert_array_equal(drained.frames, kept_on.frames)

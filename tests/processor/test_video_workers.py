@@ -88,3 +88,18 @@ def test_more_workers_than_segments_and_a_worker_that_could_not_open():
     with pytest.raises(av.FFmpegError):
         bad.run(lambda container, error: (_ for _ in ()).throw(error))
     assert not _decode_threads()
+
+
+@pytest.mark.parametrize("during", [True, False])
+def test_the_content_hash_made_during_the_decode_is_the_video_hash(during, monkeypatch):
+    from vlm_service.processor import visual_items
+    from vlm_service.processor.video_config import VideoConfig
+    from vlm_service.types import VideoInput
+
+    monkeypatch.setattr(visual_items, "HASH_DURING_DECODE", during)
+    cfg, data = VideoConfig(family="qwen3_vl"), make_clip(seconds=2.0, width=64, height=48, fps=10.0, gop=5)
+    part = VideoInput(data=data)
+    item = visual_items.prepare_video(part, cfg, VideoLimits(), FIELD)
+    fps, max_frames = visual_items.sampling_of(part, cfg, VideoLimits())
+    assert item.content_hash == visual_items.video_hash(part, fps, max_frames)
+    assert item.content_hash != visual_items.video_hash(VideoInput(data=data[:-1]), fps, max_frames)

@@ -32,6 +32,9 @@ import numpy as np
 from vlm_service.errors import InvalidInput
 
 log = logging.getLogger(__name__)
+# drain the codec once a segment's targets are all sent (_decode_segment); off: keep sending packets until the last
+# target comes out, as before (benchmarks/sweep_video_threads.py's A/B)
+DRAIN_AFTER_TARGETS = True
 THREADS_SCALE_ENV = "VLM_VIDEO_DECODE_THREADS_SCALE"  # tuning knob: CodecThreads.scale of the server's decodes
 
 # whose non-reference frames (nal_ref_idc 0) no other frame uses; not HEVC: its "non-reference" NAL types are so only
@@ -198,7 +201,7 @@ def _decode_segment(container, stream, key: int, targets: list[int], store, conv
         frames = codec.decode(packet)
         if packet.pts is not None and unsent:
             unsent.discard(packet.pts)
-            if not unsent:  # every target is in the decoder (its references were sent before it)
+            if not unsent and DRAIN_AFTER_TARGETS:  # every target is in the decoder (its references were before it)
                 frames += codec.decode(None)
         for frame in frames:
             pos = frame.pts
@@ -207,7 +210,7 @@ def _decode_segment(container, stream, key: int, targets: list[int], store, conv
                 store(pos, convert(frame, sws_threads))
             if pos is None or pos >= last:
                 return
-        if not unsent:
+        if not unsent and DRAIN_AFTER_TARGETS:
             return
 
 
