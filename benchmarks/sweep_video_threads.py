@@ -10,8 +10,8 @@ milliseconds of --repeats per allocation:
 Each row also says which of the other host-side changes were on (video_frames.DRAIN_AFTER_TARGETS,
 video.PREOPEN_WORKERS, visual_items.HASH_DURING_DECODE): the first row, all off at scale 1, is the code before
 them (the A/B baseline); the next rows add them one at a time; the rest vary the allocation with all on.
-And, once: the tail after the decode (gpu_call: GpuVideoPreprocessor on decoded frames, hash: the cache key's
-sha256) and longest_alone (the longest segment decoded alone on one container with 1..cores codec threads: how
+And, once: the tail after the decode (gpu_call: GpuVideoPreprocessor on decoded frames, split into upload and
+device_ops; hash: the cache key's sha256) and longest_alone (the longest segment decoded alone on one container with 1..cores codec threads: how
 far frame threads scale on this clip). "best" names the allocation with the lowest prepare_device median; set it
 with $VLM_VIDEO_DECODE_THREADS_SCALE (scale) or as video_frames.CodecThreads' default.
 
@@ -103,7 +103,8 @@ def _sweep(data: bytes, cfg, device: str, repeats: int, rows_limit: int = 0) -> 
     decoded = decode_video(data, "video/mp4", _limits(), sampler, FIELD, lambda *a: None, gpu.host_buffer)
     part = VideoInput(data=data)
     tail = {"gpu_call": _time(lambda: gpu(decoded.frames), repeats),
-            "hash": _time(lambda: video_hash(part, cfg.fps, cfg.max_frames), repeats)}
+            "hash": _time(lambda: video_hash(part, cfg.fps, cfg.max_frames), repeats),
+            **_gpu_parts(gpu, decoded.frames, repeats)}
     best = min(rows, key=lambda r: r["prepare_device"]["median_ms"])
     gain = rows[0]["prepare_device"]["median_ms"] - best["prepare_device"]["median_ms"]
     return {"segments": [[k, len(t), video_frames._span((k, t))] for k, t in segments], "allocations": rows,
@@ -111,6 +112,28 @@ def _sweep(data: bytes, cfg, device: str, repeats: int, rows_limit: int = 0) -> 
                      "prepare_device_ms": best["prepare_device"]["median_ms"], "gain_vs_baseline_ms": round(gain, 2)},
             "tail": tail,
             "longest_alone": _longest_alone(data, max(segments, key=video_frames._span), cores, repeats)}
+
+
+def _gpu_parts(gpu, frames, repeats: int) -> dict:
+    """gpu_call split: upload (the pinned [n, H, W, 3] buffer to the device, synchronised) and device_ops (resize +
+    normalise + patchify of the uploaded frames, synchronised)."""
+    from vlm_service.processor.gpu_video import preprocess_video_frames
+
+    host = torch.from_numpy(frames)
+
+    def sync():
+        if gpu.cuda:
+            torch.cuda.synchronize(gpu.device)
+
+    def upload():
+        out = host.to(gpu.device, non_blocking=gpu.cuda)
+        sync()
+        return out
+
+    video = upload().permute(0, 3, 1, 2)
+    return {"upload": _time(upload, repeats),
+            "device_ops": _time(lambda: (preprocess_video_frames(video, gpu.cfg, gpu.table), sync()), repeats),
+            "frames_mb": round(frames.nbytes / 2**20, 1)}
 
 
 def _longest_alone(data: bytes, segment, cores: int, repeats: int) -> dict:
