@@ -11,8 +11,8 @@ Each row also says which of the other host-side changes were on (video_frames.DR
 video.PREOPEN_WORKERS, visual_items.HASH_DURING_DECODE): the first row, all off at scale 1, is the code before
 them (the A/B baseline); the next rows add them one at a time; the rest vary the allocation with all on.
 And, once: the tail after the decode (gpu_call: GpuVideoPreprocessor on decoded frames, split into upload and
-device_ops; hash: the cache key's sha256) and longest_alone (the longest segment decoded alone on one container with 1..cores codec threads: how
-far frame threads scale on this clip). "best" names the allocation with the lowest prepare_device median; set it
+device_ops; hash: the cache key's sha256) and longest_alone (the longest segment decoded alone on one container
+with 1..cores codec threads: how far frame threads scale on this clip). "best" names the allocation with the lowest prepare_device median; set it
 with $VLM_VIDEO_DECODE_THREADS_SCALE (scale) or as video_frames.CodecThreads' default.
 
     python benchmarks/sweep_video_threads.py --out $OUT/sweep_video_threads.json
