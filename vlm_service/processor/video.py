@@ -66,7 +66,8 @@ def supported_video_mime_types() -> tuple[str, ...]:
 
 def decode_video(data: bytes, mime_type: str, limits: VideoLimits, sampler: Sampler, field: str,
                  frame_size: FrameSize | None = None, frames_buffer: FramesBuffer | None = None,
-                 workers: int = 0, threads=None) -> DecodedVideo:
+                 workers: int = 0, threads=None, slot_written: Callable[[int], None] | None = None
+                 ) -> DecodedVideo:
     """Decode the frames `sampler` picks from an encoded video, or raise InvalidInput / TooLarge naming `field`.
 
     frame_size(num_frames, height, width) -> (height, width): resize each frame to that as it is decoded (what
@@ -74,7 +75,8 @@ def decode_video(data: bytes, mime_type: str, limits: VideoLimits, sampler: Samp
     keep the decoded size (the GPU path resizes on the device). frames_buffer(n, height, width): the empty
     [n, height, width, 3] uint8 array the frames are written into (e.g. pinned memory); default np.empty.
     workers: decode threads over keyframe segments (0 = one per segment up to the cores; 1 = this thread);
-    threads: their codecs' video_frames.CodecThreads (None: the server's default)."""
+    threads: their codecs' video_frames.CodecThreads (None: the server's default); slot_written(k): called (from
+    a decode thread) once slot k of the buffer holds its frame (gpu_video.FramesJob uploads it then)."""
     if not data:
         raise InvalidInput("video is empty (zero bytes)", field=field)
     if len(data) > limits.max_bytes:
@@ -90,7 +92,7 @@ def decode_video(data: bytes, mime_type: str, limits: VideoLimits, sampler: Samp
     try:
         with av.open(io.BytesIO(data), mode="r") as container:
             return _decode(data, container, expected, limits, sampler, field, deadline,
-                           (frame_size, frames_buffer or _empty_frames, workers, threads))
+                           (frame_size, frames_buffer or _empty_frames, workers, threads, slot_written))
     except (InvalidInput, TooLarge):
         raise
     except (av.FFmpegError, OSError, ValueError, EOFError, IndexError, KeyError, TypeError, ZeroDivisionError,
@@ -125,7 +127,7 @@ def _decode(data: bytes, container, expected, limits: VideoLimits, sampler: Samp
         raise InvalidInput(f"declared mime type does not match the bytes ({name[:30]})", field=field)
     stream = _video_stream(container, field)
     _check_header(container, stream, limits, field)
-    frame_size, frames_buffer, workers, threads = how
+    frame_size, frames_buffer, workers, threads, written = how
     pool = _early_workers(data, container, stream, limits, workers)
     try:
         pts, keyframes = _demux(container, stream, deadline, field, limits)
@@ -137,7 +139,7 @@ def _decode(data: bytes, container, expected, limits: VideoLimits, sampler: Samp
         size = frame_size(len(indices), height, width) if frame_size else None
         out = frames_buffer(len(indices), *(size or (height, width)))
         frames = _decode_at(data, container, stream, [pts[i] for i in indices], keyframes, deadline, field, out,
-                            size, (workers, threads, pool))
+                            size, (workers, threads, pool, written))
     finally:
         if pool is not None:
             pool.close()  # workers left without a job (an error above, or fewer segments than guessed)
@@ -222,8 +224,9 @@ def _decode_at(data: bytes, container, stream, targets: list[int], keyframes: li
     each (video_frames.py: keyframe segments, in parallel threads when there are several)."""
     from vlm_service.processor.video_frames import decode_segments, plan_segments, slot_store
 
+    workers, threads, pool, written = how
     segments = plan_segments(targets, keyframes)
-    write, seen = slot_store(targets, out), set()
+    write, seen = slot_store(targets, out, written), set()
 
     def convert(frame, threads: int | None) -> np.ndarray:
         rgb = frame.to_ndarray(format="rgb24", **({"threads": threads} if threads else {}))
@@ -233,7 +236,6 @@ def _decode_at(data: bytes, container, stream, targets: list[int], keyframes: li
         write(pts, rgb)
         seen.add(pts)
 
-    workers, threads, pool = how
     decode_segments(data, container, stream, segments, store, convert, deadline, field, workers, threads, pool)
     missing = sum(1 for t in targets if t not in seen)
     if missing:

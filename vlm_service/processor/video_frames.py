@@ -220,9 +220,10 @@ def _packets_from(container, stream, key: int):
     return container.demux(stream)
 
 
-def slot_store(targets: list[int], out: np.ndarray) -> Callable[[int, np.ndarray], None]:
+def slot_store(targets: list[int], out: np.ndarray,
+               written: Callable[[int], None] | None = None) -> Callable[[int, np.ndarray], None]:
     """store(pts, rgb) writing rgb into every slot k of `out` [n, h, w, 3] whose targets[k] is pts (a sampler may
-    keep one frame twice); each slot is written by one thread only."""
+    keep one frame twice), then calling written(k) if given; each slot is written by one thread only."""
     slots: dict[int, list[int]] = {}
     for k, target in enumerate(targets):
         slots.setdefault(target, []).append(k)
@@ -230,4 +231,6 @@ def slot_store(targets: list[int], out: np.ndarray) -> Callable[[int, np.ndarray
     def store(pts: int, rgb: np.ndarray) -> None:
         for k in slots[pts]:
             out[k] = rgb
+            if written is not None:
+                written(k)
     return store

@@ -89,8 +89,9 @@ def prepare_video(part: VideoInput, cfg: VideoConfig, limits: VideoLimits, field
     fps, max_frames = sampling_of(part, cfg, limits)
     content_hash = _hash_pool().submit(video_hash, part, fps, max_frames) if HASH_DURING_DECODE else None
     started = time.perf_counter()
+    jobs: list = []  # the GPU path's gpu_video.FramesJob, once the decoder asked for its buffer
     try:
-        decoded = _decode(part, cfg, limits, field, fps, max_frames, max_tokens, gpu)
+        decoded = _decode(part, cfg, limits, field, fps, max_frames, max_tokens, gpu, jobs)
     except BaseException:
         if content_hash is not None:
             content_hash.cancel()  # not started yet (a queue of refused videos): not needed
@@ -100,7 +101,9 @@ def prepare_video(part: VideoInput, cfg: VideoConfig, limits: VideoLimits, field
     if len(decoded.frames) < tp:
         raise InvalidInput(f"video yields {len(decoded.frames)} frame(s); at least {tp} are needed", field=field)
     try:
-        if gpu is not None:
+        if jobs:
+            pixels, grid = jobs[0].finish()  # the frames went up (and were resized) as they were decoded
+        elif gpu is not None:
             pixels, grid = gpu(decoded.frames)
         else:
             pixels, grid = preprocess_video(decoded.frames, cfg, out_dtype, pin, resized=bool(part.data))
@@ -129,7 +132,7 @@ def video_tokens(cfg: VideoConfig, num_frames: int, height: int, width: int) -> 
 
 
 def _decode(part: VideoInput, cfg: VideoConfig, limits: VideoLimits, field: str, fps: float,
-            max_frames: int, max_tokens: int = 0, gpu=None) -> DecodedVideo:
+            max_frames: int, max_tokens: int = 0, gpu=None, jobs: list | None = None) -> DecodedVideo:
     if part.data and part.frames:
         raise InvalidInput("give either data or frames, not both", field=field)
     if part.frames:
@@ -154,8 +157,22 @@ def _decode(part: VideoInput, cfg: VideoConfig, limits: VideoLimits, field: str,
             raise InvalidInput(f"video frames cannot be resized: {exc}", field=field) from None
         return None if gpu is not None else size  # the GPU path resizes on its device
 
-    buffer = gpu.host_buffer if gpu is not None else None
-    return decode_video(part.data, part.mime_type, limits, sampler, field, frame_size, buffer)
+    if gpu is None or jobs is None or not _streams_frames(gpu):
+        buffer = gpu.host_buffer if gpu is not None else None
+        return decode_video(part.data, part.mime_type, limits, sampler, field, frame_size, buffer)
+
+    def buffer(n: int, height: int, width: int):  # a FramesJob: each frame goes up as soon as it is decoded
+        jobs.append(gpu.frames_job(n, height, width))
+        return jobs[0].host
+
+    return decode_video(part.data, part.mime_type, limits, sampler, field, frame_size, buffer,
+                        slot_written=lambda k: jobs[0].ready(k))
+
+
+def _streams_frames(gpu) -> bool:
+    from vlm_service.processor import gpu_video
+
+    return gpu_video.STREAM_FRAMES and hasattr(gpu, "frames_job")
 
 
 def expand_video_text(text: str, items: list[PreparedVisual]) -> str:
