@@ -8,8 +8,9 @@ milliseconds of --repeats per allocation:
   prepare_device   prepare_video with GpuVideoPreprocessor on --device: the host side of the server's TTFT
 
 Each row also says which of the other host-side changes were on (video_frames.DRAIN_AFTER_TARGETS,
-video.PREOPEN_WORKERS, visual_items.HASH_DURING_DECODE): the first row, all off at scale 1, is the code before
-them (the A/B baseline); the next rows add them one at a time; the rest vary the allocation with all on.
+video.PREOPEN_WORKERS, visual_items.HASH_DURING_DECODE, gpu_video.STREAM_FRAMES): the first row, all off at
+scale 1, is the code before them (the A/B baseline); the next rows add them one at a time; the rest vary the
+allocation with all on; the last two: scale 2 with all off, and the baseline again (drift over the run).
 And, once: the tail after the decode (gpu_call: GpuVideoPreprocessor on decoded frames, split into upload and
 device_ops; hash: the cache key's sha256) and longest_alone (the longest segment decoded alone on one container
 with 1..cores codec threads: how far frame threads scale on this clip). "best" names the allocation with the lowest prepare_device median; set it
@@ -35,13 +36,15 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from bench_video_decode import FIELD, _clip, _limits, _packets, _time  # noqa: E402
 
-# (scale, thread_type, longest, (drain, preopen, hash during decode)); longest -1: all cores for the longest
-ON = (True, True, True)
-ALLOCATIONS = [(1.0, "AUTO", 0, (False, False, False)), (1.0, "AUTO", 0, (True, False, False)),
-               (1.0, "AUTO", 0, (True, True, False)), (1.0, "AUTO", 0, ON), (1.5, "AUTO", 0, ON),
+# (scale, thread_type, longest, (drain, preopen, hash during decode, stream frames)); longest -1: all cores for
+# the longest segment
+ON, OFF = (True, True, True, True), (False, False, False, False)
+ALLOCATIONS = [(1.0, "AUTO", 0, OFF), (1.0, "AUTO", 0, (True, False, False, False)),
+               (1.0, "AUTO", 0, (True, True, False, False)), (1.0, "AUTO", 0, (True, True, True, False)),
+               (1.0, "AUTO", 0, ON), (1.5, "AUTO", 0, ON),
                (2.0, "AUTO", 0, ON), (3.0, "AUTO", 0, ON), (1.0, "FRAME", 0, ON), (2.0, "FRAME", 0, ON),
                (1.0, "SLICE", 0, ON), (1.0, "AUTO", -1, ON), (1.5, "AUTO", -1, ON), (0.7, "AUTO", 0, ON),
-               (2.0, "AUTO", 0, (False, False, False))]
+               (2.0, "AUTO", 0, OFF), (1.0, "AUTO", 0, OFF)]  # the baseline again: drift over the run
 
 
 def _allocations(cores: int):
@@ -54,17 +57,18 @@ def _allocations(cores: int):
 @contextlib.contextmanager
 def _variant(threads, toggles):
     """prepare_video's decode with these CodecThreads and these changes on / off (module switches)."""
-    from vlm_service.processor import video, video_frames, visual_items
+    from vlm_service.processor import gpu_video, video, video_frames, visual_items
 
     saved = (video_frames.default_threads, video_frames.DRAIN_AFTER_TARGETS, video.PREOPEN_WORKERS,
-             visual_items.HASH_DURING_DECODE)
+             visual_items.HASH_DURING_DECODE, gpu_video.STREAM_FRAMES)
     video_frames.default_threads = lambda: threads
-    video_frames.DRAIN_AFTER_TARGETS, video.PREOPEN_WORKERS, visual_items.HASH_DURING_DECODE = toggles
+    (video_frames.DRAIN_AFTER_TARGETS, video.PREOPEN_WORKERS, visual_items.HASH_DURING_DECODE,
+     gpu_video.STREAM_FRAMES) = toggles
     try:
         yield
     finally:
         (video_frames.default_threads, video_frames.DRAIN_AFTER_TARGETS, video.PREOPEN_WORKERS,
-         visual_items.HASH_DURING_DECODE) = saved
+         visual_items.HASH_DURING_DECODE, gpu_video.STREAM_FRAMES) = saved
 
 
 def _sweep(data: bytes, cfg, device: str, repeats: int, rows_limit: int = 0) -> dict:
@@ -93,6 +97,7 @@ def _sweep(data: bytes, cfg, device: str, repeats: int, rows_limit: int = 0) -> 
         with _variant(threads, toggles):
             row = {"scale": threads.scale, "thread_type": threads.thread_type, "longest": threads.longest,
                    "drain": toggles[0], "preopen": toggles[1], "hash_during_decode": toggles[2],
+                   "stream_frames": toggles[3],
                    "decode_parallel": _time(parallel, repeats),
                    "video_gpu_path": _time(lambda: decode_video(data, "video/mp4", _limits(), sampler, FIELD,
                                                                 lambda *a: None, gpu.host_buffer), repeats),
@@ -108,7 +113,8 @@ def _sweep(data: bytes, cfg, device: str, repeats: int, rows_limit: int = 0) -> 
     best = min(rows, key=lambda r: r["prepare_device"]["median_ms"])
     gain = rows[0]["prepare_device"]["median_ms"] - best["prepare_device"]["median_ms"]
     return {"segments": [[k, len(t), video_frames._span((k, t))] for k, t in segments], "allocations": rows,
-            "best": {**{k: best[k] for k in ("scale", "thread_type", "longest", "drain", "preopen")},
+            "best": {**{k: best[k] for k in ("scale", "thread_type", "longest", "drain", "preopen",
+                                             "hash_during_decode", "stream_frames")},
                      "prepare_device_ms": best["prepare_device"]["median_ms"], "gain_vs_baseline_ms": round(gain, 2)},
             "tail": tail,
             "longest_alone": _longest_alone(data, max(segments, key=video_frames._span), cores, repeats)}

@@ -20,13 +20,14 @@ def test_writes_every_row(tmp_path):
     clip.write_bytes(make_clip(seconds=3.0, width=128, height=96, fps=10.0, gop=10))
     out = tmp_path / "sweep.json"
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sweep_video_threads.py"), "--out", str(out),
-                    "--clip", str(clip), "--repeats", "1", "--rows", "4", "--device", "cpu",
+                    "--clip", str(clip), "--repeats", "1", "--rows", "5", "--device", "cpu",
                     "--state-dir", str(tmp_path / "state")], check=True, cwd=ROOT, timeout=300,
                    env={**os.environ, "PYTHONPATH": str(ROOT)})
     result = json.loads(out.read_text())
     rows = result["allocations"]
-    assert len(rows) == 4 and [r["drain"] for r in rows] == [False, True, True, True]
-    assert [r["preopen"] for r in rows] == [False, False, True, True]
+    assert len(rows) == 5 and [r["drain"] for r in rows] == [False, True, True, True, True]
+    assert [r["preopen"] for r in rows] == [False, False, True, True, True]
+    assert [r["stream_frames"] for r in rows] == [False] * 4 + [True]
     for row in rows:
         for stage in ("decode_parallel", "video_gpu_path", "prepare_device"):
             assert row[stage]["median_ms"] > 0
