@@ -13,8 +13,8 @@ scale 1, is the code before them (the A/B baseline); the next rows add them one 
 allocation with all on; the last two: scale 2 with all off, and the baseline again (drift over the run).
 And, once: the tail after the decode (gpu_call: GpuVideoPreprocessor on decoded frames, split into upload and
 device_ops; hash: the cache key's sha256) and longest_alone (the longest segment decoded alone on one container
-with 1..cores codec threads: how far frame threads scale on this clip). "best" names the allocation with the lowest prepare_device median; set it
-with $VLM_VIDEO_DECODE_THREADS_SCALE (scale) or as video_frames.CodecThreads' default.
+with 1..cores codec threads: how far frame threads scale on this clip). "best" names the row with the lowest
+prepare_device median; set its scale with $VLM_VIDEO_DECODE_THREADS_SCALE or as video_frames.CodecThreads' default.
 
     python benchmarks/sweep_video_threads.py --out $OUT/sweep_video_threads.json
 """
