@@ -114,7 +114,7 @@ def test_a_failing_worker_stops_the_others():
     assert err.value.field == FIELD
 
 
-ALLOCATIONS = [CodecThreads(scale=0.3), CodecThreads(scale=2.0, thread_type="FRAME"),
+ALLOCATIONS = [CodecThreads(), CodecThreads(scale=0.3), CodecThreads(scale=2.0, thread_type="FRAME"),
                CodecThreads(thread_type="SLICE"), CodecThreads(scale=3.0, longest=8)]
 
 
@@ -132,15 +132,15 @@ def test_every_codec_thread_allocation_gives_the_plain_decode_frames(kw, threads
 
 
 def test_codec_thread_counts_follow_the_share_the_scale_and_the_longest():
-    plain, over, longest = CodecThreads(), CodecThreads(scale=2.0), CodecThreads(longest=16)
+    plain, over, longest = CodecThreads(scale=1.0), CodecThreads(scale=2.0), CodecThreads(scale=1.0, longest=16)
     assert plain.count(60, 300, 16, True) == 3 and plain.count(1, 300, 16, False) == 1  # at least one
     assert over.count(60, 300, 16, False) == 6
     assert longest.count(60, 300, 16, True) == 16 and longest.count(60, 300, 16, False) == 3
 
 
 def test_the_scale_knob_is_read_from_the_environment(monkeypatch, caplog):
-    monkeypatch.setenv(THREADS_SCALE_ENV, "1.5")
-    assert default_threads() == CodecThreads(scale=1.5)
+    monkeypatch.setenv(THREADS_SCALE_ENV, "2.5")
+    assert default_threads() == CodecThreads(scale=2.5) != CodecThreads()
     monkeypatch.setenv(THREADS_SCALE_ENV, "lots")
     assert default_threads() == CodecThreads()
     assert THREADS_SCALE_ENV in caplog.text
