@@ -12,7 +12,8 @@ video.PREOPEN_WORKERS, visual_items.HASH_DURING_DECODE, gpu_video.STREAM_FRAMES)
 scale 1, is the code before them (the A/B baseline); the next rows add them one at a time; the rest vary the
 allocation with all on; the last two: scale 2 with all off, and the baseline again (drift over the run).
 And, once: the tail after the decode (gpu_call: GpuVideoPreprocessor on decoded frames, split into upload and
-device_ops; hash: the cache key's sha256) and longest_alone (the longest segment decoded alone on one container
+device_ops; hash: the cache key's sha256; after_last_frame: from the streaming path's last frame to the end of
+prepare_video) and longest_alone (the longest segment decoded alone on one container
 with 1..cores codec threads: how far frame threads scale on this clip). "best" names the row with the lowest
 prepare_device median; set its scale with $VLM_VIDEO_DECODE_THREADS_SCALE or as video_frames.CodecThreads' default.
 
@@ -109,7 +110,9 @@ def _sweep(data: bytes, cfg, device: str, repeats: int, rows_limit: int = 0) -> 
     part = VideoInput(data=data)
     tail = {"gpu_call": _time(lambda: gpu(decoded.frames), repeats),
             "hash": _time(lambda: video_hash(part, cfg.fps, cfg.max_frames), repeats),
-            **_gpu_parts(gpu, decoded.frames, repeats)}
+            **_gpu_parts(gpu, decoded.frames, repeats),
+            "after_last_frame": _after_last_frame(lambda: prepare_video(part, cfg, _limits(), FIELD, gpu=gpu),
+                                                  repeats)}
     best = min(rows, key=lambda r: r["prepare_device"]["median_ms"])
     gain = rows[0]["prepare_device"]["median_ms"] - best["prepare_device"]["median_ms"]
     return {"segments": [[k, len(t), video_frames._span((k, t))] for k, t in segments], "allocations": rows,
@@ -118,6 +121,29 @@ def _sweep(data: bytes, cfg, device: str, repeats: int, rows_limit: int = 0) -> 
                      "prepare_device_ms": best["prepare_device"]["median_ms"], "gain_vs_baseline_ms": round(gain, 2)},
             "tail": tail,
             "longest_alone": _longest_alone(data, max(segments, key=video_frames._span), cores, repeats)}
+
+
+def _after_last_frame(prepare, repeats: int) -> dict:
+    """ms from the last frame the decoder hands to the streaming GPU path (FramesJob.ready) to prepare_video's
+    return, with the default allocation and every change on: what is left on the critical path after the decode."""
+    from vlm_service.processor import gpu_video
+
+    real, last, tails = gpu_video.FramesJob.ready, [0.0], []
+
+    def ready(self, k):
+        real(self, k)
+        last[0] = time.perf_counter()
+
+    gpu_video.FramesJob.ready = ready
+    try:
+        for _ in range(repeats + 1):  # the first: warm-up
+            prepare()
+            tails.append((time.perf_counter() - last[0]) * 1000.0)
+    finally:
+        gpu_video.FramesJob.ready = real
+    tails = sorted(tails[1:])
+    return {"median_ms": round(tails[len(tails) // 2], 2), "min_ms": round(tails[0], 2),
+            "max_ms": round(tails[-1], 2)}
 
 
 def _gpu_parts(gpu, frames, repeats: int) -> dict:

@@ -33,4 +33,4 @@ def test_writes_every_row(tmp_path):
             assert row[stage]["median_ms"] > 0
     assert len(result["segments"]) >= 2 and result["best"]["prepare_device_ms"] > 0
     assert result["tail"]["gpu_call"]["median_ms"] > 0 and result["tail"]["upload"]["median_ms"] >= 0
-    assert "1" in result["longest_alone"]
+    assert "1" in result["longest_alone"] and result["tail"]["after_last_frame"]["median_ms"] > 0
