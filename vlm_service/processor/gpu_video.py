@@ -14,7 +14,7 @@ pinned host buffer [n, H, W, 3] uint8; here they are uploaded once (non_blocking
 Frames may also go up while the video decodes (FramesJob, STREAM_FRAMES): each sampled frame is uploaded and
 resized on its own as soon as the decoder has written it, so after the last frame only its own upload and resize,
 the normalise and the layout are left. The resize of one frame equals its slice of the stacked resize (each
-output pixel is computed from its own plane alone; tests/processor/test_gpu_video.py holds them equal).
+output pixel is computed from its own plane alone; tests/processor/test_gpu_video_stream.py holds them equal).
 
 The functions run on CPU tensors as well, which is how the CPU tests hold them against video_preprocess. There the
 reference is torch's uint8 kernel (what transformers runs on the CPU), which rounds and clamps to uint8 between its
@@ -160,7 +160,6 @@ class GpuVideoPreprocessor:
         diff = (got.float().cpu() - want.float()).abs().max().item()
         log.info("video preprocessing on %s (%s): warm-up %s max |diff| vs the CPU path %.4f", self.device,
                  str(self.dtype).removeprefix("torch."), grid, diff)
-
 
 
 class FramesJob:
