@@ -14,7 +14,8 @@ from vlm_service.bench.clips import decode_all, make_clip  # noqa: E402
 from vlm_service.errors import InvalidInput  # noqa: E402
 from vlm_service.processor.video import VideoLimits, decode_video  # noqa: E402
 from vlm_service.processor.video_config import VideoConfig, sample_indices  # noqa: E402
-from vlm_service.processor.video_frames import plan_segments, slot_store  # noqa: E402
+from vlm_service.processor.video_frames import (  # noqa: E402
+    THREADS_SCALE_ENV, CodecThreads, default_threads, plan_segments, slot_store)
 
 FIELD = "messages[0].content[0].video"
 VFR = [0, 40, 100, 250, 260, 600, 1000, 1033, 1500, 2000, 2100, 2400, 2900, 3000, 3300, 3310, 3800, 4200, 4700]
@@ -111,3 +112,48 @@ def test_a_failing_worker_stops_the_others():
         decode_video(data, "", VideoLimits(), lambda total, *_: list(range(total)), FIELD,
                      frames_buffer=lambda n, h, w: np.empty((n, h + 1, w, 3), np.uint8), workers=2)  # wrong shape
     assert err.value.field == FIELD
+
+
+ALLOCATIONS = [CodecThreads(), CodecThreads(scale=0.3), CodecThreads(scale=2.0, thread_type="FRAME"),
+               CodecThreads(thread_type="SLICE"), CodecThreads(scale=3.0, longest=8)]
+
+
+@pytest.mark.parametrize("kw", CLIPS[:2])
+@pytest.mark.parametrize("threads", ALLOCATIONS, ids=repr)
+def test_every_codec_thread_allocation_gives_the_plain_decode_frames(kw, threads):
+    """Frame threads change how many frames are in flight (and so which packets are sent past a segment's last
+    target): the kept frames must not change with them."""
+    data, cfg, seen = make_clip(**kw), VideoConfig(family="qwen3_vl"), []
+    got = decode_video(data, "", VideoLimits(), _sampler(cfg, 4.0, seen), FIELD, workers=3, threads=threads)
+    ref = decode_all(data)
+    assert len(seen) >= 4
+    for k, i in enumerate(seen):
+        np.testing.assert_array_equal(got.frames[k], ref[i])
+
+
+def test_codec_thread_counts_follow_the_share_the_scale_and_the_longest():
+    plain, over, longest = CodecThreads(scale=1.0), CodecThreads(scale=2.0), CodecThreads(scale=1.0, longest=16)
+    assert plain.count(60, 300, 16, True) == 3 and plain.count(1, 300, 16, False) == 1  # at least one
+    assert over.count(60, 300, 16, False) == 6
+    assert longest.count(60, 300, 16, True) == 16 and longest.count(60, 300, 16, False) == 3
+
+
+def test_the_scale_knob_is_read_from_the_environment(monkeypatch, caplog):
+    monkeypatch.setenv(THREADS_SCALE_ENV, "2.5")
+    assert default_threads() == CodecThreads(scale=2.5) != CodecThreads()
+    monkeypatch.setenv(THREADS_SCALE_ENV, "lots")
+    assert default_threads() == CodecThreads()
+    assert THREADS_SCALE_ENV in caplog.text
+    monkeypatch.delenv(THREADS_SCALE_ENV)
+    assert default_threads() == CodecThreads()
+
+
+@pytest.mark.parametrize("kw", CLIPS)
+def test_draining_after_the_last_target_gives_the_frames_of_decoding_on(kw, monkeypatch):
+    from vlm_service.processor import video_frames
+
+    data, cfg, seen = make_clip(**kw), VideoConfig(family="qwen3_vl"), []
+    drained = decode_video(data, "", VideoLimits(), _sampler(cfg, 2.0, seen), FIELD, workers=2)
+    monkeypatch.setattr(video_frames, "DRAIN_AFTER_TARGETS", False)
+    kept_on = decode_video(data, "", VideoLimits(), _sampler(cfg, 2.0, seen), FIELD, workers=2)
+    np.testing.assert_array_equal(drained.frames, kept_on.frames)

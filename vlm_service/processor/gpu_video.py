@@ -11,6 +11,11 @@ pinned host buffer [n, H, W, 3] uint8; here they are uploaded once (non_blocking
 - padded to a multiple of temporal_patch_size with the last frame and laid out as video_preprocess lays them out
   ([t * gh * gw, C * tp * p * p], rows: frame group, merge-block row, merge-block col, in-block row, in-block col).
 
+Frames may also go up while the video decodes (FramesJob, STREAM_FRAMES): each sampled frame is uploaded and
+resized on its own as soon as the decoder has written it, so after the last frame only its own upload and resize,
+the normalise and the layout are left. The resize of one frame equals its slice of the stacked resize (each
+output pixel is computed from its own plane alone; tests/processor/test_gpu_video_stream.py holds them equal).
+
 The functions run on CPU tensors as well, which is how the CPU tests hold them against video_preprocess. There the
 reference is torch's uint8 kernel (what transformers runs on the CPU), which rounds and clamps to uint8 between its
 horizontal and vertical passes; this path keeps the intermediate in float32. Measured on the test clips
@@ -22,7 +27,9 @@ transformers' own CPU and CUDA video processing; run in two passes with that rou
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 
 import numpy as np
 import torch
@@ -33,6 +40,9 @@ from vlm_service.processor.video_config import VideoConfig, resize_size
 from vlm_service.processor.video_preprocess import _value_table, preprocess_video
 
 log = logging.getLogger(__name__)
+# frames uploaded + resized one by one while the video decodes (FramesJob); off: all at once after the decode, as
+# before (benchmarks/sweep_video_threads.py's A/B)
+STREAM_FRAMES = True
 
 
 def video_value_table(cfg: VideoConfig, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
@@ -129,6 +139,10 @@ class GpuVideoPreprocessor:
                 stream.synchronize()  # this thread's stream only; also: the pinned buffer is free once it returns
         return out
 
+    def frames_job(self, n: int, height: int, width: int) -> "FramesJob":
+        """A FramesJob for n decoded frames of height x width (made on the thread that will call its finish())."""
+        return FramesJob(self, n, height, width)
+
     def _warn(self, exc: Exception) -> None:
         """The first failure at WARNING, later ones at DEBUG (a client sending odd videos must not flood)."""
         log.log(logging.DEBUG if self._warned else logging.WARNING,
@@ -147,3 +161,65 @@ class GpuVideoPreprocessor:
         log.info("video preprocessing on %s (%s): warm-up %s max |diff| vs the CPU path %.4f", self.device,
                  str(self.dtype).removeprefix("torch."), grid, diff)
 
+
+class FramesJob:
+    """One video's frames going to the device while it decodes.
+
+    host: the pinned [n, H, W, 3] uint8 buffer the decoder writes into; ready(k) (from the decode threads, once
+    slot k is written) queues slot k's upload and resize on the stream of the thread that made the job (the
+    preprocessing thread); finish() (on that thread) pads, normalises and lays out the resized frames and
+    synchronises. A device failure (e.g. out of memory) in any ready() sends the whole video through the
+    preprocessor's batch path (and its host fallback) at finish(), from the host buffer, which holds every frame."""
+
+    def __init__(self, pre: GpuVideoPreprocessor, n: int, height: int, width: int):
+        self.pre, self.host = pre, pre.host_buffer(n, height, width)
+        self.failed: BaseException | None = None
+        self.levels, self.stream = None, None
+        self._lock = threading.Lock()  # failed is set by one decode thread, read by the others
+        try:
+            self.size = resize_size(pre.cfg, n, height, width)
+            with pre._streams.current() as stream:
+                self.stream = stream
+                self.levels = torch.empty((n, 3, *self.size), dtype=torch.uint8, device=pre.device)
+        except (RuntimeError, ValueError) as exc:  # no room on the device / smart_resize's refusal: batch path
+            self.failed = exc
+
+    def ready(self, k: int) -> None:
+        """Slot k of host is written: upload and resize it (queued, not waited for)."""
+        if self.failed is not None:
+            return
+        try:
+            with self._on_stream():
+                frame = torch.from_numpy(self.host[k]).to(self.pre.device, non_blocking=self.pre.cuda)
+                self.levels[k:k + 1] = resize_levels(frame.permute(2, 0, 1)[None], self.size)
+        except RuntimeError as exc:
+            with self._lock:
+                self.failed = self.failed or exc
+
+    def finish(self) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        """(pixel_values [t*gh*gw, 3*tp*p*p] on the device, (t, gh, gw)), as GpuVideoPreprocessor(host) gives."""
+        if self.failed is None:
+            try:
+                with self.pre._streams.current() as stream:
+                    levels = pad_frames(self.levels, self.pre.cfg.temporal_patch_size)
+                    out = patchify_video(normalize_levels(levels, self.pre.table), self.pre.cfg)
+                    if stream is not None:
+                        stream.synchronize()  # also: the pinned buffer is free once it returns
+                return out
+            except RuntimeError as exc:
+                self.failed = exc
+        self.pre._warn(self.failed)
+        if self.stream is not None:
+            self.stream.synchronize()  # no upload of the buffer still in flight when the batch path reuses it
+        return self.pre(self.host)
+
+    def _on_stream(self):
+        if self.stream is None:
+            return contextlib.nullcontext()
+        return _stream_context(self.pre.device, self.stream)
+
+
+@contextlib.contextmanager
+def _stream_context(device: torch.device, stream):
+    with torch.cuda.device(device), torch.cuda.stream(stream):
+        yield

@@ -25,6 +25,9 @@ VIDEO_MIME_TYPES = ("video/mp4", "video/webm", "video/quicktime")
 _MIME_TO_DEMUXER = {"video/mp4": "mov,mp4,m4a,3gp,3g2,mj2", "video/quicktime": "mov,mp4,m4a,3gp,3g2,mj2",
                     "video/webm": "matroska,webm"}
 _DEMUXERS = frozenset(_MIME_TO_DEMUXER.values())
+# the parallel decoder's workers open their containers during the demux (video_workers.py); off: after it, as
+# before (benchmarks/sweep_video_threads.py's A/B)
+PREOPEN_WORKERS = True
 _IMAGE_MAGIC = ((b"\x89PNG", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"), (b"BM", "BMP"))
 
 
@@ -63,14 +66,17 @@ def supported_video_mime_types() -> tuple[str, ...]:
 
 def decode_video(data: bytes, mime_type: str, limits: VideoLimits, sampler: Sampler, field: str,
                  frame_size: FrameSize | None = None, frames_buffer: FramesBuffer | None = None,
-                 workers: int = 0) -> DecodedVideo:
+                 workers: int = 0, threads=None, slot_written: Callable[[int], None] | None = None
+                 ) -> DecodedVideo:
     """Decode the frames `sampler` picks from an encoded video, or raise InvalidInput / TooLarge naming `field`.
 
     frame_size(num_frames, height, width) -> (height, width): resize each frame to that as it is decoded (what
     video_preprocess does to the whole stack, frame by frame), so only resized frames are ever held; None from it:
     keep the decoded size (the GPU path resizes on the device). frames_buffer(n, height, width): the empty
     [n, height, width, 3] uint8 array the frames are written into (e.g. pinned memory); default np.empty.
-    workers: decode threads over keyframe segments (0 = one per segment up to the cores; 1 = this thread)."""
+    workers: decode threads over keyframe segments (0 = one per segment up to the cores; 1 = this thread);
+    threads: their codecs' video_frames.CodecThreads (None: the server's default); slot_written(k): called (from
+    a decode thread) once slot k of the buffer holds its frame (gpu_video.FramesJob uploads it then)."""
     if not data:
         raise InvalidInput("video is empty (zero bytes)", field=field)
     if len(data) > limits.max_bytes:
@@ -86,7 +92,7 @@ def decode_video(data: bytes, mime_type: str, limits: VideoLimits, sampler: Samp
     try:
         with av.open(io.BytesIO(data), mode="r") as container:
             return _decode(data, container, expected, limits, sampler, field, deadline,
-                           (frame_size, frames_buffer or _empty_frames, workers))
+                           (frame_size, frames_buffer or _empty_frames, workers, threads, slot_written))
     except (InvalidInput, TooLarge):
         raise
     except (av.FFmpegError, OSError, ValueError, EOFError, IndexError, KeyError, TypeError, ZeroDivisionError,
@@ -121,18 +127,36 @@ def _decode(data: bytes, container, expected, limits: VideoLimits, sampler: Samp
         raise InvalidInput(f"declared mime type does not match the bytes ({name[:30]})", field=field)
     stream = _video_stream(container, field)
     _check_header(container, stream, limits, field)
-    pts, keyframes = _demux(container, stream, deadline, field, limits)
-    src_fps = _source_fps(stream, pts)
-    indices = sampler(len(pts), src_fps, stream.codec_context.width, stream.codec_context.height)
-    if not indices:
-        raise InvalidInput(f"video has {len(pts)} frames: too few to sample", field=field)
-    width, height = stream.codec_context.width, stream.codec_context.height
-    frame_size, frames_buffer, workers = how
-    size = frame_size(len(indices), height, width) if frame_size else None
-    out = frames_buffer(len(indices), *(size or (height, width)))
-    frames = _decode_at(data, container, stream, [pts[i] for i in indices], keyframes, deadline, field, out, size,
-                        workers)
+    frame_size, frames_buffer, workers, threads, written = how
+    pool = _early_workers(data, container, stream, limits, workers)
+    try:
+        pts, keyframes = _demux(container, stream, deadline, field, limits)
+        src_fps = _source_fps(stream, pts)
+        indices = sampler(len(pts), src_fps, stream.codec_context.width, stream.codec_context.height)
+        if not indices:
+            raise InvalidInput(f"video has {len(pts)} frames: too few to sample", field=field)
+        width, height = stream.codec_context.width, stream.codec_context.height
+        size = frame_size(len(indices), height, width) if frame_size else None
+        out = frames_buffer(len(indices), *(size or (height, width)))
+        frames = _decode_at(data, container, stream, [pts[i] for i in indices], keyframes, deadline, field, out,
+                            size, (workers, threads, pool, written))
+    finally:
+        if pool is not None:
+            pool.close()  # workers left without a job (an error above, or fewer segments than guessed)
     return DecodedVideo(frames, [i / src_fps for i in indices], len(indices) / len(pts) * src_fps)
+
+
+def _early_workers(data: bytes, container, stream, limits: VideoLimits, workers: int):
+    """video_workers.DecodeWorkers opening their containers now, while this thread demuxes (None: too few
+    segments expected, one worker asked for, no index to guess from, or PREOPEN_WORKERS off)."""
+    if not PREOPEN_WORKERS or workers == 1:
+        return None
+    from vlm_service.processor.video_frames import cpu_count
+    from vlm_service.processor.video_workers import DecodeWorkers, expected_segments
+
+    probes = min(limits.max_frames, int(_declared_duration(container, stream) * limits.max_fps))
+    count = min(workers or cpu_count(), expected_segments(stream, probes))
+    return DecodeWorkers(data, stream.index, count) if count > 1 else None
 
 
 def _video_stream(container, field: str):
@@ -195,13 +219,14 @@ def _source_fps(stream, pts: list[int]) -> float:
 
 
 def _decode_at(data: bytes, container, stream, targets: list[int], keyframes: list[int], deadline: float, field: str,
-               out: np.ndarray, size: tuple[int, int] | None, workers: int) -> np.ndarray:
+               out: np.ndarray, size: tuple[int, int] | None, how: tuple) -> np.ndarray:
     """Frames at presentation timestamps `targets` (ascending) into `out` [n, h, w, 3], from the keyframe before
     each (video_frames.py: keyframe segments, in parallel threads when there are several)."""
     from vlm_service.processor.video_frames import decode_segments, plan_segments, slot_store
 
+    workers, threads, pool, written = how
     segments = plan_segments(targets, keyframes)
-    write, seen = slot_store(targets, out), set()
+    write, seen = slot_store(targets, out, written), set()
 
     def convert(frame, threads: int | None) -> np.ndarray:
         rgb = frame.to_ndarray(format="rgb24", **({"threads": threads} if threads else {}))
@@ -211,7 +236,7 @@ def _decode_at(data: bytes, container, stream, targets: list[int], keyframes: li
         write(pts, rgb)
         seen.add(pts)
 
-    decode_segments(data, container, stream, segments, store, convert, deadline, field, workers)
+    decode_segments(data, container, stream, segments, store, convert, deadline, field, workers, threads, pool)
     missing = sum(1 for t in targets if t not in seen)
     if missing:
         raise InvalidInput(f"corrupt video: {missing} of the sampled frames could not be decoded", field=field)

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +30,11 @@ from vlm_service.processor.video_preprocess import preprocess_video
 from vlm_service.types import VideoInput
 
 VIDEO_PAD = "<|video_pad|>"
+# a video's content hash (sha256 of its bytes: ~1 ms a 2 MB clip, ~150 ms at the 256 MiB limit) is computed on a
+# helper thread while it decodes (hashlib drops the GIL for big buffers); off: after the decode, as before
+HASH_DURING_DECODE = True
+_hasher: ThreadPoolExecutor | None = None
+_hasher_lock = threading.Lock()
 
 
 @dataclass
@@ -80,22 +87,41 @@ def prepare_video(part: VideoInput, cfg: VideoConfig, limits: VideoLimits, field
     gpu: a gpu_video.GpuVideoPreprocessor: the frames are decoded at their own size into its host buffer and
     resized, normalised and laid out on its device (out_dtype / pin are then its own)."""
     fps, max_frames = sampling_of(part, cfg, limits)
+    content_hash = _hash_pool().submit(video_hash, part, fps, max_frames) if HASH_DURING_DECODE else None
     started = time.perf_counter()
-    decoded = _decode(part, cfg, limits, field, fps, max_frames, max_tokens, gpu)
+    jobs: list = []  # the GPU path's gpu_video.FramesJob, once the decoder asked for its buffer
+    try:
+        decoded = _decode(part, cfg, limits, field, fps, max_frames, max_tokens, gpu, jobs)
+    except BaseException:
+        if content_hash is not None:
+            content_hash.cancel()  # not started yet (a queue of refused videos): not needed
+        raise
     decode_ms = (time.perf_counter() - started) * 1000.0
     tp = cfg.temporal_patch_size
     if len(decoded.frames) < tp:
         raise InvalidInput(f"video yields {len(decoded.frames)} frame(s); at least {tp} are needed", field=field)
     try:
-        if gpu is not None:
+        if jobs:
+            pixels, grid = jobs[0].finish()  # the frames went up (and were resized) as they were decoded
+        elif gpu is not None:
             pixels, grid = gpu(decoded.frames)
         else:
             pixels, grid = preprocess_video(decoded.frames, cfg, out_dtype, pin, resized=bool(part.data))
     except ValueError as exc:  # smart_resize's aspect-ratio refusal
         raise InvalidInput(f"video frames cannot be resized: {exc}", field=field) from None
     timing = cfg.rules.video_timing(cfg, decoded.frame_times, decoded.sampled_fps)
-    return PreparedVisual(pixels, grid, video_hash(part, fps, max_frames), kind="video", decode_ms=decode_ms,
-                          timing=timing)
+    key = content_hash.result() if content_hash is not None else video_hash(part, fps, max_frames)
+    return PreparedVisual(pixels, grid, key, kind="video", decode_ms=decode_ms, timing=timing)
+
+
+def _hash_pool() -> ThreadPoolExecutor:
+    """The process's video-hash threads (made on first use; as many as the preprocessing pool might decode at
+    once is more than needed: a hash takes a fraction of its decode)."""
+    global _hasher
+    with _hasher_lock:
+        if _hasher is None:
+            _hasher = ThreadPoolExecutor(4, thread_name_prefix="video-hash")
+        return _hasher
 
 
 def video_tokens(cfg: VideoConfig, num_frames: int, height: int, width: int) -> int:
@@ -106,7 +132,7 @@ def video_tokens(cfg: VideoConfig, num_frames: int, height: int, width: int) -> 
 
 
 def _decode(part: VideoInput, cfg: VideoConfig, limits: VideoLimits, field: str, fps: float,
-            max_frames: int, max_tokens: int = 0, gpu=None) -> DecodedVideo:
+            max_frames: int, max_tokens: int = 0, gpu=None, jobs: list | None = None) -> DecodedVideo:
     if part.data and part.frames:
         raise InvalidInput("give either data or frames, not both", field=field)
     if part.frames:
@@ -131,8 +157,22 @@ def _decode(part: VideoInput, cfg: VideoConfig, limits: VideoLimits, field: str,
             raise InvalidInput(f"video frames cannot be resized: {exc}", field=field) from None
         return None if gpu is not None else size  # the GPU path resizes on its device
 
-    buffer = gpu.host_buffer if gpu is not None else None
-    return decode_video(part.data, part.mime_type, limits, sampler, field, frame_size, buffer)
+    if gpu is None or jobs is None or not _streams_frames(gpu):
+        buffer = gpu.host_buffer if gpu is not None else None
+        return decode_video(part.data, part.mime_type, limits, sampler, field, frame_size, buffer)
+
+    def buffer(n: int, height: int, width: int):  # a FramesJob: each frame goes up as soon as it is decoded
+        jobs.append(gpu.frames_job(n, height, width))
+        return jobs[0].host
+
+    return decode_video(part.data, part.mime_type, limits, sampler, field, frame_size, buffer,
+                        slot_written=lambda k: jobs[0].ready(k))
+
+
+def _streams_frames(gpu) -> bool:
+    from vlm_service.processor import gpu_video
+
+    return gpu_video.STREAM_FRAMES and hasattr(gpu, "frames_job")
 
 
 def expand_video_text(text: str, items: list[PreparedVisual]) -> str:
