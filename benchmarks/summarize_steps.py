@@ -5,7 +5,8 @@
 
 For each request in the harness records (by request_id): the step that first scheduled it, the step that sampled
 its first token, and the steps in between with what they carried (tokens, prefill tokens, visual tokens newly
-encoded, whether the short-first policy capped the long prefills) and how long each took. A step's time is the
+encoded, whether the short-first policy capped the long prefills) and how long each took; and each step's host
+time to launch (a long one means something in the launch waited for the device) and to read tokens back. A step's time is the
 wall time from its launch to the next step's launch (with overlap scheduling the engine launches one step ahead,
 so under a saturated GPU this is the step's device time). Prints / writes JSON: medians over the requests and, per
 request, its wait.
@@ -50,6 +51,7 @@ def request_wait(rid: str, steps: dict[int, dict], firsts: dict[str, dict]) -> d
             "steps_ms": [s.get("ms") for s in span], "steps_tokens": [s["tokens"] for s in span],
             "steps_new_visual_tokens": [s["new_visual_tokens"] for s in span],
             "steps_mixed": [s["mixed"] for s in span],
+            "steps_launch_ms": [s.get("launch_ms") for s in span], "steps_read_ms": [s.get("read_ms") for s in span],
             "step_before_ms": before.get("ms") if before else None,
             "step_before_new_visual_tokens": before["new_visual_tokens"] if before else None}
 
@@ -73,6 +75,9 @@ def summarize(log: Path, request_ids: list[str]) -> dict:
             "server_steps": len(steps), "median_step_ms": _median(all_ms),
             "p90_step_ms": round(sorted(all_ms)[int(0.9 * (len(all_ms) - 1))], 2) if all_ms else None,
             "median_ms_of_steps_encoding_1024plus_visual_tokens": _median(big),
+            "median_launch_ms_of_those": _median(s.get("launch_ms") for s in steps.values()
+                                                 if s["new_visual_tokens"] >= 1024),
+            "median_launch_ms": _median(s.get("launch_ms") for s in steps.values()),
             "per_request": waits}
 
 

@@ -78,6 +78,8 @@ def test_step_log_lines(model, caplog):
     firsts = {f["first_token"]: f for f in fields if "first_token" in f}
     assert [f["step"] for f in steps] == list(range(1, len(steps) + 1))
     assert all(f["tokens"] <= 32 and f["tokens"] == f["prefill_tokens"] + f["decodes"] for f in steps)
+    assert all(f["launch_ms"] >= 0 and f["read_ms"] >= 0 for f in steps)
+    assert steps[0]["since_prev_ms"] is None and all(f["since_prev_ms"] >= 0 for f in steps[1:])
     assert steps[0]["admitted"] == ["L"] and steps[0]["new_visual_tokens"] == 144 and not steps[0]["mixed"]
     assert steps[1]["admitted"] == ["S"] and steps[1]["mixed"] and steps[1]["held"] == 1
     assert firsts["S"]["first_step"] == 2 and firsts["S"]["steps_to_first_token"] == 1

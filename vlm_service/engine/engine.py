@@ -132,14 +132,16 @@ class LLMEngine:
             return self._take_failed() + outputs
         self.step_no += 1
         self._stamp_scheduled(sched)
-        self.step_log.launched(self.step_no, sched)
+        self.step_log.begin(self.step_no, sched)
         launched = self._launch(sched)
         launched.step = self.step_no
+        self.step_log.launched()
         outputs = self._resolve()
         self.scheduler.on_step_done(sched)
         self._pending = self._place(launched)
         if not self.cfg.overlap_scheduling:
             outputs += self._resolve()
+        self.step_log.end()
         return self._take_failed() + outputs
 
     def _stamp_scheduled(self, sched: SchedulerOutput) -> None:

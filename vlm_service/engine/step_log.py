@@ -23,24 +23,46 @@ def new_visual_tokens(out: SchedulerOutput) -> int:
     return total
 
 
+def _ms(a: float, b: float) -> float:
+    return round((b - a) * 1000.0, 2)
+
+
 class StepLog:
-    """Writes nothing unless enabled; `launched` once per step, `first_token` once per request."""
+    """Writes nothing unless enabled. Per step: begin (scheduled) -> launched (forward and sampling queued) -> end
+    (step() returns, after reading back the previous launch's tokens, or this one's without overlap); one line at
+    end. `first_token` once per request."""
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
-        self._last = 0.0
+        self._last = 0.0  # the previous step's begin
+        self._fields: dict = {}
+        self._t_begin = self._t_launched = 0.0
 
-    def launched(self, step: int, out: SchedulerOutput) -> None:
+    def begin(self, step: int, out: SchedulerOutput) -> None:
         if not self.enabled:
             return
         now = time.monotonic()
         decodes = sum(1 for c in out.chunks if c.num_tokens == 1 and c.samples)
-        fields = {"step": step, "since_prev_ms": round((now - self._last) * 1000.0, 2) if self._last else None,
-                  "chunks": len(out.chunks), "tokens": out.num_tokens, "decodes": decodes,
-                  "prefill_tokens": out.num_tokens - decodes, "new_visual_tokens": new_visual_tokens(out),
-                  "admitted": [s.request_id for s in out.admitted], "mixed": out.mixed, "held": out.held,
-                  "preempted": len(out.preempted)}
-        self._last = now
+        self._fields = {"step": step, "since_prev_ms": _ms(self._last, now) if self._last else None,
+                        "chunks": len(out.chunks), "tokens": out.num_tokens, "decodes": decodes,
+                        "prefill_tokens": out.num_tokens - decodes, "new_visual_tokens": new_visual_tokens(out),
+                        "admitted": [s.request_id for s in out.admitted], "mixed": out.mixed, "held": out.held,
+                        "preempted": len(out.preempted)}
+        self._last = self._t_begin = now
+
+    def launched(self) -> None:
+        if self.enabled:
+            self._t_launched = time.monotonic()
+
+    def end(self) -> None:
+        """launch_ms: host time to queue the step (long = something in it waited for the device); read_ms: the
+        wait for the tokens read back in this call."""
+        if not self.enabled or not self._fields:
+            return
+        now = time.monotonic()
+        fields, self._fields = self._fields, {}
+        fields["launch_ms"] = _ms(self._t_begin, self._t_launched)
+        fields["read_ms"] = _ms(self._t_launched, now)
         log.info("step %s", " ".join(f"{k}={v}" for k, v in fields.items()), extra={"fields": fields})
 
     def first_token(self, request_id: str, first_step: int, step: int) -> None:

@@ -109,7 +109,7 @@ _FIELD_HELP = {
     "max_prefill_hold_steps": "steps in a row a long prefill may be held back for short ones before it gets its "
                               "full chunk (no starvation)",
     "step_log": "log one line per engine step (tokens, prefills, decodes, admitted ids, time since the last "
-                "step) on logger vlm_service.steps",
+                "step, host time to launch it and to read tokens back) on logger vlm_service.steps",
 }
 _CHOICES = {"dtype": ("auto", "float32", "bfloat16", "float16"),
             "vit_attention_backend": ("auto", "sdpa", "fa3", "flashinfer_cudnn"),
