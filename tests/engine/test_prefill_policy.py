@@ -206,3 +206,12 @@ def test_pause_and_resume_with_the_policy_on():
     s.resume(a)
     out = step(s)  # next to be admitted; its full blocks come back from the prefix cache
     assert chunks(out) == [("b", 1, True), ("a", 1, True)] and out.chunks[1].start == 12
+
+
+def test_a_short_request_that_cannot_be_admitted_does_not_hold_the_long_prefills_back():
+    s = sched(max_num_seqs=1)
+    s.add(seq("L", 300))
+    step(s)  # running: the batch is full
+    s.add(seq("S", 10))
+    out = step(s)
+    assert not out.mixed and chunks(out) == [("L", 64, False)]

@@ -136,9 +136,14 @@ class Scheduler:
         return out
 
     def _mixed(self) -> bool:
-        """Will this step carry a short prefill? (Then long prefills are capped.)"""
+        """Will this step carry a short prefill? (Then long prefills are capped.) A waiting one counts only while
+        there is room to admit it, so a full batch does not hold the long prefills back for nothing."""
         p = self.policy
-        return p.enabled and any(p.is_short_prefill(s) for q in (self.running, self.waiting) for s in q)
+        if not p.enabled:
+            return False
+        room = len(self.running) < self.max_num_seqs
+        return (any(p.is_short_prefill(s) for s in self.running)
+                or room and any(p.is_short_prefill(s) for s in self.waiting))
 
     def _grant(self, seq: Sequence, budget: _Budget, short: bool) -> int:
         """Tokens `seq` may run this step: its pending ones within the budget; a long one in a mixed step also
