@@ -36,22 +36,33 @@ def short_input(seed):
 
 
 def drive(eng, arrivals, max_steps=400):
-    """arrivals: {step index: [(rid, input)]} added before that step. Returns rid -> (tokens, step of the first
-    token, step of the add)."""
-    toks, first, added = {}, {}, {}
+    """arrivals: {call index: [(rid, input)]} added before that step() call. Returns rid -> (tokens, launches: the
+    SchedulerOutputs scheduled after its add up to the one that sampled its first token)."""
+    toks, launches, sampled = {}, {}, set()
+    schedule = eng.scheduler.schedule
+
+    def recording():
+        out = schedule()
+        for rid in launches:
+            if rid not in sampled:
+                launches[rid].append(out)
+                if any(c.seq.request_id == rid and c.samples for c in out.chunks):
+                    sampled.add(rid)
+        return out
+
+    eng.scheduler.schedule = recording
     for i in range(max_steps):
         for rid, x in arrivals.get(i, []):
             eng.add(rid, x, GREEDY)
-            toks[rid], added[rid] = [], i
+            toks[rid], launches[rid] = [], []
         if i > max(arrivals) and not eng.has_work():
             break
         for out in eng.step():
             if isinstance(out, TokenDelta):
                 toks[out.request_id] += out.token_ids
-                first.setdefault(out.request_id, i)
             else:
                 assert isinstance(out, Finished), out
-    return {rid: (toks[rid], first[rid], added[rid]) for rid in toks}
+    return {rid: (toks[rid], launches[rid]) for rid in toks}
 
 
 @pytest.mark.parametrize("overlap", [True, False])
@@ -60,13 +71,35 @@ def test_short_requests_behind_long_image_prefills_come_first_and_tokens_stay_th
                 6: [("S2", short_input(4))], 7: [("L3", long_input(5))], 8: [("S3", short_input(6))]}
     on = drive(engine(model, overlap_scheduling=overlap, **POLICY_ON), arrivals)
     off = drive(engine(model, overlap_scheduling=overlap, **POLICY_OFF), arrivals)
-    for rid, (tokens, _, _) in on.items():  # scheduling order changes no request's tokens
+    for rid, (tokens, _) in on.items():  # scheduling order changes no request's tokens
         assert tokens == off[rid][0] == oracle_greedy(model, dict(sum(arrivals.values(), []))[rid], 6), rid
-    lag = 1 if overlap else 0  # with overlap a step's tokens come out of the next step() call
     for rid in ("S1", "S2", "S3"):
-        _, first, added = on[rid]
-        assert first - added == lag, rid  # prefilled and sampled in the very step after it arrived
-        assert off[rid][1] - off[rid][2] > first - added + 2, rid  # arrival order: it waited behind the long ones
+        steps = on[rid][1]
+        # prefilled and sampled in the first step scheduled after it arrived, with at most the mixed share of long
+        # prefill tokens beside it
+        assert len(steps) == 1 and steps[0].mixed and steps[0].long_tokens <= 8, rid
+        assert len(off[rid][1]) > 2, rid  # arrival order: it waited behind the long prefill steps
+
+
+def test_no_step_is_launched_behind_a_long_prefill_step(model):
+    """After a step with long prefill work, the next step() only reads it back: a request that arrives meanwhile is
+    in the next step launched, not behind one launched ahead (overlap)."""
+    eng = engine(model, **POLICY_ON)
+    calls = []
+    schedule = eng.scheduler.schedule
+    eng.scheduler.schedule = lambda: calls.append(schedule()) or calls[-1]
+    eng.add("L", long_input(1), GREEDY)
+    scheduled_after, heavy = [], False
+    for _ in range(60):
+        before = len(calls)
+        eng.step()
+        if heavy:  # the previous call launched long prefill work
+            scheduled_after.append(len(calls) - before)
+        heavy = len(calls) > before and calls[-1].long_tokens > 8
+        if not eng.has_work():
+            break
+    assert scheduled_after and set(scheduled_after) == {0}
+    assert not eng.has_work() and eng.block_manager.num_free_blocks == 512
 
 
 def test_step_log_lines(model, caplog):

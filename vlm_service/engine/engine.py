@@ -58,6 +58,10 @@ class LLMEngine:
         self.scheduler = Scheduler(self.block_manager, cfg.max_num_seqs, cfg.max_batched_tokens, policy)
         self.step_log = StepLog(cfg.step_log)
         self.step_no = 0  # steps launched
+        # set after launching a step with long prefill work (more than a mixed step's share): the next step() call
+        # only reads it back, so requests that arrive meanwhile are in the step after it, not behind another one
+        # launched ahead (overlap); a CUDA event (the step may sample nothing), True on the CPU
+        self._barrier = None
         self.runner = (make_runner or ModelRunner)(model, cfg, self.device, num_blocks)
         self.eos_ids = tuple(spec.eos_token_ids)
         self.requests: dict[str, _Tracked] = {}
@@ -125,7 +129,10 @@ class LLMEngine:
         """Run one batch: schedule -> launch forward + sampling -> stream the deltas and finishes of the tokens
         read back. With overlap_scheduling the tokens of step N are read back (detokenized, stop rules) while step
         N+1 runs on the device, so the outputs of a call are the previous launch's. A request whose values make
-        the step raise is dropped alone (a Failed output, see isolation.py); the others go on as if it never was."""
+        the step raise is dropped alone (a Failed output, see isolation.py); the others go on as if it never was.
+        After a step with long prefill work the next call only reads it back (see _barrier)."""
+        if self._barrier is not None:
+            return self._after_long_step()
         sched = self.scheduler.schedule()
         if sched.is_empty:
             outputs = self._resolve()
@@ -141,7 +148,23 @@ class LLMEngine:
         self._pending = self._place(launched)
         if not self.cfg.overlap_scheduling:
             outputs += self._resolve()
+        if sched.long_tokens > self.cfg.mixed_long_prefill_tokens:
+            self._barrier = self._mark_launched()
         self.step_log.end()
+        return self._take_failed() + outputs
+
+    def _mark_launched(self):
+        if self.device.type != "cuda":
+            return True  # the CPU ran the step already
+        event = torch.cuda.Event()
+        event.record()
+        return event
+
+    def _after_long_step(self) -> list[EngineOutput | Failed]:
+        outputs = self._resolve()
+        if self._barrier is not True:
+            self._barrier.synchronize()
+        self._barrier = None
         return self._take_failed() + outputs
 
     def _stamp_scheduled(self, sched: SchedulerOutput) -> None:

@@ -45,6 +45,7 @@ class SchedulerOutput:
     admitted: list[Sequence] = field(default_factory=list)  # first time scheduled in this step
     mixed: bool = False  # a short prefill was pending: long prefills were capped (prefill_policy.py)
     held: int = 0  # long sequences held back by the policy in this step
+    long_tokens: int = 0  # tokens of long prefills (prefill_policy.py) in this step
 
     @property
     def num_tokens(self) -> int:
@@ -153,8 +154,10 @@ class Scheduler:
             return n
         return before_new_visual(seq, min(n, budget.long_tokens))
 
-    def _spend(self, seq: Sequence, n: int, budget: _Budget, short: bool) -> None:
+    def _spend(self, seq: Sequence, n: int, budget: _Budget, short: bool, out: SchedulerOutput) -> None:
         budget.tokens -= n
+        if not short:
+            out.long_tokens += n
         if budget.long_tokens is None or short:
             budget.unheld.add(id(seq))
         else:
@@ -185,7 +188,7 @@ class Scheduler:
                 continue
             self.bm.allocate(seq, n)
             out.chunks.append(ScheduledChunk.of(seq, n))
-            self._spend(seq, n, budget, short)
+            self._spend(seq, n, budget, short, out)
 
     def _make_room(self, seq: Sequence, n: int, out: SchedulerOutput) -> bool:
         """Preempt the newest running sequences until `seq` fits; False when `seq` itself had to go."""
@@ -233,5 +236,5 @@ class Scheduler:
         seq.status = SeqStatus.RUNNING
         self.running.append(seq)
         out.chunks.append(ScheduledChunk.of(seq, n))
-        self._spend(seq, n, budget, short)
+        self._spend(seq, n, budget, short, out)
         return True
