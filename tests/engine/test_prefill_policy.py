@@ -215,3 +215,24 @@ def test_a_short_request_that_cannot_be_admitted_does_not_hold_the_long_prefills
     s.add(seq("S", 10))
     out = step(s)
     assert not out.mixed and chunks(out) == [("L", 64, False)]
+
+
+def test_a_long_prefill_going_in_full_for_its_age_is_long_work_not_a_short_prefill():
+    s = sched(PrefillPolicy(short_tokens=16, mixed_long_tokens=8, max_hold_steps=1))
+    s.add(seq("L1", 300))
+    s.add(seq("L2", 300))
+    step(s)
+    s.add(seq("S", 10))
+    assert step(s).mixed  # both long ones held once: aged
+    out = step(s)  # S decodes; the aged ones go in full, and make no mixed step of their own
+    assert not out.mixed and out.long_tokens == out.num_tokens - 1 == 63
+
+
+def test_decodes_go_before_running_long_prefill_chunks():
+    s = sched()
+    s.add(seq("L", 300))
+    step(s)
+    s.add(seq("S", 10))
+    step(s)  # mixed: S prefilled
+    out = step(s)
+    assert chunks(out) == [("S", 1, True), ("L", 63, False)]

@@ -8,6 +8,9 @@ prefills together get at most `mixed_long_tokens` tokens and start no visual ite
 step stays about as short as the short request's own work. A long sequence held back `max_hold_steps` mixed steps in
 a row counts as short for the next one (gets its full chunk, FIFO again): the long ones are never starved.
 
+The engine (engine.py) also reads a step with more long prefill than a mixed step's share back before it schedules
+the next one, so no step is launched ahead behind it: a short request arriving during it is in the next launch.
+
 With every request short (the usual load of similar requests) the order is the old one: running first, then
 waiting in arrival order. Pure bookkeeping on Sequence fields; no clocks, so a test replays it exactly.
 """
@@ -33,14 +36,18 @@ class PrefillPolicy:
     def enabled(self) -> bool:
         return self.short_tokens > 0
 
+    def is_small(self, seq: Sequence) -> bool:
+        """At most short_tokens still to compute (a prefix-cache hit is not known before admission)."""
+        return not self.enabled or seq.num_pending_tokens <= self.short_tokens
+
     def is_short(self, seq: Sequence) -> bool:
-        """Judged on the tokens still to compute now (a prefix-cache hit is not known before admission)."""
-        return (not self.enabled or seq.num_pending_tokens <= self.short_tokens
-                or seq.held_steps >= self.max_hold_steps)
+        """Scheduled as short: small, or a long one held back max_hold_steps mixed steps in a row."""
+        return self.is_small(seq) or seq.held_steps >= self.max_hold_steps
 
     def is_short_prefill(self, seq: Sequence) -> bool:
-        """Short and still prefilling (more than the one token of a decode step): makes a step mixed."""
-        return self.enabled and seq.num_pending_tokens > 1 and self.is_short(seq)
+        """Small and still prefilling (more than the one token of a decode step): makes a step mixed. (A long one
+        that goes in full for its age does not: it is long work all the same.)"""
+        return self.enabled and 1 < seq.num_pending_tokens <= self.short_tokens
 
 
 def before_new_visual(seq: Sequence, n: int) -> int:

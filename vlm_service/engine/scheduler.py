@@ -156,7 +156,7 @@ class Scheduler:
 
     def _spend(self, seq: Sequence, n: int, budget: _Budget, short: bool, out: SchedulerOutput) -> None:
         budget.tokens -= n
-        if not short:
+        if not self.policy.is_small(seq):  # long work, also when it goes in full for its age
             out.long_tokens += n
         if budget.long_tokens is None or short:
             budget.unheld.add(id(seq))
@@ -175,7 +175,10 @@ class Scheduler:
                     out.held += 1
 
     def _schedule_running(self, out: SchedulerOutput, budget: _Budget) -> None:
-        for seq in list(self.running):
+        """Decodes and small prefills first, then long prefills (each group in running order): a chunk of a long
+        one never takes the budget of the decodes behind it."""
+        small = [s for s in self.running if self.policy.is_small(s)]
+        for seq in small + [s for s in self.running if not self.policy.is_small(s)]:
             if budget.tokens <= 0:
                 break
             if seq.status != SeqStatus.RUNNING:  # preempted earlier in this loop
