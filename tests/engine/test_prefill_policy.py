@@ -6,7 +6,7 @@ import random
 import pytest
 
 from vlm_service.engine.kv_cache import BlockManager
-from vlm_service.engine.prefill_policy import PrefillPolicy, before_new_visual
+from vlm_service.engine.prefill_policy import PrefillPolicy, after_new_visual, before_new_visual
 from vlm_service.engine.scheduler import Scheduler
 from vlm_service.engine.sequence import Sequence, SeqStatus, VisualSpan
 from vlm_service.types import SamplingParams
@@ -90,8 +90,21 @@ def test_a_mixed_step_starts_no_new_image_of_a_long_prefill():
     s.add(seq("S", 10))
     out = step(s)
     assert chunks(out) == [("S", 10, True), ("L", 5, False)]  # L stops just before its image
-    out = step(s)  # S decodes (not a prefill): not mixed, L's chunk runs into its image
-    assert not out.mixed and dict((r, n) for r, n, _ in chunks(out))["L"] == 63
+    out = step(s)  # S decodes (not a prefill): not mixed, L's chunk starts its image and ends 32 tokens into it
+    assert not out.mixed and chunks(out) == [("S", 1, True), ("L", 32, False)]
+    out = step(s)  # the image's encode is done: the next chunk is a full one
+    assert chunks(out) == [("S", 1, True), ("L", 63, False)]
+
+
+def test_after_new_visual_ends_a_chunk_soon_after_a_new_item_starts():
+    x = Sequence("v", list(range(100)), SamplingParams(), 4,
+                 (VisualSpan("a", 10, 20, 0, 0), VisualSpan("a", 40, 20, 20, 0), VisualSpan("b", 70, 10, 0, 1)))
+    assert after_new_visual(x, 8, 4) == 8  # the chunk does not reach item a
+    assert after_new_visual(x, 50, 4) == 14  # it starts a: 4 tokens into it
+    x.num_computed_tokens = 10
+    assert after_new_visual(x, 50, 0) == 1  # at least the item's first token
+    x.num_computed_tokens = 14  # a started; b is at 70
+    assert after_new_visual(x, 50, 4) == 50 and after_new_visual(x, 80, 4) == 60
 
 
 def test_before_new_visual_cuts_only_at_items_not_yet_reached():

@@ -58,7 +58,7 @@ class LLMEngine:
         self.scheduler = Scheduler(self.block_manager, cfg.max_num_seqs, cfg.max_batched_tokens, policy)
         self.step_log = StepLog(cfg.step_log)
         self.step_no = 0  # steps launched
-        # set after launching a step with long prefill work (more than a mixed step's share): the next step() call
+        # set after launching a step with long prefill work (beyond a mixed step's share): the next step() call
         # only reads it back, so requests that arrive meanwhile are in the step after it, not behind another one
         # launched ahead (overlap); a CUDA event (the step may sample nothing), True on the CPU
         self._barrier = None
@@ -148,7 +148,7 @@ class LLMEngine:
         self._pending = self._place(launched)
         if not self.cfg.overlap_scheduling:
             outputs += self._resolve()
-        if sched.long_tokens > self.cfg.mixed_long_prefill_tokens:
+        if sched.long_tokens > (self.cfg.mixed_long_prefill_tokens if sched.mixed else 0):
             self._barrier = self._mark_launched()
         self.step_log.end()
         return self._take_failed() + outputs

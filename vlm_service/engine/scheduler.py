@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from vlm_service.engine.kv_cache import BlockManager
-from vlm_service.engine.prefill_policy import PrefillPolicy, before_new_visual
+from vlm_service.engine.prefill_policy import PrefillPolicy, after_new_visual, before_new_visual
 from vlm_service.engine.sequence import Sequence, SeqStatus
 
 
@@ -148,10 +148,13 @@ class Scheduler:
 
     def _grant(self, seq: Sequence, budget: _Budget, short: bool) -> int:
         """Tokens `seq` may run this step: its pending ones within the budget; a long one in a mixed step also
-        within the long share and short of its next visual item."""
+        within the long share and short of its next visual item, in another step not far past a visual item's
+        start (its encode gets a step of its own)."""
         n = min(seq.num_pending_tokens, budget.tokens)
-        if budget.long_tokens is None or short:
+        if self.policy.is_small(seq):
             return n
+        if budget.long_tokens is None or short:
+            return after_new_visual(seq, n, self.policy.mixed_long_tokens)
         return before_new_visual(seq, min(n, budget.long_tokens))
 
     def _spend(self, seq: Sequence, n: int, budget: _Budget, short: bool, out: SchedulerOutput) -> None:
