@@ -56,10 +56,19 @@ class EngineConfig:
     vision_cache_bytes: int = 256 << 20
     cuda_graphs: bool = True
     overlap_scheduling: bool = True  # read back step N's tokens while step N+1 runs on the device
+    # short-first prefill (engine/prefill_policy.py): a request with at most this many prompt tokens left to
+    # compute goes before long prefills; 0 = arrival order only
+    short_prefill_tokens: int = 2048
+    mixed_long_prefill_tokens: int = 256  # long prefill tokens (all together) in a step that carries a short one
+    max_prefill_hold_steps: int = 4  # such steps in a row a long prefill may be held back before it goes in full
+    step_log: bool = False  # one INFO line per engine step on logger vlm_service.steps (latency diagnosis)
 
     def __post_init__(self):
         if self.block_size <= 0 or self.max_num_seqs <= 0 or self.max_batched_tokens <= 0:
             raise ValueError("block_size, max_num_seqs and max_batched_tokens must be positive")
+        if min(self.short_prefill_tokens, self.mixed_long_prefill_tokens, self.max_prefill_hold_steps) < 0:
+            raise ValueError("short_prefill_tokens, mixed_long_prefill_tokens and max_prefill_hold_steps must be "
+                             ">= 0")
 
 
 @dataclass(frozen=True)

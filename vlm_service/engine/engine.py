@@ -12,9 +12,11 @@ from vlm_service.engine.detokenizer import OutputState
 from vlm_service.engine.isolation import Failed, PendingGroups, client_error, run_isolated
 from vlm_service.engine.kv_cache import BlockManager
 from vlm_service.engine.model_runner import ModelRunner, PrevTokens, model_dtype, pool_num_blocks
+from vlm_service.engine.prefill_policy import PrefillPolicy
 from vlm_service.engine.sampler import PendingSample, SampleRow, sample_async
 from vlm_service.engine.scheduler import Scheduler, SchedulerOutput
 from vlm_service.engine.sequence import PENDING, Sequence, SeqStatus, visual_spans
+from vlm_service.engine.step_log import StepLog
 from vlm_service.engine.validate import validate_sampling
 from vlm_service.errors import DuplicateRequest, InvalidInput
 from vlm_service.models.common import VLModel
@@ -35,6 +37,7 @@ class _Launch:
 
     rows: list[_Tracked | None]
     sample: PendingSample | PendingGroups | None
+    step: int = 0  # the engine's step number (the step log)
 
 
 class LLMEngine:
@@ -51,7 +54,14 @@ class LLMEngine:
         # a request alone must always fit in the pool, or preemption could never make room for it
         self.max_model_len = min(cfg.max_model_len or spec.max_position_embeddings, num_blocks * cfg.block_size)
         self.block_manager = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_cache)
-        self.scheduler = Scheduler(self.block_manager, cfg.max_num_seqs, cfg.max_batched_tokens)
+        policy = PrefillPolicy(cfg.short_prefill_tokens, cfg.mixed_long_prefill_tokens, cfg.max_prefill_hold_steps)
+        self.scheduler = Scheduler(self.block_manager, cfg.max_num_seqs, cfg.max_batched_tokens, policy)
+        self.step_log = StepLog(cfg.step_log)
+        self.step_no = 0  # steps launched
+        # set after launching a step with long prefill work (beyond a mixed step's share): the next step() call
+        # only reads it back, so requests that arrive meanwhile are in the step after it, not behind another one
+        # launched ahead (overlap); a CUDA event (the step may sample nothing), True on the CPU
+        self._barrier = None
         self.runner = (make_runner or ModelRunner)(model, cfg, self.device, num_blocks)
         self.eos_ids = tuple(spec.eos_token_ids)
         self.requests: dict[str, _Tracked] = {}
@@ -119,24 +129,49 @@ class LLMEngine:
         """Run one batch: schedule -> launch forward + sampling -> stream the deltas and finishes of the tokens
         read back. With overlap_scheduling the tokens of step N are read back (detokenized, stop rules) while step
         N+1 runs on the device, so the outputs of a call are the previous launch's. A request whose values make
-        the step raise is dropped alone (a Failed output, see isolation.py); the others go on as if it never was."""
+        the step raise is dropped alone (a Failed output, see isolation.py); the others go on as if it never was.
+        After a step with long prefill work the next call only reads it back (see _barrier)."""
+        if self._barrier is not None:
+            return self._after_long_step()
         sched = self.scheduler.schedule()
         if sched.is_empty:
             outputs = self._resolve()
             return self._take_failed() + outputs
+        self.step_no += 1
         self._stamp_scheduled(sched)
+        self.step_log.begin(self.step_no, sched)
         launched = self._launch(sched)
+        launched.step = self.step_no
+        self.step_log.launched()
         outputs = self._resolve()
         self.scheduler.on_step_done(sched)
         self._pending = self._place(launched)
         if not self.cfg.overlap_scheduling:
             outputs += self._resolve()
+        if sched.long_tokens > (self.cfg.mixed_long_prefill_tokens if sched.mixed else 0):
+            self._barrier = self._mark_launched()
+        self.step_log.end()
+        return self._take_failed() + outputs
+
+    def _mark_launched(self):
+        if self.device.type != "cuda":
+            return True  # the CPU ran the step already
+        event = torch.cuda.Event()
+        event.record()
+        return event
+
+    def _after_long_step(self) -> list[EngineOutput | Failed]:
+        outputs = self._resolve()
+        if self._barrier is not True:
+            self._barrier.synchronize()
+        self._barrier = None
         return self._take_failed() + outputs
 
     def _stamp_scheduled(self, sched: SchedulerOutput) -> None:
         now = time.monotonic()
         for seq in sched.admitted:
             seq.times.first_scheduled = now
+            seq.first_step = self.step_no
 
     def _launch(self, sched: SchedulerOutput) -> _Launch:
         """Forward the step and sample its rows on the device; nothing waits for the GPU here."""
@@ -205,7 +240,7 @@ class LLMEngine:
         for i, t in enumerate(launch.rows):
             if t is not None and self._live(t):
                 try:
-                    outputs += self._emit(t, result.token_ids[i], result.logprobs[i], now)
+                    outputs += self._emit(t, result.token_ids[i], result.logprobs[i], now, launch.step)
                 except Exception as exc:  # noqa: BLE001
                     self._fail(t, exc)
         return outputs
@@ -242,11 +277,12 @@ class LLMEngine:
                 on_device = prev.tokens[row:row + 1]
         return SampleRow(p, seq.num_tokens, seen, t.out.banned_ids(len(seq.output_ids)), t.generator, on_device)
 
-    def _emit(self, t: _Tracked, token: int, logprob, now: float) -> list[EngineOutput]:
+    def _emit(self, t: _Tracked, token: int, logprob, now: float, step: int = 0) -> list[EngineOutput]:
         seq = t.seq
         seq.output_ids[t.out.num_output] = token  # the oldest PENDING one
         if not seq.times.first_token:
             seq.times.first_token = now
+            self.step_log.first_token(seq.request_id, seq.first_step, step)
         step = t.out.append(token)
         delta = TokenDelta(seq.request_id, (token,), step.text, (logprob,) if logprob is not None else ())
         if step.finish is None:

@@ -237,8 +237,10 @@ class ModelRunner:
         return MultimodalEmbeds(torch.cat(parts), flat, deepstack, index)
 
     def _vision_embeds(self, chunks: list[ScheduledChunk]) -> dict[str, VisionEmbeds]:
-        """Embeddings of every visual item (image or video) this step touches; the not-yet-computed items of this
-        step's prefills that the cache lacks are encoded together in one encode_images call."""
+        """Embeddings of every visual item (image or video) this step's chunks overlap; those the cache lacks are
+        encoded together in one encode_images call. An item only ahead of a chunk is not encoded yet (the scheduler
+        can then keep a large image's encode out of a step, prefill_policy.py), but an oversize one already
+        encoded is kept for the later chunks."""
         found: dict[str, VisionEmbeds] = {}
         todo: dict[str, object] = {}  # content hash -> ProcessedVisual
         owners: dict[str, list[Sequence]] = {}
@@ -246,6 +248,10 @@ class ModelRunner:
             for span in c.seq.visuals:
                 key = span.content_hash
                 if span.end <= c.start or key in found:
+                    continue
+                if span.offset >= c.end:  # ahead of this chunk
+                    if key in self._oversize:
+                        found[key] = self._oversize[key]
                     continue
                 if key in todo:
                     owners[key].append(c.seq)

@@ -80,6 +80,8 @@ class Sequence:
     times: SeqTimes = field(default_factory=SeqTimes)
     seq_no: int = field(default_factory=lambda: next(_seq_counter))  # arrival order: larger = newer
     ever_scheduled: bool = False
+    held_steps: int = 0  # mixed steps in a row it was held back as a long prefill (prefill_policy.py)
+    first_step: int = 0  # engine step number that first scheduled it (0 = not yet; the step log)
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -101,6 +101,15 @@ _FIELD_HELP = {
     "vision_cache_bytes": "bytes of image embeddings kept for repeated images (keyed by content hash); 0 = off",
     "cuda_graphs": "replay decode steps as CUDA graphs (CUDA only)",
     "overlap_scheduling": "launch step N+1 before step N's tokens are read back (--no-overlap-scheduling: serial)",
+    "short_prefill_tokens": "a request with at most this many prompt tokens left to compute is scheduled before "
+                            "long prefills (its first token does not wait for a large image's prefill); 0 = "
+                            "arrival order",
+    "mixed_long_prefill_tokens": "long prefill tokens (all long requests together) in a step that carries a short "
+                                 "request's prefill; such a step also starts no long request's vision encode",
+    "max_prefill_hold_steps": "steps in a row a long prefill may be held back for short ones before it gets its "
+                              "full chunk (no starvation)",
+    "step_log": "log one line per engine step (tokens, prefills, decodes, admitted ids, time since the last "
+                "step, host time to launch it and to read tokens back) on logger vlm_service.steps",
 }
 _CHOICES = {"dtype": ("auto", "float32", "bfloat16", "float16"),
             "vit_attention_backend": ("auto", "sdpa", "fa3", "flashinfer_cudnn"),
