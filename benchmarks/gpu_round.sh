@@ -12,6 +12,13 @@
 # Round three (fresh machine): http, then video right after it on the same machine:
 #   bash benchmarks/gpu_round.sh http    # carry .whlA .whl3: issue 16, HTTP vs gRPC again                      (~4 min)
 #   bash benchmarks/gpu_round.sh video   # carry .whlB: issue 15, video TTFT 8B + 7B, then the video GPU tests  (~8 min)
+# Session 7 (one warm machine: s7a first with .whlA + vlm_service/_proto, then s7b with .whlB, then s7c):
+#   bash benchmarks/gpu_round.sh s7m     # issue 17: mixed_load.sh (the short-first prefill policy), the engine's
+#                                        # GPU tests (its CUDA-event wait after long steps)                    (~6 min)
+#   bash benchmarks/gpu_round.sh s7a     # issue 14: bench_moe + the MoE GPU tests                             (~4 min)
+#   bash benchmarks/gpu_round.sh s7b     # issue 15: sweep_video_threads.py, then the 8B video TTFT with the
+#                                        # sweep's best AUTO scale ($VLM_VIDEO_DECODE_THREADS_SCALE)            (~8 min)
+#   bash benchmarks/gpu_round.sh s7c     # issue 15: 7B video TTFT + the video GPU tests; issue 14: decode A/B  (~9 min)
 set -o pipefail
 source benchmarks/gpu_env.sh >/dev/null || exit 1
 log() { grep -v "leaked\|nanobind\|^ - \|USDT\|Warning:" | tail -n "$1"; }
@@ -51,5 +58,30 @@ case "${1:-}" in
       --out $OUT/video_decode_qwen3_vl_8b.json 2>&1 | log 12
     timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/processor/test_gpu_video_gpu.py \
       tests/processor/test_video_processor_gpu.py 2>&1 | tee $OUT/gpu_tests_video_processor.log | log 12 ;;
-  *) echo "usage: $0 moe|serve|load|http|video" >&2; exit 2 ;;
+  s7a)
+    export VLM_MOE_CONFIGS=$OUT/moe_configs.json
+    timeout 175 python3 benchmarks/bench_moe.py --out $OUT/moe.json 2>&1 | log 6
+    timeout 100 python3 -m pytest -q -p no:cacheprovider -m gpu tests/kernels/ -k moe 2>&1 | tee $OUT/gpu_tests_moe.log \
+      | log 6 ;;
+  s7m)
+    VLM_BENCH_RUN_TIMEOUT=150 timeout 330 bash benchmarks/mixed_load.sh 2>&1 | log 30
+    timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/engine/test_engine_gpu.py 2>&1 \
+      | tee $OUT/gpu_tests_engine.log | log 6 ;;
+  s7b)
+    timeout 170 python3 benchmarks/sweep_video_threads.py --out $OUT/sweep_video_threads.json 2>&1 | log 30
+    # the best all-changes-on AUTO row's scale (a scale is what the env knob sets)
+    scale=$(python3 -c "import json,sys; rows=json.load(open(sys.argv[1]))['allocations']
+on=[r for r in rows if r['thread_type']=='AUTO' and r['longest']==0 and r['drain'] and r['preopen'] and r['stream_frames']]
+print(min(on, key=lambda r: r['prepare_device']['median_ms'])['scale'])" $OUT/sweep_video_threads.json) || scale=1.5
+    echo "video decode threads scale: $scale" | tee $OUT/video_threads_scale.txt
+    export VLM_VIDEO_DECODE_THREADS_SCALE=$scale
+    timeout 60 python3 -m pytest -q -m gpu -p no:cacheprovider tests/processor/test_gpu_video_stream.py 2>&1 \
+      | tee $OUT/gpu_tests_video_stream.log | log 6
+    VIDEO_MODELS=qwen3_vl_8b VIDEO_TTFT_PROMPTS=5 VIDEO_TTFT_TIMEOUT_S=240 bash benchmarks/gpu_video.sh ttft ;;
+  s7c)
+    # run as VLM_VIDEO_DECODE_THREADS_SCALE=<s7b's scale> bash benchmarks/gpu_round.sh s7c (each call's $OUT is new)
+    VIDEO_MODELS=qwen2_5_vl_7b VIDEO_TTFT_PROMPTS=5 VIDEO_TTFT_TIMEOUT_S=220 bash benchmarks/gpu_video.sh ttft
+    timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests/processor/test_video_processor_gpu.py \
+      tests/processor/test_gpu_video_gpu.py tests/models/test_video_gpu.py 2>&1 | tee $OUT/gpu_tests_video.log | log 12 ;;
+  *) echo "usage: $0 moe|serve|load|http|video|s7a|s7b|s7c" >&2; exit 2 ;;
 esac

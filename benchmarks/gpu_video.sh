@@ -8,6 +8,7 @@
 #                                        # on CUDA; the models on CUDA), the host stages of the TTFT clip per preset
 #                                        # ($OUT/video_decode_<preset>.json) and (VIDEO_CPU_SUITES=1) the CPU video
 #                                        # suites on the host
+# VIDEO_MODELS (default: both presets) and VIDEO_TTFT_PROMPTS (default 3) narrow or widen the ttft run.
 # Carry what gpu_next.sh carries (.whl/ with the GPU extras and googleapis-common-protos, vlm_service/_proto) plus
 # a PyAV wheel for Python 3.12: pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl av
 source benchmarks/gpu_env.sh >/dev/null || exit 1
@@ -16,11 +17,11 @@ log() { grep -v "leaked\|nanobind\|^ - \|USDT\|Warning:" | tail -n "$1"; }
 preset_dir() { python3 -c "from vlm_service.demo.presets import ensure_preset_dir as e; print(e('/tmp/vlm-state','$1'))"; }
 case "${1:-}" in
   ttft)
-    for m in qwen3_vl_8b qwen2_5_vl_7b; do
+    for m in ${VIDEO_MODELS:-qwen3_vl_8b qwen2_5_vl_7b}; do
       dir=$(preset_dir $m)
       # unique clips: every request misses the vision and prefix caches, as a first request would
       timeout ${VIDEO_TTFT_TIMEOUT_S:-240} python3 benchmarks/ttft.py --compare "serve:--model random:$m --warmup-image-side 0" \
-        --compare-labels $m --compare-rounds 1 --num-prompts 3 --num-warmup 1 --max-concurrency 1 \
+        --compare-labels $m --compare-rounds 1 --num-prompts ${VIDEO_TTFT_PROMPTS:-3} --num-warmup 1 --max-concurrency 1 \
         --images-per-request 0 --videos-per-request 1 --video-seconds 10 --video-resolution 1280x720 \
         --video-fps 30 --video-format mp4 --unique-videos --input-len 32 --output-len 8 --tokenizer $dir \
         --peer transformers --peer-model $dir --peer-num-prompts 2 --no-plots \
