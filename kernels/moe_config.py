@@ -22,8 +22,8 @@ class GemmTile:
     tma: bool = False  # sorted GEMMs only: the weight tiles by TMA (sm_90+; the tuner skips it elsewhere)
 
 
-PATHS = ("sorted", "sorted_atomic", "pairs", "decode", "gemv", "gemv_pdl")
-GEMV_PATHS = ("gemv", "gemv_pdl")
+PATHS = ("sorted", "sorted_atomic", "pairs", "decode", "gemv", "gemv_pdl", "gemv_routed")
+GEMV_PATHS = ("gemv", "gemv_pdl", "gemv_routed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +37,9 @@ class MoeConfig:
     partial product, summed into an fp32 [T, H] by atomics (kernels/triton/moe_decode.py); there gate_up.block_n
     is BLOCK_I, gate_up.block_k the k-step over H, down.block_n BLOCK_H (down.block_k = BLOCK_I, for the record).
     paths "gemv" / "gemv_pdl" (few tokens, kernels/triton/moe_gemv.py): as "pairs" with unrolled K loops and a
-    down kernel over all k picks at once; "gemv_pdl" overlaps the two kernels (programmatic dependent launch).
+    down kernel over all k picks at once; "gemv_pdl" overlaps the two kernels (programmatic dependent launch);
+    "gemv_routed" routes once in the route kernel first, then runs both gemv kernels on its ids (as gemv_pdl on
+    sm_90+, as gemv elsewhere), so no program waits on its own softmax + top-k before its first weight load.
     gate_up's block_n counts gate (= up) columns."""
     block_m: int
     gate_up: GemmTile

@@ -22,6 +22,10 @@ class SortedPairs(NamedTuple):
     block_m: int
 
 
+ALIGN_SPLITS = 4  # programs per expert in align (each scans its share of the pairs; see moe_align_kernel)
+ALIGN_SMALL_BLOCK, ALIGN_LARGE_BLOCK = 256, 4096  # align's scan step: up to 256 pairs one step of 256, else 4096
+
+
 def max_slots(pairs: int, experts: int, block_m: int) -> int:
     """Worst-case padded slots: every touched expert (at most min(E, P)) wastes up to BLOCK_M - 1 slots."""
     return pairs + min(experts, pairs) * (block_m - 1)
@@ -60,10 +64,13 @@ def align(ids: torch.Tensor, counts: torch.Tensor, experts: int, block_m: int) -
     sorted_ids = torch.empty(slots, dtype=torch.int32, device=ids.device)
     block_expert = torch.empty(triton_cdiv(slots, block_m), dtype=torch.int32, device=ids.device)
     num_padded = torch.empty(1, dtype=torch.int32, device=ids.device)
-    block_p = 256 if pairs <= 256 else 4096  # pairs scanned per step by each expert's program (two variants)
-    moe_align_kernel[(experts,)](ids, counts, sorted_ids, block_expert, num_padded, pairs, experts,
-                                 BLOCK_M=block_m, BLOCK_E=next_pow2(experts),
-                                 BLOCK_P=block_p, num_warps=8 if block_p >= 2048 else 4)
+    # pairs scanned per step by each program (two variants)
+    block_p = ALIGN_SMALL_BLOCK if pairs <= ALIGN_SMALL_BLOCK else ALIGN_LARGE_BLOCK
+    steps = max(1, triton_cdiv(pairs, block_p))
+    split_p = triton_cdiv(steps, min(steps, ALIGN_SPLITS)) * block_p  # <= 2 scan steps per program at P = 32768
+    moe_align_kernel[(experts, max(1, triton_cdiv(pairs, split_p)))](
+        ids, counts, sorted_ids, block_expert, num_padded, pairs, experts, split_p, BLOCK_M=block_m,
+        BLOCK_E=next_pow2(experts), BLOCK_P=block_p, num_warps=8 if block_p >= 2048 else 4)
     return SortedPairs(sorted_ids, block_expert, num_padded, block_m)
 
 
