@@ -169,18 +169,20 @@ def _gemv(x, w13, w2, top_k: int, config: MoeConfig, *, logits=None, renormalize
     ids / weights); "gemv_pdl" launches the down kernel as a programmatic dependent of gate_up. "gemv_routed":
     the route kernel first (3 launches), then both kernels read its ids: each in-kernel routing is ~18 block-wide
     reductions that every program of both grids runs before its first weight load (T=1: 3072 + 512 programs).
-    Under PDL (sm_90+) the down kernel reads those ids before griddepcontrol.wait: the route kernel finished before
-    gate_up began, and down cannot begin before that."""
+    Under PDL (sm_90+) all three form one chain: gate_up is launched as a dependent of the route kernel and waits
+    for it before reading anything, and only then lets down start; so the ids down reads before its own wait are
+    complete (every gate_up program passed its wait before down could launch)."""
     out = torch.empty_like(x)
     if x.shape[0] == 0:
         return out
     pdl = config.path == "gemv_pdl" or (config.path == "gemv_routed" and launch.pdl_supported(x.device))
-    if config.path == "gemv_routed" and logits is not None:  # route once, up front: [T, k] ids / weights
-        weights, ids = launch.route(logits, top_k, renormalize)
+    chained = config.path == "gemv_routed" and logits is not None
+    if chained:  # route once, up front: [T, k] ids / weights (under PDL gate_up's launch overlaps it)
+        weights, ids = launch.route(logits, top_k, renormalize, pdl=pdl)
         ids, weights, logits = ids.view(-1), weights.view(-1), None
     inter = torch.empty(x.shape[0] * top_k, w2.shape[2], dtype=x.dtype, device=x.device)
     launch.gemv_gate_up(x, w13, top_k, config.gate_up, inter, logits=logits, ids=ids, renormalize=renormalize,
-                        pdl=pdl)
+                        pdl=pdl, pdl_wait=chained and pdl)
     launch.gemv_down(inter, w2, top_k, config.down, out, logits=logits, ids=ids, weights=weights,
                      renormalize=renormalize, pdl=pdl)
     return out

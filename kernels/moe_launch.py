@@ -31,9 +31,10 @@ def max_slots(pairs: int, experts: int, block_m: int) -> int:
     return pairs + min(experts, pairs) * (block_m - 1)
 
 
-def route(logits: torch.Tensor, top_k: int, renormalize: bool,
-          counts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits [T, E] -> (weights [T, k] fp32, ids [T, k] int32); counts [E] int32 (zeroed) gets += the picks."""
+def route(logits: torch.Tensor, top_k: int, renormalize: bool, counts: torch.Tensor | None = None,
+          pdl: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits [T, E] -> (weights [T, k] fp32, ids [T, k] int32); counts [E] int32 (zeroed) gets += the picks.
+    pdl: let the next (launch_pdl) kernel start early (sm_90+)."""
     from kernels.triton.moe import moe_route_kernel
 
     t, e = logits.shape
@@ -45,7 +46,7 @@ def route(logits: torch.Tensor, top_k: int, renormalize: bool,
         moe_route_kernel[(triton_cdiv(t, block_t),)](
             logits, weights, ids, ids if counts is None else counts, t, e, logits.stride(0),
             TOP_K=top_k, RENORM=renormalize, COUNT=counts is not None, BLOCK_T=block_t, BLOCK_E=block_e,
-            BLOCK_K=next_pow2(top_k), num_warps=4)
+            BLOCK_K=next_pow2(top_k), PDL=pdl, num_warps=4)
     return weights, ids
 
 
@@ -208,9 +209,10 @@ def triton_cdiv(a: int, b: int) -> int:
 
 def gemv_gate_up(x: torch.Tensor, w13: torch.Tensor, top_k: int, tile: GemmTile, out: torch.Tensor,
                  logits: torch.Tensor | None = None, ids: torch.Tensor | None = None, renormalize: bool = True,
-                 pdl: bool = False) -> None:
+                 pdl: bool = False, pdl_wait: bool = False) -> None:
     """The gemv paths' step 1 (kernels/triton/moe_gemv.py): out [P, I] = silu(gate) * up of each pair, the pick
-    routed from logits [T, E] or read from ids [P] int32. pdl: let the next (launch_pdl) kernel start early."""
+    routed from logits [T, E] or read from ids [P] int32. pdl: let the next (launch_pdl) kernel start early;
+    pdl_wait: launched itself as a programmatic dependent of the kernel that wrote ids (route(pdl=True))."""
     from kernels.triton.moe_gemv import moe_gemv_gate_up_kernel
 
     inter, hidden, experts = w13.shape[1] // 2, w13.shape[2], w13.shape[0]
@@ -220,7 +222,8 @@ def gemv_gate_up(x: torch.Tensor, w13: torch.Tensor, top_k: int, tile: GemmTile,
         x, w13, out, logits if route else x, ids if not route else out, inter, experts, x.stride(0),
         w13.stride(0), w13.stride(1), logits.stride(0) if route else 0, out.stride(0), K=hidden, TOP_K=top_k,
         ROUTE=route, RENORM=renormalize, BLOCK_E=next_pow2(experts), BLOCK_N=tile.block_n, BLOCK_K=tile.block_k,
-        PDL=pdl, num_warps=tile.num_warps, num_stages=tile.num_stages)
+        PDL=pdl, PDL_WAIT=pdl_wait, num_warps=tile.num_warps, num_stages=tile.num_stages,
+        **({"launch_pdl": True} if pdl_wait else {}))
 
 
 def gemv_down(inter: torch.Tensor, w2: torch.Tensor, top_k: int, tile: GemmTile, out: torch.Tensor,

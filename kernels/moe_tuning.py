@@ -7,10 +7,10 @@ wins. Then the paths (MoeConfig.path) are timed as the whole op, every launch in
 same tiles with the k-sum fused by atomics ("sorted_atomic", k > 1) and, for P <= PAIRS_MAX_PAIRS, the best "pairs"
 tiles (each of its two kernels timed alone first), the best "decode" config (its one kernel timed alone first), the
 best "gemv" tiles (each kernel alone) and the same tiles as "gemv_pdl" (sm_90+) and "gemv_routed"; the fastest
-is cached. Every timing
-is kernels.gpu_timing.cold_l2_us, the one bench_moe.py reports (graph replay after an L2 flush, median). TMA weight
-tiles (GemmTile.tma) are candidates on sm_90+ only. $VLM_MOE_PATHS (allowed_paths) restricts the paths timed end
-to end, for A/B runs of the served model; choices read from the file that it excludes are dropped. Candidates that fail to compile (shared memory) are skipped.
+is cached. Every timing is kernels.gpu_timing.cold_l2_us, the one bench_moe.py reports (graph replay after an L2
+flush, median). TMA weight tiles (GemmTile.tma) are candidates on sm_90+ only. Candidates that fail to compile
+(shared memory) are skipped. $VLM_MOE_PATHS (allowed_paths) restricts the paths timed end to end, for A/B runs of
+the served model; choices read from the file that it excludes are dropped.
 Measuring is impossible inside CUDA-graph capture: there the cached choice is used, else default_config() (not
 cached); call kernels.moe.tune_fused_moe before capturing.
 $VLM_MOE_CONFIGS names an optional JSON file (e.g. $VLM_KERNEL_CACHE/moe_configs.json, beside FlashInfer's JIT

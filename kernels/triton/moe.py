@@ -9,15 +9,20 @@ launchers use a fixed grid sized for the worst case (no host sync, CUDA-graph sa
 
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents
 
 
 # Counts that change with every batch (T, P, num_m) are not specialised, so a new batch size never recompiles.
 @triton.jit(do_not_specialize=["T"])
 def moe_route_kernel(logits_ptr, weights_ptr, ids_ptr, counts_ptr, T, E, stride_t,
                      TOP_K: tl.constexpr, RENORM: tl.constexpr, COUNT: tl.constexpr,
-                     BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr):
+                     BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
+                     PDL: tl.constexpr):
     """logits [T, E] -> weights [T, k] fp32, ids [T, k] int32 (softmax, k argmax passes, renormalise); with COUNT
-    also counts[e] += picks of expert e (the histogram the align kernel needs). Grid: cdiv(T, BLOCK_T)."""
+    also counts[e] += picks of expert e (the histogram the align kernel needs). PDL: a dependent grid launched
+    with launch_pdl may start now (it must griddepcontrol.wait before reading ids). Grid: cdiv(T, BLOCK_T)."""
+    if PDL:
+        gdc_launch_dependents()
     rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     cols = tl.arange(0, BLOCK_E)
     picks = tl.arange(0, BLOCK_K)
