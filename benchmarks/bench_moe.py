@@ -9,9 +9,9 @@ a 48-layer step); the torch reference (a loop
 over experts with host syncs, not capturable) is timed by do_bench on the eager call. Each row also checks the
 Triton output against the reference. "path" names the variant the tuner kept for the row's bucket: "sorted"
 (route, align, grouped GEMMs, k-sum), "sorted_atomic", "pairs" (few tokens: 2 launches, see
-kernels/triton/moe_pairs.py), "gemv" / "gemv_pdl" (few tokens: kernels/triton/moe_gemv.py) or "decode" (few
-tokens: one fused kernel, kernels/triton/moe_decode.py); "paths_us" gives every path's tuning time end to end (the
-per-tile timings are under "tuning_timings_us").
+kernels/triton/moe_pairs.py), "gemv" / "gemv_pdl" / "gemv_routed" (few tokens: kernels/triton/moe_gemv.py) or "decode"
+(few tokens: one fused kernel, kernels/triton/moe_decode.py); "paths_us" gives every path's tuning time end to end
+(the per-tile timings are under "tuning_timings_us"). $VLM_MOE_PATHS restricts the paths (kernels.moe_tuning).
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ For few pairs (P <= moe_config.PAIRS_MAX_PAIRS, decode) the tuner also times the
 (kernels/triton/moe_pairs.py): 2 launches, routing fused into a GEMV-style gate_up over each pair, the k-sum into
 the down kernel; the "gemv" / "gemv_pdl" paths (kernels/triton/moe_gemv.py): as pairs, with every load of a program
 unrolled into flight and the down kernel gathering all k picks' w2 rows in one tile ("gemv_pdl": its w2 loads
-overlap the gate_up kernel through programmatic dependent launch, sm_90+); and the "decode" path
+overlap the gate_up kernel through programmatic dependent launch, sm_90+; "gemv_routed": the route kernel runs
+first, so neither GEMV waits on its own routing); and the "decode" path
 (kernels/triton/moe_decode.py): one kernel whose program (I-block, pair) routes, computes its gate/up slice and adds
 that slice's down-projection partial product into an fp32 [T, H] with atomics (memset + 1 kernel + cast); for k > 1
 also "sorted_atomic" (the down kernel adds each pair into an fp32 [T, H] instead of step 5); the faster path end to
@@ -165,14 +166,23 @@ def _pairs(x, w13, w2, top_k: int, config: MoeConfig, *, logits=None, renormaliz
 def _gemv(x, w13, w2, top_k: int, config: MoeConfig, *, logits=None, renormalize=True, ids=None,
           weights=None) -> torch.Tensor:
     """The gemv paths (kernels/triton/moe_gemv.py): 2 launches, each routing for itself from logits (or reading
-    ids / weights); "gemv_pdl" launches the down kernel as a programmatic dependent of gate_up."""
+    ids / weights); "gemv_pdl" launches the down kernel as a programmatic dependent of gate_up. "gemv_routed":
+    the route kernel first (3 launches), then both kernels read its ids: each in-kernel routing is ~18 block-wide
+    reductions that every program of both grids runs before its first weight load (T=1: 3072 + 512 programs).
+    Under PDL (sm_90+) all three form one chain: gate_up is launched as a dependent of the route kernel and waits
+    for it before reading anything, and only then lets down start; so the ids down reads before its own wait are
+    complete (every gate_up program passed its wait before down could launch)."""
     out = torch.empty_like(x)
     if x.shape[0] == 0:
         return out
-    pdl = config.path == "gemv_pdl"
+    pdl = config.path == "gemv_pdl" or (config.path == "gemv_routed" and launch.pdl_supported(x.device))
+    chained = config.path == "gemv_routed" and logits is not None
+    if chained:  # route once, up front: [T, k] ids / weights (under PDL gate_up's launch overlaps it)
+        weights, ids = launch.route(logits, top_k, renormalize, pdl=pdl)
+        ids, weights, logits = ids.view(-1), weights.view(-1), None
     inter = torch.empty(x.shape[0] * top_k, w2.shape[2], dtype=x.dtype, device=x.device)
     launch.gemv_gate_up(x, w13, top_k, config.gate_up, inter, logits=logits, ids=ids, renormalize=renormalize,
-                        pdl=pdl)
+                        pdl=pdl, pdl_wait=chained and pdl)
     launch.gemv_down(inter, w2, top_k, config.down, out, logits=logits, ids=ids, weights=weights,
                      renormalize=renormalize, pdl=pdl)
     return out

@@ -22,8 +22,8 @@ class GemmTile:
     tma: bool = False  # sorted GEMMs only: the weight tiles by TMA (sm_90+; the tuner skips it elsewhere)
 
 
-PATHS = ("sorted", "sorted_atomic", "pairs", "decode", "gemv", "gemv_pdl")
-GEMV_PATHS = ("gemv", "gemv_pdl")
+PATHS = ("sorted", "sorted_atomic", "pairs", "decode", "gemv", "gemv_pdl", "gemv_routed")
+GEMV_PATHS = ("gemv", "gemv_pdl", "gemv_routed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +37,9 @@ class MoeConfig:
     partial product, summed into an fp32 [T, H] by atomics (kernels/triton/moe_decode.py); there gate_up.block_n
     is BLOCK_I, gate_up.block_k the k-step over H, down.block_n BLOCK_H (down.block_k = BLOCK_I, for the record).
     paths "gemv" / "gemv_pdl" (few tokens, kernels/triton/moe_gemv.py): as "pairs" with unrolled K loops and a
-    down kernel over all k picks at once; "gemv_pdl" overlaps the two kernels (programmatic dependent launch).
+    down kernel over all k picks at once; "gemv_pdl" overlaps the two kernels (programmatic dependent launch);
+    "gemv_routed" routes once in the route kernel first, then runs both gemv kernels on its ids (as gemv_pdl on
+    sm_90+, as gemv elsewhere), so no program waits on its own softmax + top-k before its first weight load.
     gate_up's block_n counts gate (= up) columns."""
     block_m: int
     gate_up: GemmTile
@@ -100,15 +102,20 @@ _DECODE_TILES = [(32, 128, 1, 4, 4), (64, 128, 1, 4, 3), (64, 64, 1, 4, 5), (32,
 # skips these elsewhere): the copy engine fills the pipeline's shared memory instead of every thread's cp.async
 # address math, which frees issue slots for the wgmma loop; the gathered activation rows stay pointer loads. Shared
 # memory per stage is unchanged, so the same (block_n, block_k, stages) fit; the winners of the second round plus
-# one deeper or wider neighbour.
+# one deeper or wider neighbour. Fourth round (after the TMA winners, gate_up n128 k64 s4 465 us and down n256 k64
+# s4 227 us at 4096 tokens): the same tiles with a k32 step 6 deep (24 KB A+B per stage for gate_up, 144 KB in
+# all; down 24 KB, 144 KB), so more loads stay in flight per SM at equal shared memory, and gate_up with group 8.
+# (gate_up n256 needs 2 x 256 fp32 accumulator columns: 256 registers per thread at 8 warps, so it is no candidate.)
 _MID_TILES = [(64, 128, 8, 4, 3), (128, 64, 8, 4, 4), (128, 64, 8, 8, 4), (64, 64, 8, 4, 4),
               (128, 64, 8, 4, 4, True)]
 _LARGE_TILES = [(128, 64, 16, 8, 4), (128, 64, 16, 8, 3), (64, 64, 16, 4, 4), (64, 128, 16, 4, 3),
                 (128, 64, 8, 8, 4), (128, 64, 32, 8, 4), (128, 32, 16, 8, 5),
-                (128, 64, 16, 8, 4, True), (64, 128, 16, 4, 3, True)]
+                (128, 64, 16, 8, 4, True), (64, 128, 16, 4, 3, True),
+                (128, 32, 16, 8, 6, True), (128, 64, 8, 8, 4, True)]
 _DOWN_LARGE = [(256, 64, 16, 8, 4), (128, 64, 16, 8, 4), (128, 128, 16, 8, 3), (256, 64, 16, 8, 3),
                (256, 64, 8, 8, 4), (256, 64, 32, 8, 4), (128, 64, 16, 4, 5),
-               (256, 64, 16, 8, 4, True), (128, 128, 16, 8, 3, True)]
+               (256, 64, 16, 8, 4, True), (128, 128, 16, 8, 3, True),
+               (256, 32, 16, 8, 6, True)]
 
 
 # The pairs path (P <= PAIRS_MAX_PAIRS): (block_n, block_k, group_m unused, num_warps, num_stages). A GEMV is bound by

@@ -22,14 +22,19 @@ class SortedPairs(NamedTuple):
     block_m: int
 
 
+ALIGN_SPLITS = 4  # programs per expert in align (each scans its share of the pairs; see moe_align_kernel)
+ALIGN_SMALL_BLOCK, ALIGN_LARGE_BLOCK = 256, 4096  # align's scan step: up to 256 pairs one step of 256, else 4096
+
+
 def max_slots(pairs: int, experts: int, block_m: int) -> int:
     """Worst-case padded slots: every touched expert (at most min(E, P)) wastes up to BLOCK_M - 1 slots."""
     return pairs + min(experts, pairs) * (block_m - 1)
 
 
-def route(logits: torch.Tensor, top_k: int, renormalize: bool,
-          counts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits [T, E] -> (weights [T, k] fp32, ids [T, k] int32); counts [E] int32 (zeroed) gets += the picks."""
+def route(logits: torch.Tensor, top_k: int, renormalize: bool, counts: torch.Tensor | None = None,
+          pdl: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits [T, E] -> (weights [T, k] fp32, ids [T, k] int32); counts [E] int32 (zeroed) gets += the picks.
+    pdl: let the next (launch_pdl) kernel start early (sm_90+)."""
     from kernels.triton.moe import moe_route_kernel
 
     t, e = logits.shape
@@ -41,7 +46,7 @@ def route(logits: torch.Tensor, top_k: int, renormalize: bool,
         moe_route_kernel[(triton_cdiv(t, block_t),)](
             logits, weights, ids, ids if counts is None else counts, t, e, logits.stride(0),
             TOP_K=top_k, RENORM=renormalize, COUNT=counts is not None, BLOCK_T=block_t, BLOCK_E=block_e,
-            BLOCK_K=next_pow2(top_k), num_warps=4)
+            BLOCK_K=next_pow2(top_k), PDL=pdl, num_warps=4)
     return weights, ids
 
 
@@ -60,10 +65,13 @@ def align(ids: torch.Tensor, counts: torch.Tensor, experts: int, block_m: int) -
     sorted_ids = torch.empty(slots, dtype=torch.int32, device=ids.device)
     block_expert = torch.empty(triton_cdiv(slots, block_m), dtype=torch.int32, device=ids.device)
     num_padded = torch.empty(1, dtype=torch.int32, device=ids.device)
-    block_p = 256 if pairs <= 256 else 4096  # pairs scanned per step by each expert's program (two variants)
-    moe_align_kernel[(experts,)](ids, counts, sorted_ids, block_expert, num_padded, pairs, experts,
-                                 BLOCK_M=block_m, BLOCK_E=next_pow2(experts),
-                                 BLOCK_P=block_p, num_warps=8 if block_p >= 2048 else 4)
+    # pairs scanned per step by each program (two variants)
+    block_p = ALIGN_SMALL_BLOCK if pairs <= ALIGN_SMALL_BLOCK else ALIGN_LARGE_BLOCK
+    steps = max(1, triton_cdiv(pairs, block_p))
+    split_p = triton_cdiv(steps, min(steps, ALIGN_SPLITS)) * block_p  # <= 2 scan steps per program at P = 32768
+    moe_align_kernel[(experts, max(1, triton_cdiv(pairs, split_p)))](
+        ids, counts, sorted_ids, block_expert, num_padded, pairs, experts, split_p, BLOCK_M=block_m,
+        BLOCK_E=next_pow2(experts), BLOCK_P=block_p, num_warps=8 if block_p >= 2048 else 4)
     return SortedPairs(sorted_ids, block_expert, num_padded, block_m)
 
 
@@ -201,9 +209,10 @@ def triton_cdiv(a: int, b: int) -> int:
 
 def gemv_gate_up(x: torch.Tensor, w13: torch.Tensor, top_k: int, tile: GemmTile, out: torch.Tensor,
                  logits: torch.Tensor | None = None, ids: torch.Tensor | None = None, renormalize: bool = True,
-                 pdl: bool = False) -> None:
+                 pdl: bool = False, pdl_wait: bool = False) -> None:
     """The gemv paths' step 1 (kernels/triton/moe_gemv.py): out [P, I] = silu(gate) * up of each pair, the pick
-    routed from logits [T, E] or read from ids [P] int32. pdl: let the next (launch_pdl) kernel start early."""
+    routed from logits [T, E] or read from ids [P] int32. pdl: let the next (launch_pdl) kernel start early;
+    pdl_wait: launched itself as a programmatic dependent of the kernel that wrote ids (route(pdl=True))."""
     from kernels.triton.moe_gemv import moe_gemv_gate_up_kernel
 
     inter, hidden, experts = w13.shape[1] // 2, w13.shape[2], w13.shape[0]
@@ -213,7 +222,8 @@ def gemv_gate_up(x: torch.Tensor, w13: torch.Tensor, top_k: int, tile: GemmTile,
         x, w13, out, logits if route else x, ids if not route else out, inter, experts, x.stride(0),
         w13.stride(0), w13.stride(1), logits.stride(0) if route else 0, out.stride(0), K=hidden, TOP_K=top_k,
         ROUTE=route, RENORM=renormalize, BLOCK_E=next_pow2(experts), BLOCK_N=tile.block_n, BLOCK_K=tile.block_k,
-        PDL=pdl, num_warps=tile.num_warps, num_stages=tile.num_stages)
+        PDL=pdl, PDL_WAIT=pdl_wait, num_warps=tile.num_warps, num_stages=tile.num_stages,
+        **({"launch_pdl": True} if pdl_wait else {}))
 
 
 def gemv_down(inter: torch.Tensor, w2: torch.Tensor, top_k: int, tile: GemmTile, out: torch.Tensor,

@@ -6,9 +6,11 @@ once, then each gate_up tile and each down tile is timed alone, and the BLOCK_M 
 wins. Then the paths (MoeConfig.path) are timed as the whole op, every launch included: that "sorted" winner, the
 same tiles with the k-sum fused by atomics ("sorted_atomic", k > 1) and, for P <= PAIRS_MAX_PAIRS, the best "pairs"
 tiles (each of its two kernels timed alone first), the best "decode" config (its one kernel timed alone first), the
-best "gemv" tiles (each kernel alone) and the same tiles as "gemv_pdl" (sm_90+); the fastest is cached. Every timing
-is kernels.gpu_timing.cold_l2_us, the one bench_moe.py reports (graph replay after an L2 flush, median). TMA weight
-tiles (GemmTile.tma) are candidates on sm_90+ only. Candidates that fail to compile (shared memory) are skipped.
+best "gemv" tiles (each kernel alone) and the same tiles as "gemv_pdl" (sm_90+) and "gemv_routed"; the fastest
+is cached. Every timing is kernels.gpu_timing.cold_l2_us, the one bench_moe.py reports (graph replay after an L2
+flush, median). TMA weight tiles (GemmTile.tma) are candidates on sm_90+ only. Candidates that fail to compile
+(shared memory) are skipped. $VLM_MOE_PATHS (allowed_paths) restricts the paths timed end to end, for A/B runs of
+the served model; choices read from the file that it excludes are dropped.
 Measuring is impossible inside CUDA-graph capture: there the cached choice is used, else default_config() (not
 cached); call kernels.moe.tune_fused_moe before capturing.
 $VLM_MOE_CONFIGS names an optional JSON file (e.g. $VLM_KERNEL_CACHE/moe_configs.json, beside FlashInfer's JIT
@@ -30,11 +32,13 @@ import torch
 
 from kernels import moe_launch as launch
 from kernels.gpu_timing import cold_l2_us
-from kernels.moe_config import (PAIRS_MAX_PAIRS, GemmTile, MoeBucket, MoeConfig, block_m_candidates,
-                                decode_candidates, gemv_candidates, pairs_candidates, tile_candidates)
+from kernels.moe_config import (GEMV_PATHS, PAIRS_MAX_PAIRS, PATHS, GemmTile, MoeBucket, MoeConfig,
+                                block_m_candidates, decode_candidates, gemv_candidates, pairs_candidates,
+                                tile_candidates)
 
 log = logging.getLogger(__name__)
 CONFIG_FILE_ENV = "VLM_MOE_CONFIGS"
+PATHS_ENV = "VLM_MOE_PATHS"
 
 
 # ---- timing on CUDA ------------------------------------------------------------------------------------------------
@@ -78,15 +82,20 @@ def measure_config(bucket: MoeBucket, x: torch.Tensor, w13: torch.Tensor, w2: to
     best, timings = _measure_sorted(bucket, x, w13, w2, weights, ids, counts, top_k)
     if run is None:
         return best, timings
+    allowed = allowed_paths()
     paths = [best] + ([dataclasses.replace(best, path="sorted_atomic")] if top_k > 1 else [])
     if ids.numel() <= PAIRS_MAX_PAIRS:
-        pairs, timings["pairs"] = _measure_pairs(x, w13, w2, weights, ids, top_k)
-        paths += [pairs] if pairs is not None else []
-        decode, timings["decode"] = _measure_decode(x, w13, w2, weights, ids, top_k)
-        paths += [decode] if decode is not None else []
-        gemv, timings["gemv"] = _measure_gemv(x, w13, w2, weights, ids, top_k)
-        if gemv is not None:
-            paths += [gemv] + ([dataclasses.replace(gemv, path="gemv_pdl")] if launch.pdl_supported(x.device) else [])
+        if "pairs" in allowed:
+            pairs, timings["pairs"] = _measure_pairs(x, w13, w2, weights, ids, top_k)
+            paths += [pairs] if pairs is not None else []
+        if "decode" in allowed:
+            decode, timings["decode"] = _measure_decode(x, w13, w2, weights, ids, top_k)
+            paths += [decode] if decode is not None else []
+        if allowed & set(GEMV_PATHS):
+            gemv, timings["gemv"] = _measure_gemv(x, w13, w2, weights, ids, top_k)
+            pdl = ["gemv_pdl"] if launch.pdl_supported(x.device) else []
+            paths += [dataclasses.replace(gemv, path=p) for p in ["gemv", *pdl, "gemv_routed"]] if gemv else []
+    paths = [c for c in paths if c.path in allowed] or [best]  # the sorted winner runs every bucket
     whole = {}
     for cfg in paths:
         try:
@@ -161,6 +170,20 @@ def _measure_decode(x, w13, w2, weights, ids, top_k) -> tuple[MoeConfig | None, 
     return _fastest(once, decode_candidates(), name=lambda c: f"{_tile_name(c.gate_up)}_h{c.down.block_n}")
 
 
+def allowed_paths() -> frozenset[str]:
+    """The paths the tuner may choose: $VLM_MOE_PATHS (a comma list of MoeConfig paths, e.g. "pairs,sorted"; an
+    A/B knob for the served model), default all. A bucket where none of them runs (e.g. only "pairs" at
+    P > PAIRS_MAX_PAIRS) gets the measured "sorted" config."""
+    text = os.environ.get(PATHS_ENV, "").strip()
+    if not text:
+        return frozenset(PATHS)
+    names = frozenset(n.strip() for n in text.split(",") if n.strip())
+    unknown = sorted(names - set(PATHS))
+    if unknown:
+        raise ValueError(f"{PATHS_ENV}: unknown fused_moe path {unknown[0][:40]!r}; known: {', '.join(PATHS)}")
+    return names
+
+
 # ---- the cache -----------------------------------------------------------------------------------------------------
 
 class MoeTuner:
@@ -176,6 +199,7 @@ class MoeTuner:
 
     @classmethod
     def from_env(cls) -> "MoeTuner":
+        allowed_paths()  # a bad $VLM_MOE_PATHS fails at the first MoE call, not at the first tune
         return cls(os.environ.get(CONFIG_FILE_ENV) or None)
 
     def get(self, bucket: MoeBucket) -> MoeConfig | None:
@@ -199,8 +223,11 @@ class MoeTuner:
     def _load(self) -> None:
         try:
             data = json.loads(self._path.read_text())
+            allowed = allowed_paths()
             for entry in data.get("configs", []):
-                self._chosen[MoeBucket(*entry["bucket"])] = MoeConfig.from_json(entry["config"])
+                config = MoeConfig.from_json(entry["config"])
+                if config.path in allowed:  # a choice $VLM_MOE_PATHS now excludes is measured again
+                    self._chosen[MoeBucket(*entry["bucket"])] = config
         except (OSError, ValueError, KeyError, TypeError) as e:
             log.warning("ignoring unreadable fused_moe config file %s: %s", self._path, e)
 

@@ -9,15 +9,20 @@ launchers use a fixed grid sized for the worst case (no host sync, CUDA-graph sa
 
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents
 
 
 # Counts that change with every batch (T, P, num_m) are not specialised, so a new batch size never recompiles.
 @triton.jit(do_not_specialize=["T"])
 def moe_route_kernel(logits_ptr, weights_ptr, ids_ptr, counts_ptr, T, E, stride_t,
                      TOP_K: tl.constexpr, RENORM: tl.constexpr, COUNT: tl.constexpr,
-                     BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr):
+                     BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
+                     PDL: tl.constexpr):
     """logits [T, E] -> weights [T, k] fp32, ids [T, k] int32 (softmax, k argmax passes, renormalise); with COUNT
-    also counts[e] += picks of expert e (the histogram the align kernel needs). Grid: cdiv(T, BLOCK_T)."""
+    also counts[e] += picks of expert e (the histogram the align kernel needs). PDL: a dependent grid launched
+    with launch_pdl may start now (it must griddepcontrol.wait before reading ids). Grid: cdiv(T, BLOCK_T)."""
+    if PDL:
+        gdc_launch_dependents()
     rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     cols = tl.arange(0, BLOCK_E)
     picks = tl.arange(0, BLOCK_K)
@@ -48,29 +53,41 @@ def moe_route_kernel(logits_ptr, weights_ptr, ids_ptr, counts_ptr, T, E, stride_
         tl.atomic_add(counts_ptr + cols, hist, mask=col_ok)
 
 
-@triton.jit(do_not_specialize=["P"])
-def moe_align_kernel(ids_ptr, counts_ptr, sorted_ptr, block_expert_ptr, num_padded_ptr, P, E,
+@triton.jit(do_not_specialize=["P", "SPLIT_P"])
+def moe_align_kernel(ids_ptr, counts_ptr, sorted_ptr, block_expert_ptr, num_padded_ptr, P, E, SPLIT_P,
                      BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_P: tl.constexpr):
-    """Program e writes expert e's part of the sorted layout: its pairs in pair order (a stable compaction of
-    ids [P] by cumsum), the sentinel P in its padding slots, e into block_expert for its blocks; program 0 also
-    writes num_padded. counts [E] comes from moe_route_kernel. Grid: (E,)."""
+    """Program (e, s) writes expert e's part of the sorted layout for the pairs [s*SPLIT_P, (s+1)*SPLIT_P) of
+    ids [P]: those of expert e in pair order (a stable compaction by cumsum, after the hits of the earlier splits
+    are counted without a scan), e into block_expert for their blocks; split 0 also writes the sentinel P into the
+    expert's padding slots and program (0, 0) num_padded. counts [E] comes from moe_route_kernel. SPLIT_P is a
+    multiple of BLOCK_P. Splitting cuts the serial scan chain (one cumsum + reduction per BLOCK_P step, 8 steps at
+    P = 32768) to SPLIT_P / BLOCK_P steps. Grid: (E, cdiv(P, SPLIT_P))."""
     e = tl.program_id(0)
+    split = tl.program_id(1)
     experts = tl.arange(0, BLOCK_E)
     counts = tl.load(counts_ptr + experts, mask=experts < E, other=0)
     padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
     start = tl.sum(tl.where(experts < e, padded, 0), axis=0)
     count = tl.load(counts_ptr + e)
     n_blocks = (count + BLOCK_M - 1) // BLOCK_M
-    if e == 0:
-        tl.store(num_padded_ptr, tl.sum(padded, axis=0))
+    if split == 0:
+        if e == 0:
+            tl.store(num_padded_ptr, tl.sum(padded, axis=0))
+        tail = start + count + tl.arange(0, BLOCK_M)
+        tl.store(sorted_ptr + tail, tl.zeros([BLOCK_M], tl.int32) + P, mask=tail < start + n_blocks * BLOCK_M)
     lane = tl.arange(0, BLOCK_P)
-    tail = start + count + tl.arange(0, BLOCK_M)
-    tl.store(sorted_ptr + tail, tl.zeros([BLOCK_M], tl.int32) + P, mask=tail < start + n_blocks * BLOCK_M)
-    found = 0
+    begin = split * SPLIT_P
+    end = tl.minimum(begin + SPLIT_P, P)
+    seen = tl.zeros([BLOCK_P], tl.int32)
     p0 = 0
-    while p0 < P:  # a while loop: the interpreter cannot run a for loop over a runtime bound
+    while p0 < begin:  # the earlier splits' hits of e: independent loads, one reduction at the end
+        seen += (tl.load(ids_ptr + p0 + lane) == e).to(tl.int32)  # full steps: begin is a multiple of BLOCK_P
+        p0 += BLOCK_P
+    found = tl.sum(seen, axis=0)
+    p0 = begin
+    while p0 < end:  # a while loop: the interpreter cannot run a for loop over a runtime bound
         offs = p0 + lane
-        hit = (tl.load(ids_ptr + offs, mask=offs < P, other=-1) == e).to(tl.int32)
+        hit = (tl.load(ids_ptr + offs, mask=offs < end, other=-1) == e).to(tl.int32)
         rank = found + tl.cumsum(hit, axis=0) - 1
         tl.store(sorted_ptr + start + rank, offs, mask=hit != 0)
         # every block in use holds a real pair (padding < BLOCK_M), so this names each block's expert

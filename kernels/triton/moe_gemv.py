@@ -54,13 +54,17 @@ def moe_gemv_gate_up_kernel(x_ptr, w_ptr, out_ptr, logits_ptr, ids_ptr, N, E,
                             stride_x, stride_we, stride_wn, stride_l, stride_out, K: tl.constexpr,
                             TOP_K: tl.constexpr, ROUTE: tl.constexpr, RENORM: tl.constexpr,
                             BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                            PDL: tl.constexpr):
+                            PDL: tl.constexpr, PDL_WAIT: tl.constexpr):
     """out[p, n] = silu(x[t] . gate[e, n]) * (x[t] . up[e, n]), t = p // k, e = pair p's expert.
 
     x [T, K=H]; w [E, 2N, K]; out [P, N=I]. ROUTE: e from logits [T, E], else from ids [P] int32.
+    PDL_WAIT: launched as a programmatic dependent of the route kernel; it waits for that grid before reading
+    anything, and only then lets its own dependent (down, which reads ids early) start.
     Grid: (P, cdiv(N, BLOCK_N))."""
     pair = tl.program_id(0)
     pid_n = tl.program_id(1)
+    if PDL_WAIT:
+        gdc_wait()
     if PDL:
         gdc_launch_dependents()  # the down kernel may start now: it waits for this grid before reading out
     token = (pair // TOP_K).to(tl.int64)

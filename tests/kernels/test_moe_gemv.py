@@ -12,7 +12,8 @@ from moe_helpers import TOL, moe_inputs, moe_weights
 # gate_up: 3 unrolled steps of 16 over H = 40 (the last masked), I = 24 over block_n 16 (wrapped, unstored rows);
 # down: block_k 16 over I = 24 (2 steps, masked) or 32 (one masked step, as 1024 over 768 on the GPU)
 GEMV_CFGS = [MoeConfig(1, GemmTile(16, 16, 1, 4, 1), GemmTile(4, 16, 1, 2, 1), "gemv"),
-             MoeConfig(1, GemmTile(8, 64, 1, 2, 1), GemmTile(8, 32, 1, 4, 1), "gemv")]
+             MoeConfig(1, GemmTile(8, 64, 1, 2, 1), GemmTile(8, 32, 1, 4, 1), "gemv"),
+             MoeConfig(1, GemmTile(16, 16, 1, 4, 1), GemmTile(4, 16, 1, 2, 1), "gemv_routed")]  # route kernel first
 CASES = [  # (T, E, k, hot): top-k 1 and 8, k not a power of two, a hot expert, E not a power of two
     (1, 8, 8, None), (1, 8, 1, None), (3, 130, 8, None), (5, 16, 3, None), (4, 8, 2, 5), (8, 16, 1, 3)]
 
@@ -85,7 +86,7 @@ def test_gpu_gemv_paths_every_candidate(qwen3_moe_weights, t):
     w13, w2 = qwen3_moe_weights
     x, logits = moe_inputs(t, 128, 2048, torch.bfloat16, device="cuda", seed=37)
     want = reference.fused_moe(x, w13, w2, *reference.moe_route(logits, 8, True))
-    paths = ["gemv"] + (["gemv_pdl"] if moe_launch.pdl_supported(x.device) else [])
+    paths = ["gemv", "gemv_routed"] + (["gemv_pdl"] if moe_launch.pdl_supported(x.device) else [])
     gate_ups, downs = gemv_candidates("gate_up"), gemv_candidates("down")
     pairs = [(gu, downs[0]) for gu in gate_ups] + [(gate_ups[0], dn) for dn in downs[1:]]  # every tile once
     for gu, dn in pairs:
@@ -95,13 +96,14 @@ def test_gpu_gemv_paths_every_candidate(qwen3_moe_weights, t):
 
 
 @pytest.mark.gpu
-def test_gpu_gemv_pdl_in_a_graph_with_new_routing(qwen3_moe_weights):
-    # the down kernel reads its w2 rows before griddepcontrol.wait: a replay with new logits must still route anew
-    # and see this replay's intermediate (a race would show stale or half-written rows)
+@pytest.mark.parametrize("routed", [False, True])
+def test_gpu_gemv_pdl_in_a_graph_with_new_routing(qwen3_moe_weights, routed):
+    # the down kernel reads its w2 rows (and, routed, the route kernel's ids) before griddepcontrol.wait: a replay
+    # with new logits must still route anew and see this replay's intermediate (a race: stale or half-written rows)
     from kernels.moe_config import gemv_candidates
 
     w13, w2 = qwen3_moe_weights
-    path = "gemv_pdl" if moe_launch.pdl_supported(w13.device) else "gemv"
+    path = "gemv_routed" if routed else ("gemv_pdl" if moe_launch.pdl_supported(w13.device) else "gemv")
     cfg = MoeConfig(1, gemv_candidates("gate_up")[0], gemv_candidates("down")[0], path)
     x, logits = moe_inputs(2, 128, 2048, torch.bfloat16, device="cuda", seed=38)
     moe.fused_moe(x, logits, w13, w2, 8, config=cfg)  # compile outside the capture

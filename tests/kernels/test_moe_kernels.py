@@ -56,6 +56,31 @@ def test_align_layout(block_m):
         assert block.tolist() == sorted(block.tolist())  # stable: pair order within an expert
 
 
+@pytest.mark.usefixtures("interpreter")
+@pytest.mark.parametrize("pairs_t", [32, 50])  # P = 64: 4 splits of one step; P = 100: 4 splits of 2 (last partial)
+def test_align_split_over_several_programs_per_expert(monkeypatch, pairs_t):
+    # a scan step of 16 pairs makes each expert's pairs span several splits; the layout must equal what the
+    # one-program-per-expert scan gives: each expert's pairs in pair order, from its prefix-summed start
+    monkeypatch.setattr(moe_launch, "ALIGN_SMALL_BLOCK", 16)
+    monkeypatch.setattr(moe_launch, "ALIGN_LARGE_BLOCK", 16)
+    gen = torch.Generator().manual_seed(7)
+    ids = torch.randint(0, 5, (pairs_t, 2), generator=gen, dtype=torch.int32)
+    ids[:, 1] = torch.where(ids[:, 1] == ids[:, 0], 6, ids[:, 1])  # distinct picks; experts 5 and 7 get none
+    counts = moe_launch.count_experts(ids, 8)
+    block_m = 16
+    lay = moe_launch.align(ids, counts, 8, block_m)
+    flat, p = ids.flatten(), ids.numel()
+    want, blocks = [], []
+    for e in range(8):
+        mine = (flat == e).nonzero().flatten().tolist()
+        n_blocks = -(-len(mine) // block_m)
+        want += mine + [p] * (n_blocks * block_m - len(mine))
+        blocks += [e] * n_blocks
+    assert int(lay.num_padded.item()) == len(want)
+    assert lay.sorted_ids[:len(want)].tolist() == want
+    assert lay.block_expert[:len(blocks)].tolist() == blocks
+
+
 
 @pytest.mark.usefixtures("interpreter")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -174,7 +199,7 @@ def test_gpu_tuner_keeps_the_faster_path_end_to_end(qwen3_moe_weights):
     moe.tune_fused_moe(w13, w2, 8, [3], logits_dtype=torch.float32)
     bucket = str(moe.bucket_of(x, w13, 3 * 8))
     whole = moe.tuner().timings()[bucket]["end_to_end"]
-    assert {"sorted", "sorted_atomic", "pairs", "decode", "gemv"} <= set(whole)  # every path ran as the whole op
+    assert {"sorted", "sorted_atomic", "pairs", "decode", "gemv", "gemv_routed"} <= set(whole)  # each as the whole op
     assert ("gemv_pdl" in whole) == moe_launch.pdl_supported(x.device)
     assert moe.moe_configs()[bucket]["path"] == min(whole, key=whole.get)
     want = reference.fused_moe(x, w13, w2, *reference.moe_route(logits.float(), 8, True))
@@ -204,10 +229,55 @@ def test_measure_config_times_every_path_and_keeps_the_fastest(monkeypatch):
     bucket = moe.MoeBucket("cpu", "float32", e, h, i, pow2(t * k))
     cfg, timings = moe_tuning.measure_config(bucket, x, w13, w2, weights, ids, counts, k,
                                              run=lambda c: runs.append(c.path))
-    assert runs == ["sorted", "sorted_atomic", "pairs", "decode", "gemv"] and cfg.path == "gemv"
+    assert runs == ["sorted", "sorted_atomic", "pairs", "decode", "gemv", "gemv_routed"]
+    assert cfg.path == "gemv_routed"
     assert cfg.gate_up == GemmTile(8, 32, 1, 4, 1) and cfg.down == GemmTile(8, 32, 1, 2, 1)  # the later (faster) tile
-    assert set(timings["end_to_end"]) == {"sorted", "sorted_atomic", "pairs", "decode", "gemv"}
+    assert set(timings["end_to_end"]) == {"sorted", "sorted_atomic", "pairs", "decode", "gemv", "gemv_routed"}
     assert "block_m=16" in timings and len(timings["decode"]) == 2 and len(timings["pairs"]["gate_up"]) == 2
     assert len(timings["gemv"]["down"]) == 2
 
 
+
+
+@pytest.mark.usefixtures("interpreter")
+@pytest.mark.parametrize("allowed,want_runs,want", [
+    ("pairs, sorted", ["sorted", "pairs"], "pairs"),  # the later (faster on the fake clock) of the two
+    ("pairs", ["pairs"], "pairs"),
+    ("gemv_routed", ["gemv_routed"], "gemv_routed"),
+    ("sorted_atomic", ["sorted_atomic"], "sorted_atomic")])
+def test_moe_paths_env_restricts_the_paths_timed(monkeypatch, allowed, want_runs, want):
+    from kernels import moe_config, moe_tuning
+
+    clock = iter(range(1000, 0, -1))
+    monkeypatch.setenv("VLM_MOE_PATHS", allowed)
+    monkeypatch.setattr(moe_tuning, "time_launch_us", lambda fn: (fn(), float(next(clock)))[1])
+    monkeypatch.setattr(moe_config, "_DECODE_TILES", [(32, 32, 1, 4, 1)])
+    for name in ("_PAIRS_GATE_UP", "_PAIRS_DOWN", "_GEMV_GATE_UP", "_GEMV_DOWN"):
+        monkeypatch.setattr(moe_config, name, [(8, 32, 1, 4, 1)])
+    e, h, i, k, t = 8, 64, 32, 2, 3
+    w13, w2 = moe_weights(e, h, i, torch.float32)
+    x, logits = moe_inputs(t, e, h, torch.float32)
+    weights, ids = moe.moe_route(logits, k, impl="triton")
+    runs = []
+    bucket = moe.MoeBucket("cpu", "float32", e, h, i, pow2(t * k))
+    cfg, timings = moe_tuning.measure_config(bucket, x, w13, w2, weights, ids, moe_launch.count_experts(ids, e), k,
+                                             run=lambda c: runs.append(c.path))
+    assert runs == want_runs and cfg.path == want
+    assert "decode" not in timings and ("pairs" in timings) == ("pairs" in allowed)
+
+
+def test_moe_paths_env_rejects_unknown_names_and_filters_the_file(monkeypatch, tmp_path):
+    from kernels import moe_tuning
+
+    monkeypatch.setenv("VLM_MOE_PATHS", "pairs,magic")
+    with pytest.raises(ValueError, match="VLM_MOE_PATHS.*'magic'"):
+        moe_tuning.MoeTuner.from_env()
+    path = tmp_path / "moe.json"
+    monkeypatch.delenv("VLM_MOE_PATHS")
+    keep, drop = moe.MoeBucket("d", "bfloat16", 8, 64, 32, 8), moe.MoeBucket("d", "bfloat16", 8, 64, 32, 16)
+    tuner = moe_tuning.MoeTuner(str(path))
+    tuner.put(keep, dataclasses.replace(INTERPRET_CONFIG, path="pairs"), {})
+    tuner.put(drop, dataclasses.replace(INTERPRET_CONFIG, path="gemv_pdl"), {})
+    monkeypatch.setenv("VLM_MOE_PATHS", "pairs,sorted")
+    again = moe_tuning.MoeTuner(str(path))  # a choice the knob now excludes is measured again, not reused
+    assert again.get(keep).path == "pairs" and again.get(drop) is None
