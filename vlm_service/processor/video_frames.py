@@ -55,10 +55,11 @@ class CodecThreads:
     (the critical path) gets that many instead. thread_type: FFmpeg's FRAME (frames in flight), SLICE (one frame's
     slices; an x264 stream has one slice per frame unless encoded with sliced threads) or AUTO (both)."""
 
-    # 1.5: on the H200 host (16 cores) 5 segments got 3 frame threads each (15 threads) and decoded ~60 frames in
-    # 80.7 ms, ~1.35 ms a frame where 3 threads at full use would take ~1 ms: about a quarter of each codec's
-    # time is spent waiting on reference rows, ~11 of 16 cores busy. Half as many threads again fills the idle
-    # cores without doubling the context switches (the sweep's rows say whether 1, 1.5, 2 or 3 is best)
+    # 1.5, measured (benchmarks/sweep_video_threads.py on the H200 host, 16 cores; results/2026-12-02_h200_s7):
+    # prepare_device of the TTFT clip 79.3 ms at 1.0, 78.0 at 1.5, 84.0 at 2.0, 96.5 at 3.0, 82.8 at 0.7 (all
+    # host changes on); FRAME-only 78.5, SLICE-only 78.3, all cores for the longest segment 85.1. Frame threads
+    # stall on their reference rows, so a little oversubscription fills idle cores; much more only adds switches.
+    # 1.0 to 1.5 is ~1 ms, within the run-to-run spread: the default is the sweep's best, not a proven win
     scale: float = 1.5
     thread_type: str = "AUTO"
     longest: int = 0
