@@ -12,13 +12,13 @@
 # Round three (fresh machine): http, then video right after it on the same machine:
 #   bash benchmarks/gpu_round.sh http    # carry .whlA .whl3: issue 16, HTTP vs gRPC again                      (~4 min)
 #   bash benchmarks/gpu_round.sh video   # carry .whlB: issue 15, video TTFT 8B + 7B, then the video GPU tests  (~8 min)
-# Session 7 (one warm machine: s7a first with .whlA + vlm_service/_proto, then s7b with .whlB, then s7c):
+# Session 7 (one warm machine: s7m first with .whlA + vlm_service/_proto, then s7b and s7c with .whlB; s7a on any):
 #   bash benchmarks/gpu_round.sh s7m     # issue 17: mixed_load.sh (the short-first prefill policy), the engine's
-#                                        # GPU tests (its CUDA-event wait after long steps)                    (~6 min)
-#   bash benchmarks/gpu_round.sh s7a     # issue 14: bench_moe + the MoE GPU tests                             (~4 min)
+#                                        # GPU tests (its CUDA-event wait after long steps)   (6.3 min on a fresh machine)
+#   bash benchmarks/gpu_round.sh s7a     # issue 14: bench_moe + the MoE GPU tests                            (~2-4 min)
 #   bash benchmarks/gpu_round.sh s7b     # issue 15: sweep_video_threads.py, then the 8B video TTFT with the
-#                                        # sweep's best AUTO scale ($VLM_VIDEO_DECODE_THREADS_SCALE)            (~8 min)
-#   bash benchmarks/gpu_round.sh s7c     # issue 15: 7B video TTFT + the video GPU tests; issue 14: decode A/B  (~9 min)
+#                                        # sweep's best AUTO scale ($VLM_VIDEO_DECODE_THREADS_SCALE)           (4.2 min)
+#   bash benchmarks/gpu_round.sh s7c     # issue 15: 7B video TTFT + the video GPU tests                       (5.6 min)
 set -o pipefail
 source benchmarks/gpu_env.sh >/dev/null || exit 1
 log() { grep -v "leaked\|nanobind\|^ - \|USDT\|Warning:" | tail -n "$1"; }
