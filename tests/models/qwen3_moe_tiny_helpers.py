@@ -42,3 +42,30 @@ def build_tiny_qwen3_moe(out_dir: Path, variant: str = "k2_mlp_only", seed: int 
     randomize_(model, seed)
     model.save_pretrained(out_dir)
     return Path(out_dir)
+
+
+def moe_from_demo(demo_dir: Path, out_dir: Path, variant: str = "k2_mlp_only", seed: int = 0) -> Path:
+    """A copy of the dense Qwen3-VL demo checkpoint (its tokenizer, chat template and image / video processor
+    configs) whose model is a randomized transformers Qwen3VLMoeForConditionalGeneration with the demo's text and
+    vision sizes and MOE_VARIANTS[variant]'s experts: a MoE checkpoint the served processor can read."""
+    import shutil
+
+    from transformers import AutoConfig, Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration
+
+    out_dir = Path(out_dir)
+    shutil.copytree(demo_dir, out_dir, dirs_exist_ok=True)
+    for old in [*out_dir.glob("*.safetensors"), *out_dir.glob("*.safetensors.index.json")]:
+        old.unlink()
+    dense = AutoConfig.from_pretrained(demo_dir)
+    text = {k: v for k, v in dense.text_config.to_dict().items() if k not in ("model_type", "architectures")}
+    text.update(MOE_VARIANTS[variant], moe_intermediate_size=48,
+                num_hidden_layers=dense.text_config.num_hidden_layers)
+    vision = {k: v for k, v in dense.vision_config.to_dict().items() if k != "model_type"}
+    ids = {k: getattr(dense, k) for k in ("image_token_id", "video_token_id", "vision_start_token_id",
+                                          "vision_end_token_id")}
+    torch.manual_seed(seed)
+    config = Qwen3VLMoeConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **ids)
+    model = Qwen3VLMoeForConditionalGeneration(config).eval()
+    randomize_(model, seed)
+    model.save_pretrained(out_dir)
+    return out_dir

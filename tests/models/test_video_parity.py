@@ -1,5 +1,6 @@
 """Video, model half: transformers and our model fed the same processed tensors (our processor's pixel_values_videos,
-video_grid_thw, input_ids) give the same logits (fp32, 1e-4) and the same 32 greedy tokens, on both dense families.
+video_grid_thw, input_ids) give the same logits (fp32, 1e-4) and the same 32 greedy tokens, on both dense families
+and the MoE family (the Qwen3-VL demo checkpoint's processor files with a tiny Qwen3VLMoe model in it).
 
 transformers computes its own MRoPE positions (get_rope_index from mm_token_type_ids and the grids, with
 second_per_grid_ts for Qwen2.5-VL), so equal logits also check our temporal positions and Qwen3-VL's timestamp
@@ -28,7 +29,7 @@ PROMPTS = {
     "video_and_image": lambda: chat("Compare", ("image", png(70, 45, 4)), "with", ("video", clip("mp4_odd"))),
     "two_videos": lambda: chat(("video", clip("webm")), "and", ("video", clip("vfr")), "differ how?"),
 }
-FAMILIES = ("qwen3_vl", "qwen2_5_vl")
+FAMILIES = ("qwen3_vl", "qwen2_5_vl", "qwen3_vl_moe")
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -40,13 +41,23 @@ def family(request, tmp_path_factory):
     from vlm_service.processor.processor import Processor
 
     arch = request.param
-    path = ensure_demo_model(tmp_path_factory.mktemp(f"demo_{arch}"), arch)
+    path = ensure_demo_model(tmp_path_factory.mktemp(f"demo_{arch}"), arch.removesuffix("_moe"))
     import transformers
 
-    cls = (transformers.Qwen3VLForConditionalGeneration if arch == "qwen3_vl"
-           else transformers.Qwen2_5_VLForConditionalGeneration)
+    if arch == "qwen3_vl_moe":  # k=2 over 6 experts, layer 1 dense
+        from qwen3_moe_tiny_helpers import moe_from_demo
+
+        path = moe_from_demo(path, tmp_path_factory.mktemp("moe"))
+    cls = {"qwen3_vl": transformers.Qwen3VLForConditionalGeneration,
+           "qwen3_vl_moe": transformers.Qwen3VLMoeForConditionalGeneration,
+           "qwen2_5_vl": transformers.Qwen2_5_VLForConditionalGeneration}[arch]
     hf = cls.from_pretrained(path, dtype=torch.float32).eval()
     ours = load_model(path, torch.float32, torch.device("cpu"), vit_backends.create("sdpa"))
+    if arch == "qwen3_vl_moe":  # really the sparse model on both sides
+        from vlm_service.models.qwen3_vl_moe import SparseMoeBlock
+
+        assert type(hf.model.language_model.layers[0].mlp).__name__ == "Qwen3VLMoeTextSparseMoeBlock"
+        assert sum(isinstance(m, SparseMoeBlock) for m in ours.modules()) == len(hf.model.language_model.layers) - 1
     return arch, hf, ours, Processor.from_pretrained(path)
 
 
@@ -117,7 +128,7 @@ def test_qwen3_prompt_has_a_timestamp_per_frame_group(family):
     processed = proc.process(PROMPTS["video_alone"]())
     video = processed.visuals[0]
     text = proc.tokenizer.decode(processed.input_ids)
-    if arch == "qwen3_vl":
+    if arch.startswith("qwen3_vl"):
         assert len(video.runs) == video.grid_thw[0] > 1
         assert text.count(" seconds>") == video.grid_thw[0]
         # frames 0 and 6 of 30 at 10 fps make the first group: (0.0 + 0.6) / 2; the template's outer wrapper stays
