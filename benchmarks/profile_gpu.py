@@ -11,7 +11,10 @@ above GPU busy means the phase is bound by the host (Python, launches, syncs), n
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
+import re
+import statistics
 import sys
 import tempfile
 import time
@@ -117,12 +120,84 @@ def prefill_profile(engine, processor, size: int) -> dict:
     return {"prompt_tokens": len(inputs[0].input_ids), "profile": profiled(one, 3)}
 
 
+def prefill_host(engine, processor, size: int, reps: int, trace: Path | None) -> dict:
+    """Is a single request's prefill bound by the host? Per request (a new image each, no profiler): the wall time
+    from add() to the first token; the host time to issue ModelRunner.run (no sync) and, synced right after it,
+    how much GPU work was still queued; the host time of the vision encode's issue. Then one request under
+    torch.profiler: the CPU-side waits for the device (synchronize / blocking copies) by name, and a Chrome trace."""
+    from vlm_service.types import SamplingParams
+
+    # a new image every request: 2 warm-ups, reps plain, reps synced, 1 profiled
+    inputs = [bench_decode.prompt(processor, 77, bench_decode.png(200 + size + i, size)) for i in range(2 * reps + 3)]
+    runner, acc = engine.runner, {}
+    orig_run, orig_encode = runner.run, runner._encode
+
+    def run(*a, **k):
+        t0 = time.perf_counter()
+        out = orig_run(*a, **k)
+        t1 = time.perf_counter()
+        torch.cuda.synchronize()
+        acc.setdefault("run_issue_ms", []).append((t1 - t0) * 1e3)
+        acc.setdefault("run_gpu_left_ms", []).append((time.perf_counter() - t1) * 1e3)
+        return out
+
+    def encode(*a, **k):
+        t0 = time.perf_counter()
+        out = orig_encode(*a, **k)
+        acc.setdefault("encode_issue_ms", []).append((time.perf_counter() - t0) * 1e3)
+        return out
+
+    def request(i: int) -> float:
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        engine.add(f"ph{size}-{i}", inputs[i], SamplingParams(max_tokens=1))
+        while engine.has_work():
+            engine.step()
+        torch.cuda.synchronize()
+        return (time.perf_counter() - t0) * 1e3
+
+    for i in range(2):
+        request(i)
+    walls = [request(2 + i) for i in range(reps)]  # plain: nothing wrapped
+    runner.run, runner._encode = run, encode
+    try:
+        for i in range(reps):
+            request(2 + reps + i)
+    finally:
+        runner.run, runner._encode = orig_run, orig_encode
+    med = {k: statistics.median(v) for k, v in acc.items()}
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        request(2 * reps + 2)
+    waits = {}
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CPU and re.search(r"Synchronize|Memcpy|item|tolist|nonzero",
+                                                                          e.name):
+            w = waits.setdefault(e.name, [0, 0.0])
+            w[0] += 1
+            w[1] += e.cpu_time_total / 1e3
+    if trace is not None:
+        raw = trace.with_suffix("")
+        prof.export_chrome_trace(str(raw))
+        with open(raw, "rb") as f, gzip.open(trace, "wb") as g:
+            g.write(f.read())
+        raw.unlink()
+    busy, kernels = busy_ms(prof.events())
+    return {"size": size, "prompt_tokens": len(inputs[0].input_ids), "reps": reps,
+            "wall_ms_median": statistics.median(walls), "wall_ms": walls, "synced_medians_ms": med,
+            "synced_ms": acc, "profiled_gpu_busy_ms": busy, "profiled_kernels": kernels,
+            "profiled_waits": {k: {"calls": c, "ms": round(ms, 3)} for k, (c, ms) in
+                               sorted(waits.items(), key=lambda kv: -kv[1][1])[:15]}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="qwen2_5_vl_7b")
     ap.add_argument("--vit", default="fa3")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--phases", default="vit,prefill,decode", help="comma-separated subset of vit,prefill,decode")
+    ap.add_argument("--phases", default="vit,prefill,decode",
+                    help="comma-separated subset of vit,prefill,decode,prefill_host")
+    ap.add_argument("--host-sizes", type=int, nargs="+", default=[512, 1024], help="image sizes for prefill_host")
+    ap.add_argument("--trace-dir", default="", help="prefill_host: write a gzipped Chrome trace per size here")
     args = ap.parse_args()
     from vlm_service.config import EngineConfig
     from vlm_service.engine.engine import LLMEngine
@@ -143,6 +218,10 @@ def main() -> None:
         engine = LLMEngine(model, processor.tokenizer, cfg, device)
         if "prefill" in phases:
             result["prefill_1024"] = prefill_profile(engine, processor, 1024)
+        if "prefill_host" in phases:
+            tdir = Path(args.trace_dir) if args.trace_dir else None
+            result["prefill_host"] = [prefill_host(engine, processor, n, 8, tdir / f"trace_prefill_{n}.json.gz"
+                                                   if tdir else None) for n in args.host_sizes]
         if "decode" in phases:
             result["decode"] = [decode_profile(engine, processor, b) for b in (1, 64)]
     Path(args.out).write_text(json.dumps(result, indent=2))
@@ -151,6 +230,9 @@ def main() -> None:
         brief["vit"] = {k: result["vit_encode_1024"][k] for k in ("wall_ms", "gpu_busy_ms", "kernels_per_rep")}
     if "prefill_1024" in result:
         brief["prefill"] = {k: result["prefill_1024"]["profile"][k] for k in ("wall_ms", "gpu_busy_ms")}
+    for row in result.get("prefill_host", []):
+        brief[f"prefill_host_{row['size']}"] = {k: row[k] for k in ("prompt_tokens", "wall_ms_median",
+                                                                   "synced_medians_ms", "profiled_gpu_busy_ms")}
     if "decode" in result:
         brief["decode"] = [{"batch": d["batch"], **d["phases"], "gpu_busy_ms": d["profile"]["gpu_busy_ms"],
                             "prof_wall_ms": d["profile"]["wall_ms"]} for d in result["decode"]]

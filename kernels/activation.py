@@ -13,7 +13,7 @@ BLOCK = 1024
 def _check(x: torch.Tensor) -> None:
     check_float("x", x)
     check(x.dim() >= 1 and x.shape[-1] % 2 == 0,
-          f"x must be [..., 2N] = [gate | up] with an even last dimension, got shape {tuple(x.shape)}")
+          lambda: f"x must be [..., 2N] = [gate | up] with an even last dimension, got shape {tuple(x.shape)}")
 
 
 def _launch(x: torch.Tensor, act: str) -> torch.Tensor:

@@ -17,12 +17,14 @@ MAX_TRITON_N = 32768  # a row lives in registers (as kernels.norm)
 def _check(x, residual, weight, bias) -> None:
     check_float("x", x)
     check_float("residual", residual)
-    check(x.dim() >= 1 and x.shape[-1] > 0, f"x must have a non-empty last dimension, got shape {tuple(x.shape)}")
-    check(residual.shape == x.shape, f"residual must have the shape of x {tuple(x.shape)}, "
+    check(x.dim() >= 1 and x.shape[-1] > 0,
+          lambda: f"x must have a non-empty last dimension, got shape {tuple(x.shape)}")
+    check(residual.shape == x.shape, lambda: f"residual must have the shape of x {tuple(x.shape)}, "
           f"got {tuple(residual.shape)}")
-    check(weight.shape == (x.shape[-1],), f"weight must have shape ({x.shape[-1]},), got {tuple(weight.shape)}")
+    check(weight.shape == (x.shape[-1],), lambda: f"weight must have shape ({x.shape[-1]},), got {tuple(weight.shape)}")
     if bias is not None:
-        check(bias.shape == weight.shape, f"bias must have shape {tuple(weight.shape)}, got {tuple(bias.shape)}")
+        check(bias.shape == weight.shape,
+              lambda: f"bias must have shape {tuple(weight.shape)}, got {tuple(bias.shape)}")
     named = [("x", x), ("residual", residual), ("weight", weight)] + ([("bias", bias)] if bias is not None else [])
     check_same_device(*named)
 
@@ -39,7 +41,8 @@ def fused_add_layernorm(x: torch.Tensor, residual: torch.Tensor, weight: torch.T
     _check(x, residual, weight, bias)
     n = x.shape[-1]
     if not use_triton(impl, x) or n > MAX_TRITON_N:
-        check(impl != "triton" or n <= MAX_TRITON_N, f"the Triton add+layernorm takes rows up to {MAX_TRITON_N}")
+        check(impl != "triton" or n <= MAX_TRITON_N,
+              lambda: f"the Triton add+layernorm takes rows up to {MAX_TRITON_N}")
         return reference.fused_add_layernorm(x, residual, weight, bias, eps)
     from kernels.triton.add_norm import add_layernorm_kernel
 

@@ -11,14 +11,16 @@ from kernels import reference
 from kernels._dispatch import check, check_float, check_last_contiguous, check_same_device, next_pow2, use_triton
 
 
-def _check(k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
-    check(k.dim() == 3 and k.shape == v.shape, f"k and v must be [T, Hk, D] of one shape, got {tuple(k.shape)} "
-          f"and {tuple(v.shape)}")
+def check_inputs(k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+    check(k.dim() == 3 and k.shape == v.shape,
+          lambda: f"k and v must be [T, Hk, D] of one shape, got {tuple(k.shape)} and {tuple(v.shape)}")
     check(kv_cache.dim() == 5 and kv_cache.shape[1] == 2 and tuple(kv_cache.shape[3:]) == tuple(k.shape[1:]),
-          f"kv_cache must be [num_blocks, 2, block_size, {k.shape[1]}, {k.shape[2]}], got {tuple(kv_cache.shape)}")
-    check(slot_mapping.shape == (k.shape[0],), f"slot_mapping must be [T={k.shape[0]}], "
+          lambda: f"kv_cache must be [num_blocks, 2, block_size, {k.shape[1]}, {k.shape[2]}], "
+                  f"got {tuple(kv_cache.shape)}")
+    check(slot_mapping.shape == (k.shape[0],), lambda: f"slot_mapping must be [T={k.shape[0]}], "
           f"got {tuple(slot_mapping.shape)}")
-    check(slot_mapping.dtype in (torch.int64, torch.int32), f"slot_mapping must be int64, got {slot_mapping.dtype}")
+    check(slot_mapping.dtype in (torch.int64, torch.int32),
+          lambda: f"slot_mapping must be int64, got {slot_mapping.dtype}")
     check_float("k", k)
     check_float("kv_cache", kv_cache)
     for name, t in (("k", k), ("v", v), ("kv_cache", kv_cache)):
@@ -32,7 +34,7 @@ def store_kv(k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor, slot_mapp
 
     Slots must be < num_blocks * block_size; the CUDA path does not check them (that would cost a sync).
     """
-    _check(k, v, kv_cache, slot_mapping)
+    check_inputs(k, v, kv_cache, slot_mapping)
     if not use_triton(impl, k):
         reference.store_kv(k, v, kv_cache, slot_mapping)
         return

@@ -23,12 +23,12 @@ def linear_gelu_tanh(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
 
     impl: "auto" (CUDA -> epilogue, else reference), "epilogue" (CUDA only), "reference".
     """
-    check(impl in IMPLS, f"impl must be one of {IMPLS}, not {impl!r}")
+    check(impl in IMPLS, lambda: f"impl must be one of {IMPLS}, not {impl!r}")
     check_float("x", x)
     check(weight.dim() == 2 and x.shape[-1] == weight.shape[1],
-          f"weight must be [N, K={x.shape[-1]}], got {tuple(weight.shape)}")
+          lambda: f"weight must be [N, K={x.shape[-1]}], got {tuple(weight.shape)}")
     check(bias is None or bias.shape == (weight.shape[0],),
-          f"bias must have shape ({weight.shape[0]},), got {None if bias is None else tuple(bias.shape)}")
+          lambda: f"bias must have shape ({weight.shape[0]},), got {None if bias is None else tuple(bias.shape)}")
     check_same_device(("x", x), ("weight", weight))
     use_epilogue = impl == "epilogue" or (impl == "auto" and x.is_cuda)
     if not use_epilogue:

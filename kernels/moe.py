@@ -41,13 +41,13 @@ def _check(x: torch.Tensor, router_logits: torch.Tensor, w13: torch.Tensor, w2: 
     check_float("x", x)
     check_same_device(("x", x), ("router_logits", router_logits), ("w13", w13), ("w2", w2))
     check(x.dim() == 2 and router_logits.dim() == 2 and router_logits.shape[0] == x.shape[0],
-          f"x must be [T, H] and router_logits [T, E], got {tuple(x.shape)} and {tuple(router_logits.shape)}")
+          lambda: f"x must be [T, H] and router_logits [T, E], got {tuple(x.shape)} and {tuple(router_logits.shape)}")
     e, two_i, h = w13.shape
     check(h == x.shape[1] and two_i % 2 == 0 and e == router_logits.shape[1],
-          f"w13 must be [E, 2I, H] = [{router_logits.shape[1]}, 2I, {x.shape[1]}], got {tuple(w13.shape)}")
+          lambda: f"w13 must be [E, 2I, H] = [{router_logits.shape[1]}, 2I, {x.shape[1]}], got {tuple(w13.shape)}")
     check(tuple(w2.shape) == (e, h, two_i // 2),
-          f"w2 must be [E, H, I] = [{e}, {h}, {two_i // 2}], got {tuple(w2.shape)}")
-    check(1 <= top_k <= e, f"top_k must be in [1, {e}], got {top_k}")
+          lambda: f"w2 must be [E, H, I] = [{e}, {h}, {two_i // 2}], got {tuple(w2.shape)}")
+    check(1 <= top_k <= e, lambda: f"top_k must be in [1, {e}], got {top_k}")
     check(w13.dtype == x.dtype and w2.dtype == x.dtype, "x, w13 and w2 must share a dtype")
 
 
@@ -62,9 +62,9 @@ def tuner() -> MoeTuner:
 def moe_route(router_logits: torch.Tensor, top_k: int, renormalize: bool = True,
               impl: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """router_logits [T, E] -> (weights [T, k] float32, expert ids [T, k] int32): softmax, top-k, renormalise."""
-    check(router_logits.dim() == 2, f"router_logits must be [T, E], got {tuple(router_logits.shape)}")
+    check(router_logits.dim() == 2, lambda: f"router_logits must be [T, E], got {tuple(router_logits.shape)}")
     check_float("router_logits", router_logits)
-    check(1 <= top_k <= router_logits.shape[1], f"top_k must be in [1, {router_logits.shape[1]}], got {top_k}")
+    check(1 <= top_k <= router_logits.shape[1], lambda: f"top_k must be in [1, {router_logits.shape[1]}], got {top_k}")
     if not use_triton(impl, router_logits):
         return reference.moe_route(router_logits, top_k, renormalize)
     return launch.route(_rows(router_logits), top_k, renormalize)
@@ -101,7 +101,7 @@ def fused_experts(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_wei
                   topk_ids: torch.Tensor, impl: str = "auto", *, config: MoeConfig | None = None) -> torch.Tensor:
     """The experts alone, for a routing made elsewhere: topk_weights [T, k] float, topk_ids [T, k] int -> [T, H]."""
     check(topk_ids.shape == topk_weights.shape and topk_ids.dim() == 2 and topk_ids.shape[0] == x.shape[0],
-          f"topk_weights / topk_ids must both be [T={x.shape[0]}, k], got {tuple(topk_weights.shape)} and "
+          lambda: f"topk_weights / topk_ids must both be [T={x.shape[0]}, k], got {tuple(topk_weights.shape)} and "
           f"{tuple(topk_ids.shape)}")
     _check(x, torch.empty(x.shape[0], w13.shape[0], device=x.device), w13, w2, topk_ids.shape[1])
     if not use_triton(impl, x):

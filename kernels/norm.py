@@ -18,10 +18,11 @@ AUTO_CUDA_NORM = "triton"
 
 def _check_norm_inputs(x: torch.Tensor, weight: torch.Tensor, *others: tuple[str, torch.Tensor]) -> None:
     check_float("x", x)
-    check(x.dim() >= 1 and x.shape[-1] > 0, f"x must have a non-empty last dimension, got shape {tuple(x.shape)}")
-    check(weight.shape == (x.shape[-1],), f"weight must have shape ({x.shape[-1]},), got {tuple(weight.shape)}")
+    check(x.dim() >= 1 and x.shape[-1] > 0,
+          lambda: f"x must have a non-empty last dimension, got shape {tuple(x.shape)}")
+    check(weight.shape == (x.shape[-1],), lambda: f"weight must have shape ({x.shape[-1]},), got {tuple(weight.shape)}")
     for name, t in others:
-        check(t.shape == x.shape, f"{name} must have the shape of x {tuple(x.shape)}, got {tuple(t.shape)}")
+        check(t.shape == x.shape, lambda: f"{name} must have the shape of x {tuple(x.shape)}, got {tuple(t.shape)}")
         check_float(name, t)
     check_same_device(("x", x), ("weight", weight), *others)
 
@@ -35,7 +36,7 @@ def _resolve(impl: str, x: torch.Tensor, weight: torch.Tensor) -> str:
     if impl == "auto" and x.is_cuda and AUTO_CUDA_NORM == "flashinfer":
         return "flashinfer"
     if use_triton(impl, x):
-        check(x.shape[-1] <= MAX_TRITON_N or impl == "auto", f"Triton norms take rows up to {MAX_TRITON_N}")
+        check(x.shape[-1] <= MAX_TRITON_N or impl == "auto", lambda: f"Triton norms take rows up to {MAX_TRITON_N}")
         return "triton" if x.shape[-1] <= MAX_TRITON_N else "reference"
     return "reference"
 
@@ -105,7 +106,8 @@ def fused_add_rmsnorm_(x: torch.Tensor, residual: torch.Tensor, weight: torch.Te
     """
     _check_norm_inputs(x, weight, ("residual", residual))
     check(x.is_contiguous() and residual.is_contiguous(), "x and residual must be contiguous for the in-place op")
-    check(x.dtype == residual.dtype, f"x and residual must share a dtype in place, got {x.dtype} and {residual.dtype}")
+    check(x.dtype == residual.dtype,
+          lambda: f"x and residual must share a dtype in place, got {x.dtype} and {residual.dtype}")
     path = _resolve(impl, x, weight)
     if path == "reference":
         normed, summed = reference.fused_add_rmsnorm(x, residual, weight, eps)
@@ -124,7 +126,8 @@ def layernorm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
     """x: [..., N], weight/bias: [N] (bias may be None) -> [..., N] in x's dtype."""
     _check_norm_inputs(x, weight)
     if bias is not None:
-        check(bias.shape == weight.shape, f"bias must have shape {tuple(weight.shape)}, got {tuple(bias.shape)}")
+        check(bias.shape == weight.shape,
+              lambda: f"bias must have shape {tuple(weight.shape)}, got {tuple(bias.shape)}")
     path = _resolve("auto" if impl == "flashinfer" else impl, x, weight)
     if path == "reference":
         return reference.layernorm(x, weight, bias, eps)

@@ -20,9 +20,9 @@ def fused_add_rmsnorm_router(x: torch.Tensor, residual: torch.Tensor, weight: to
     """x, residual [T, H], weight [H], router_weight [E, H] -> (normed = rmsnorm(x + residual) [T, H],
     summed = x + residual [T, H], logits = normed @ router_weight.T [T, E] in normed's dtype)."""
     _check_norm_inputs(x, weight, ("residual", residual))
-    check(x.dim() == 2, f"x must be [T, H], got {tuple(x.shape)}")
+    check(x.dim() == 2, lambda: f"x must be [T, H], got {tuple(x.shape)}")
     check(router_weight.dim() == 2 and router_weight.shape[1] == x.shape[1],
-          f"router_weight must be [E, {x.shape[1]}], got {tuple(router_weight.shape)}")
+          lambda: f"router_weight must be [E, {x.shape[1]}], got {tuple(router_weight.shape)}")
     check_same_device(("x", x), ("router_weight", router_weight))
     if not use_triton(impl, x):
         return reference.fused_add_rmsnorm_router(x, residual, weight, eps, router_weight)

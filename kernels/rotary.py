@@ -39,11 +39,12 @@ class RopeLaunch:
     def __post_init__(self):
         for name in ("block_t", "block_h", "num_warps", "head_split"):
             v = getattr(self, name)
-            check(isinstance(v, int) and v >= 1, f"RopeLaunch.{name} must be a positive int, got {v!r}")
+            check(isinstance(v, int) and v >= 1, lambda: f"RopeLaunch.{name} must be a positive int, got {v!r}")
         for name in ("block_t", "block_h", "num_warps"):
             v = getattr(self, name)
-            check(v & (v - 1) == 0, f"RopeLaunch.{name} must be a power of two, got {v}")
-        check(isinstance(self.axis_table, bool), f"RopeLaunch.axis_table must be a bool, got {self.axis_table!r}")
+            check(v & (v - 1) == 0, lambda: f"RopeLaunch.{name} must be a power of two, got {v}")
+        check(isinstance(self.axis_table, bool),
+              lambda: f"RopeLaunch.axis_table must be a bool, got {self.axis_table!r}")
 
 
 def default_launch(head_dim: int, interleaved: bool = False) -> RopeLaunch:
@@ -78,11 +79,12 @@ def spread_heads(cfg: RopeLaunch, t: int, hq: int) -> RopeLaunch:
 
 
 def _check_qk(q: torch.Tensor, k: torch.Tensor) -> None:
-    check(q.dim() == 3 and k.dim() == 3, f"q and k must be [T, H, D], got {tuple(q.shape)} and {tuple(k.shape)}")
-    check(q.shape[0] == k.shape[0], f"q and k must have the same T, got {q.shape[0]} and {k.shape[0]}")
+    check(q.dim() == 3 and k.dim() == 3,
+          lambda: f"q and k must be [T, H, D], got {tuple(q.shape)} and {tuple(k.shape)}")
+    check(q.shape[0] == k.shape[0], lambda: f"q and k must have the same T, got {q.shape[0]} and {k.shape[0]}")
     check(q.shape[2] == k.shape[2] and q.shape[2] % 2 == 0 and q.shape[2] > 0,
-          f"q and k must share an even head_dim, got {q.shape[2]} and {k.shape[2]}")
-    check(q.dtype == k.dtype, f"q and k must have one dtype, got {q.dtype} and {k.dtype}")
+          lambda: f"q and k must share an even head_dim, got {q.shape[2]} and {k.shape[2]}")
+    check(q.dtype == k.dtype, lambda: f"q and k must have one dtype, got {q.dtype} and {k.dtype}")
     check_float("q", q)
     check_last_contiguous("q", q)
     check_last_contiguous("k", k)
@@ -155,7 +157,7 @@ def apply_rotary_(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torc
     _check_qk(q, k)
     t, _, d = q.shape
     for name, c in (("cos", cos), ("sin", sin)):
-        check(c.shape == (t, d // 2), f"{name} must be [T, D/2] = {(t, d // 2)}, got {tuple(c.shape)}")
+        check(c.shape == (t, d // 2), lambda: f"{name} must be [T, D/2] = {(t, d // 2)}, got {tuple(c.shape)}")
         check_float(name, c)
         check_last_contiguous(name, c)
     check_same_device(("q", q), ("k", k), ("cos", cos), ("sin", sin))
@@ -167,16 +169,17 @@ def apply_rotary_(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torc
 
 def _check_mrope(q, positions, cos_sin_cache, mrope_section) -> tuple[int, int, int]:
     t, _, d = q.shape
-    check(positions.dim() == 2 and positions.shape == (3, t), f"positions must be [3, T] = {(3, t)}, "
+    check(positions.dim() == 2 and positions.shape == (3, t), lambda: f"positions must be [3, T] = {(3, t)}, "
           f"got {tuple(positions.shape)}")
-    check(positions.dtype in (torch.int64, torch.int32), f"positions must be int64 or int32, got {positions.dtype}")
+    check(positions.dtype in (torch.int64, torch.int32),
+          lambda: f"positions must be int64 or int32, got {positions.dtype}")
     check(cos_sin_cache.dim() == 2 and cos_sin_cache.shape[1] == d,
-          f"cos_sin_cache must be [max_pos, D={d}], got {tuple(cos_sin_cache.shape)}")
+          lambda: f"cos_sin_cache must be [max_pos, D={d}], got {tuple(cos_sin_cache.shape)}")
     check_float("cos_sin_cache", cos_sin_cache)
     check_last_contiguous("cos_sin_cache", cos_sin_cache)
     section = tuple(int(s) for s in mrope_section)
     check(len(section) == 3 and min(section) >= 0 and sum(section) == d // 2,
-          f"mrope_section must be 3 non-negative ints summing to D/2={d // 2}, got {list(section)}")
+          lambda: f"mrope_section must be 3 non-negative ints summing to D/2={d // 2}, got {list(section)}")
     return section
 
 

@@ -22,16 +22,16 @@ BLOCK_T, BLOCK_H, NUM_WARPS = 16, 4, 4
 
 
 def _check(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int) -> int:
-    check(qkv.dim() == 2, f"qkv must be [T, 3*H*D], got shape {tuple(qkv.shape)}")
-    check(isinstance(heads, int) and heads > 0, f"heads must be a positive int, got {heads!r}")
+    check(qkv.dim() == 2, lambda: f"qkv must be [T, 3*H*D], got shape {tuple(qkv.shape)}")
+    check(isinstance(heads, int) and heads > 0, lambda: f"heads must be a positive int, got {heads!r}")
     width = qkv.shape[1]
     check(width % (3 * heads) == 0 and (width // (3 * heads)) % 2 == 0,
-          f"qkv width {width} must be 3 * heads ({heads}) * an even head_dim")
+          lambda: f"qkv width {width} must be 3 * heads ({heads}) * an even head_dim")
     d = width // (3 * heads)
     check_float("qkv", qkv)
     check_last_contiguous("qkv", qkv)
     for name, c in (("cos", cos), ("sin", sin)):
-        check(c.shape == (qkv.shape[0], d // 2), f"{name} must be [T, D/2] = {(qkv.shape[0], d // 2)}, "
+        check(c.shape == (qkv.shape[0], d // 2), lambda: f"{name} must be [T, D/2] = {(qkv.shape[0], d // 2)}, "
               f"got {tuple(c.shape)}")
         check_float(name, c)
         check_last_contiguous(name, c)

@@ -17,13 +17,13 @@ TARGET_PROGRAMS = 1024  # enough programs to fill an H200 (132 SMs) even for a b
 
 
 def _check(logits: torch.Tensor, seeds: torch.Tensor, positions: torch.Tensor) -> None:
-    check(logits.dim() == 2 and logits.shape[1] > 0, f"logits must be [B, V], got {tuple(logits.shape)}")
-    check(logits.is_floating_point(), f"logits must be floating point (float32 preferred), got {logits.dtype}")
+    check(logits.dim() == 2 and logits.shape[1] > 0, lambda: f"logits must be [B, V], got {tuple(logits.shape)}")
+    check(logits.is_floating_point(), lambda: f"logits must be floating point (float32 preferred), got {logits.dtype}")
     check_same_device(("logits", logits), ("seeds", seeds), ("positions", positions))
     for name, t in (("seeds", seeds), ("positions", positions)):
-        check(t.shape == (logits.shape[0],), f"{name} must be [B={logits.shape[0]}], got {tuple(t.shape)}")
+        check(t.shape == (logits.shape[0],), lambda: f"{name} must be [B={logits.shape[0]}], got {tuple(t.shape)}")
         check(not t.is_floating_point() and not t.is_complex() and t.dtype != torch.bool,
-              f"{name} must be int64, got {t.dtype}")
+              lambda: f"{name} must be int64, got {t.dtype}")
 
 
 def _split(batch: int, vocab: int) -> tuple[int, int]:

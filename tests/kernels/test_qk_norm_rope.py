@@ -4,7 +4,7 @@ reference composition (kernels.reference.rmsnorm then apply_mrope_), on strided 
 import pytest
 import torch
 
-from kernels import qk_norm_mrope, reference
+from kernels import qk_norm_mrope, qk_norm_mrope_store, reference, store_kv
 
 # bf16: two roundings in a row (the normalised head, then the rotation), and the interpreter truncates fp32 -> bf16
 # where the GPU rounds to nearest: up to 2 ulps of values ~4-8 on CPU, and the rotation's cancellations make that an
@@ -82,3 +82,56 @@ def test_cpu_auto_is_the_reference_and_checks_inputs():
 def test_gpu_matches_reference(t):
     q, k, qw, kw, pos, cache = _case(t, 32, 4, 128, torch.bfloat16, [24, 20, 20], seed=t, device="cuda")
     _check(q, k, qw, kw, pos, cache, [24, 20, 20], True)
+
+
+def _store_case(t, hq, hk, d, dtype, cache_dtype, seed, block_size=4, num_blocks=6):
+    q, k, qw, kw, pos, rope = _case(t, hq, hk, d, dtype, None, seed=seed)
+    g = torch.Generator().manual_seed(seed + 100)
+    v = torch.randn(t, 3 * hk * d, generator=g).to(dtype)[:, hk * d:2 * hk * d].reshape(t, hk, d)  # a qkv-like view
+    slots = torch.randperm(num_blocks * block_size, generator=g)[:t]
+    slots[t // 2] = -1  # one token that stores nothing (CUDA-graph padding)
+    kv = torch.randn(num_blocks, 2, block_size, hk, d, generator=g).to(cache_dtype)
+    return q, k, v, qw, kw, pos, rope, kv, slots
+
+
+@pytest.mark.usefixtures("interpreter")
+@pytest.mark.parametrize("dtype,cache_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),
+                                               (torch.float32, torch.bfloat16)])
+@pytest.mark.parametrize("t,hq,hk,d,section,block_h", [
+    (1, 32, 4, 128, [24, 20, 20], 4),  # Qwen3-VL-30B-A3B decode (the slot of the only token is -1 here)
+    (7, 7, 3, 64, [8, 12, 12], 4),  # odd head counts: partial head blocks
+    (5, 4, 1, 40, [8, 6, 6], 2),  # D/2 = 20: masked frequencies
+])
+def test_store_variant_equals_norm_rope_then_store_kv(dtype, cache_dtype, t, hq, hk, d, section, block_h):
+    """The fused store gives q and the cache bit for bit as the two kernels it replaces, touches no slot but the
+    given ones, and skips negative slots."""
+    q, k, v, qw, kw, pos, rope, kv, slots = _store_case(t, hq, hk, d, dtype, cache_dtype, seed=t * 3 + hk)
+    want_kv = kv.clone()
+    want_q, ko = qk_norm_mrope(q, k, qw, kw, 1e-6, pos, rope, section, True, impl="triton", block_h=block_h)
+    store_kv(ko, v, want_kv, slots, impl="triton")
+    got_kv = kv.clone()
+    got_q = qk_norm_mrope_store(q, k, v, qw, kw, 1e-6, pos, rope, section, True, got_kv, slots, impl="triton",
+                                block_h=block_h)
+    assert got_q.is_contiguous() and got_q.dtype == want_q.dtype
+    assert torch.equal(got_q, want_q)
+    assert torch.equal(got_kv, want_kv)
+    untouched = torch.ones(kv.shape[0] * kv.shape[2], dtype=torch.bool)
+    untouched[slots[slots >= 0]] = False
+    flat = lambda c: c.transpose(1, 2).reshape(-1, 2, hk, d)  # noqa: E731  [slots, 2, Hk, D]
+    assert torch.equal(flat(got_kv)[untouched], flat(kv)[untouched])
+    if (slots >= 0).any():
+        assert not torch.equal(got_kv, kv)
+    # and against the torch reference path of the same call
+    ref_kv = kv.clone()
+    ref_q = qk_norm_mrope_store(q, k, v, qw, kw, 1e-6, pos, rope, section, True, ref_kv, slots, impl="reference")
+    torch.testing.assert_close(got_q, ref_q, **TOL[ref_q.dtype])
+    torch.testing.assert_close(got_kv, ref_kv, **TOL[torch.bfloat16 if torch.bfloat16 in (dtype, cache_dtype)
+                                                     else torch.float32])
+
+
+def test_store_variant_checks_the_cache():
+    q, k, v, qw, kw, pos, rope, kv, slots = _store_case(3, 4, 2, 32, torch.float32, torch.float32, seed=1)
+    with pytest.raises(ValueError, match="kv_cache must be"):
+        qk_norm_mrope_store(q, k, v, qw, kw, 1e-6, pos, rope, [4, 6, 6], True, kv[:, :1], slots)
+    with pytest.raises(ValueError, match="slot_mapping must be"):
+        qk_norm_mrope_store(q, k, v, qw, kw, 1e-6, pos, rope, [4, 6, 6], True, kv, slots[:2])

@@ -43,8 +43,14 @@ class TorchPagedAttention:
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         # q [T, Hq, D], k/v [T, Hk, D] -> [T, Hq, D]
+        kernels.store_kv(k, v, self.kv_caches[layer], self.layout.slot_mapping)
+        return self.attend_stored(layer, q)
+
+    def store_target(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.kv_caches[layer], self.layout.slot_mapping
+
+    def attend_stored(self, layer: int, q: torch.Tensor) -> torch.Tensor:
         cache = self.kv_caches[layer]
-        kernels.store_kv(k, v, cache, self.layout.slot_mapping)
         out = torch.empty_like(q)
         start = 0
         for qlen, ctx, table, mask in zip(self.layout.query_lens, self.layout.context_lens,
@@ -84,9 +90,14 @@ class FlashInferAttention:
         self.wrapper = wrapper
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        cache = self.kv_caches[layer]
-        kernels.store_kv(k, v, cache, self.slot_mapping)
-        return self.wrapper.run(q, cache)
+        kernels.store_kv(k, v, self.kv_caches[layer], self.slot_mapping)
+        return self.attend_stored(layer, q)
+
+    def store_target(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.kv_caches[layer], self.slot_mapping
+
+    def attend_stored(self, layer: int, q: torch.Tensor) -> torch.Tensor:
+        return self.wrapper.run(q, self.kv_caches[layer])
 
 
 def decode_uses_tensor_cores(spec) -> bool:

@@ -20,6 +20,18 @@ class AttentionContext(Protocol):
         ...
 
 
+class StoringAttentionContext(AttentionContext, Protocol):
+    """A context that lets the model write k/v into its cache itself (a kernel that fuses the store into the op
+    making k, e.g. kernels.qk_norm_mrope_store): `store_target(layer)` -> (kv_cache [num_blocks, 2, block_size,
+    Hk, D], slot_mapping [T]); `attend_stored(layer, q)` then attends as `attend` would, with k/v already stored."""
+
+    def store_target(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ...
+
+    def attend_stored(self, layer: int, q: torch.Tensor) -> torch.Tensor:
+        ...
+
+
 @dataclass
 class MultimodalEmbeds:
     """Visual-item embeddings (images, video frames) for the image / video pad positions of this step's tokens.

@@ -40,12 +40,16 @@ class TextAttention(nn.Module):
     def forward(self, x: torch.Tensor, positions: torch.Tensor, ctx: AttentionContext, rope) -> torch.Tensor:
         T = x.shape[0]  # x: [T, hidden]
         q, k, v = self.qkv_proj(x).split(self.qkv_proj.sizes, dim=-1)
-        # per-head q/k RMSNorm and the interleaved MRoPE in one launch, read from the strided qkv views
-        q, k = kernels.qk_norm_mrope(q.reshape(T, self.num_heads, self.head_dim),
-                                     k.reshape(T, self.num_kv_heads, self.head_dim), self.q_norm.weight,
-                                     self.k_norm.weight, self.q_norm.eps, positions, rope.cache, rope.section,
-                                     True)  # [T, Hq, D], [T, Hk, D], contiguous
-        v = v.reshape(T, self.num_kv_heads, self.head_dim)  # a strided view: store_kv takes any token/head strides
+        q = q.reshape(T, self.num_heads, self.head_dim)
+        k = k.reshape(T, self.num_kv_heads, self.head_dim)
+        v = v.reshape(T, self.num_kv_heads, self.head_dim)  # strided views: the kernels take any token/head strides
+        norms = (self.q_norm.weight, self.k_norm.weight, self.q_norm.eps, positions, rope.cache, rope.section, True)
+        target = getattr(ctx, "store_target", None)
+        if target is not None:
+            # per-head q/k RMSNorm, the interleaved MRoPE and the KV-cache store of k and v in one launch
+            q = kernels.qk_norm_mrope_store(q, k, v, *norms, *target(self.layer))  # [T, Hq, D] contiguous
+            return self.o_proj(ctx.attend_stored(self.layer, q).reshape(T, -1))
+        q, k = kernels.qk_norm_mrope(q, k, *norms)  # [T, Hq, D], [T, Hk, D], contiguous
         return self.o_proj(ctx.attend(self.layer, q, k, v).reshape(T, -1))
 
 
