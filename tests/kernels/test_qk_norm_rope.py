@@ -84,14 +84,15 @@ def test_gpu_matches_reference(t):
     _check(q, k, qw, kw, pos, cache, [24, 20, 20], True)
 
 
-def _store_case(t, hq, hk, d, dtype, cache_dtype, seed, block_size=4, num_blocks=6):
-    q, k, qw, kw, pos, rope = _case(t, hq, hk, d, dtype, None, seed=seed)
+def _store_case(t, hq, hk, d, dtype, cache_dtype, seed, block_size=4, device="cpu"):
+    q, k, qw, kw, pos, rope = _case(t, hq, hk, d, dtype, None, seed=seed, device=device)
     g = torch.Generator().manual_seed(seed + 100)
-    v = torch.randn(t, 3 * hk * d, generator=g).to(dtype)[:, hk * d:2 * hk * d].reshape(t, hk, d)  # a qkv-like view
+    v = torch.randn(t, 3 * hk * d, generator=g).to(device, dtype)[:, hk * d:2 * hk * d].reshape(t, hk, d)  # qkv-like
+    num_blocks = t // block_size + 2
     slots = torch.randperm(num_blocks * block_size, generator=g)[:t]
     slots[t // 2] = -1  # one token that stores nothing (CUDA-graph padding)
-    kv = torch.randn(num_blocks, 2, block_size, hk, d, generator=g).to(cache_dtype)
-    return q, k, v, qw, kw, pos, rope, kv, slots
+    kv = torch.randn(num_blocks, 2, block_size, hk, d, generator=g).to(device, cache_dtype)
+    return q, k, v, qw, kw, pos, rope, kv, slots.to(device)
 
 
 @pytest.mark.usefixtures("interpreter")
@@ -105,7 +106,19 @@ def _store_case(t, hq, hk, d, dtype, cache_dtype, seed, block_size=4, num_blocks
 def test_store_variant_equals_norm_rope_then_store_kv(dtype, cache_dtype, t, hq, hk, d, section, block_h):
     """The fused store gives q and the cache bit for bit as the two kernels it replaces, touches no slot but the
     given ones, and skips negative slots."""
-    q, k, v, qw, kw, pos, rope, kv, slots = _store_case(t, hq, hk, d, dtype, cache_dtype, seed=t * 3 + hk)
+    _check_store(_store_case(t, hq, hk, d, dtype, cache_dtype, seed=t * 3 + hk), section, block_h)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("t", [1, 8, 333])
+def test_gpu_store_variant_equals_norm_rope_then_store_kv(t):
+    _check_store(_store_case(t, 32, 4, 128, torch.bfloat16, torch.bfloat16, seed=t, block_size=16, device="cuda"),
+                 [24, 20, 20], 4)
+
+
+def _check_store(case, section, block_h):
+    q, k, v, qw, kw, pos, rope, kv, slots = case
+    hk, d = k.shape[1], k.shape[2]
     want_kv = kv.clone()
     want_q, ko = qk_norm_mrope(q, k, qw, kw, 1e-6, pos, rope, section, True, impl="triton", block_h=block_h)
     store_kv(ko, v, want_kv, slots, impl="triton")
@@ -115,7 +128,7 @@ def test_store_variant_equals_norm_rope_then_store_kv(dtype, cache_dtype, t, hq,
     assert got_q.is_contiguous() and got_q.dtype == want_q.dtype
     assert torch.equal(got_q, want_q)
     assert torch.equal(got_kv, want_kv)
-    untouched = torch.ones(kv.shape[0] * kv.shape[2], dtype=torch.bool)
+    untouched = torch.ones(kv.shape[0] * kv.shape[2], dtype=torch.bool, device=kv.device)
     untouched[slots[slots >= 0]] = False
     flat = lambda c: c.transpose(1, 2).reshape(-1, 2, hk, d)  # noqa: E731  [slots, 2, Hk, D]
     assert torch.equal(flat(got_kv)[untouched], flat(kv)[untouched])
@@ -125,8 +138,8 @@ def test_store_variant_equals_norm_rope_then_store_kv(dtype, cache_dtype, t, hq,
     ref_kv = kv.clone()
     ref_q = qk_norm_mrope_store(q, k, v, qw, kw, 1e-6, pos, rope, section, True, ref_kv, slots, impl="reference")
     torch.testing.assert_close(got_q, ref_q, **TOL[ref_q.dtype])
-    torch.testing.assert_close(got_kv, ref_kv, **TOL[torch.bfloat16 if torch.bfloat16 in (dtype, cache_dtype)
-                                                     else torch.float32])
+    low = torch.bfloat16 in (q.dtype, kv.dtype)
+    torch.testing.assert_close(got_kv, ref_kv, **TOL[torch.bfloat16 if low else torch.float32])
 
 
 def test_store_variant_checks_the_cache():
