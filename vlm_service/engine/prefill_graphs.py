@@ -87,7 +87,8 @@ class PrefillGraphs:
         self.embeds = torch.zeros(big, s.hidden_size, dtype=dt, device=dev)
         self.pos = torch.zeros(3, big, dtype=torch.long, device=dev)
         self.slots = torch.full((big,), -1, dtype=torch.long, device=dev)
-        self.deep = [torch.zeros(big, s.hidden_size, dtype=dt, device=dev) for _ in range(self.model.deepstack_layers())]
+        self.deep = [torch.zeros(big, s.hidden_size, dtype=dt, device=dev)
+                     for _ in range(self.model.deepstack_layers())]
         self.q = torch.zeros(big, s.num_heads, s.head_dim, dtype=dt, device=dev)
         self.att = torch.zeros(big, s.num_heads, s.head_dim, dtype=dt, device=dev)
         self._deep_dirty = False
