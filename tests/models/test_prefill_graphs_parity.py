@@ -172,3 +172,76 @@ def test_unsupported_models(model):
 
     assert not supports_prefill_graphs(NoStaticInputs())
     assert not supports_prefill_graphs(Split(model))
+
+
+class _FakeGraph:
+    """Stands in for torch.cuda.CUDAGraph on the CPU: records capture_begin / capture_end / replay."""
+
+    events: list = []
+
+    def __init__(self):
+        self.i = sum(1 for e in self.events if e[0] == "new")
+        self.events.append(("new", self.i))
+
+    def capture_begin(self, pool=None):
+        assert pool == "pool"
+        self.events.append(("begin", self.i))
+
+    def capture_end(self):
+        self.events.append(("end", self.i))
+
+    def replay(self):
+        self.events.append(("replay", self.i))
+
+
+class _FakeStream:
+    def __init__(self, *a, **k):
+        pass
+
+    def wait_stream(self, other):
+        pass
+
+    def synchronize(self):
+        pass
+
+
+def test_capture_cuts_once_per_layer_and_replay_interleaves_the_attention(model, monkeypatch):
+    """The CUDA path's sequencing with fake graphs: per bucket L + 1 pieces, each begun and ended once, cut in layer
+    order; a step replays piece 0, then per layer the attention and the next piece."""
+    import contextlib
+
+    _FakeGraph.events = events = []
+    for name, value in (("CUDAGraph", _FakeGraph), ("graph_pool_handle", lambda: "pool"), ("Stream", _FakeStream),
+                        ("current_stream", lambda *a: _FakeStream()), ("stream", lambda s: contextlib.nullcontext()),
+                        ("synchronize", lambda *a: None), ("mem_get_info", lambda *a: (0, 0))):
+        monkeypatch.setattr(torch.cuda, name, value)
+    runner = ModelRunner(model, EngineConfig(block_size=BS, num_blocks=128, cuda_graphs=False), "cpu", 128)
+    pg = PrefillGraphs(runner, MAX)
+    layers = model.spec.num_layers
+    assert sorted(pg.pieces) == [128, 256, 300]
+    first = 0
+    for bs in (300, 256, 128):  # largest first
+        assert len(pg.pieces[bs]) == layers + 1 and pg.order[bs] == list(range(layers))
+        assert pg.outputs[bs].shape == (bs, model.spec.hidden_size)
+        ids = [g.i for g in pg.pieces[bs]]
+        assert ids == list(range(first, first + layers + 1))
+        want = [("new", ids[0]), ("begin", ids[0])]
+        for i in ids[1:]:
+            want += [("end", i - 1), ("new", i), ("begin", i)]
+        got = [e for e in events if e[1] in ids]
+        assert got == want + [("end", ids[-1])]
+        first += layers + 1
+    attend = pg._attend
+    monkeypatch.setattr(pg, "_attend", lambda a, layer, n: events.append(("attend", layer)) or attend(a, layer, n))
+    del events[:]
+    seq = _Seq(model, 5, 200, image_at=10)
+    ids, pos, layout, mm = _inputs([(seq, 0, 200)])
+    hidden = pg.run(ids, pos, layout, mm)
+    assert hidden.shape == (200, model.spec.hidden_size) and hidden.data_ptr() == pg.outputs[256].data_ptr()
+    p = [g.i for g in pg.pieces[256]]
+    want = [("replay", p[0])]
+    for layer in range(layers):
+        want += [("attend", layer), ("replay", p[layer + 1])]
+    assert events == want
+    assert torch.equal(pg.slots[200:256], torch.full((56,), -1)) and not pg.embeds[200:256].any()
+    assert all(d[10:10 + seq.image[1].shape[0]].any() for d in pg.deep) and all(not d[:10].any() for d in pg.deep)
