@@ -189,7 +189,10 @@ class PrefillGraphs:
         q, out = self.q[:n], self.att[:n]
         wrapper = getattr(attention, "wrapper", None)
         if wrapper is not None:  # FlashInfer: straight into the static buffer
-            wrapper.run(q, attention.kv_caches[layer], out=out)
+            try:
+                wrapper.run(q, attention.kv_caches[layer], out=out)
+            except TypeError:  # a FlashInfer without run(out=)
+                out.copy_(wrapper.run(q, attention.kv_caches[layer]))
         else:
             out.copy_(attention.attend_stored(layer, q))
 
