@@ -198,6 +198,8 @@ def main() -> None:
                     help="comma-separated subset of vit,prefill,decode,prefill_host")
     ap.add_argument("--host-sizes", type=int, nargs="+", default=[512, 1024], help="image sizes for prefill_host")
     ap.add_argument("--trace-dir", default="", help="prefill_host: write a gzipped Chrome trace per size here")
+    ap.add_argument("--prefill-graph-max-tokens", type=int, default=1024,
+                    help="EngineConfig.prefill_graph_max_tokens (0 = eager prefill steps; an A/B knob)")
     args = ap.parse_args()
     from vlm_service.config import EngineConfig
     from vlm_service.engine.engine import LLMEngine
@@ -214,7 +216,9 @@ def main() -> None:
         if "vit" in phases:
             with torch.inference_mode():
                 result["vit_encode_1024"] = profiled(lambda: model.encode_images(pixels, grid), 5)
-        cfg = EngineConfig(max_num_seqs=64, max_batched_tokens=8192, max_model_len=8192, enable_prefix_cache=False)
+        cfg = EngineConfig(max_num_seqs=64, max_batched_tokens=8192, max_model_len=8192, enable_prefix_cache=False,
+                           prefill_graph_max_tokens=args.prefill_graph_max_tokens)
+        result["prefill_graph_max_tokens"] = args.prefill_graph_max_tokens
         engine = LLMEngine(model, processor.tokenizer, cfg, device)
         if "prefill" in phases:
             result["prefill_1024"] = prefill_profile(engine, processor, 1024)

@@ -55,6 +55,9 @@ class EngineConfig:
     enable_prefix_cache: bool = True
     vision_cache_bytes: int = 256 << 20
     cuda_graphs: bool = True
+    # with cuda_graphs: prefill / mixed steps of up to this many tokens replay piecewise CUDA graphs (cut at every
+    # attention call, engine/prefill_graphs.py); 0 = such steps run eagerly
+    prefill_graph_max_tokens: int = 1024
     overlap_scheduling: bool = True  # read back step N's tokens while step N+1 runs on the device
     # short-first prefill (engine/prefill_policy.py): a request with at most this many prompt tokens left to
     # compute goes before long prefills; 0 = arrival order only
@@ -66,6 +69,8 @@ class EngineConfig:
     def __post_init__(self):
         if self.block_size <= 0 or self.max_num_seqs <= 0 or self.max_batched_tokens <= 0:
             raise ValueError("block_size, max_num_seqs and max_batched_tokens must be positive")
+        if self.prefill_graph_max_tokens < 0:
+            raise ValueError("prefill_graph_max_tokens must be >= 0")
         if min(self.short_prefill_tokens, self.mixed_long_prefill_tokens, self.max_prefill_hold_steps) < 0:
             raise ValueError("short_prefill_tokens, mixed_long_prefill_tokens and max_prefill_hold_steps must be "
                              ">= 0")

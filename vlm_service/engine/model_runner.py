@@ -100,7 +100,7 @@ class ModelRunner:
         # items too big for the vision cache (a long video), kept while the steps that prefill them go on, so each
         # chunk of a chunked prefill does not encode the whole video again
         self._oversize: dict[str, VisionEmbeds] = {}
-        self.planner = self.graphs = None
+        self.planner = self.graphs = self.prefill_graphs = None
         self._planned: torch.cuda.Event | None = None
         self._vision_timers: list[_VisionTimer] = []
         if self.device.type == "cuda" and s.head_dim in FLASHINFER_HEAD_DIMS:
@@ -112,6 +112,7 @@ class ModelRunner:
     def _init_cuda(self) -> None:
         from vlm_service.engine.attention import FlashInferPlanner
         from vlm_service.engine.cuda_graphs import DecodeGraphs
+        from vlm_service.engine.prefill_graphs import make_prefill_graphs
 
         self.planner = FlashInferPlanner(self.device, self.spec, self.dtype, self.block_size)
         if self.cfg.cuda_graphs:
@@ -120,6 +121,7 @@ class ModelRunner:
             except Exception:  # a model that cannot be captured still serves, eagerly
                 log.exception("CUDA graph capture failed; decoding eagerly")
                 self.graphs = None
+            self.prefill_graphs = make_prefill_graphs(self)
 
     # ---- the step --------------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -146,6 +148,8 @@ class ModelRunner:
         rank runs (engine/parallel/ sends these inputs to the workers)."""
         if graphed:
             hidden = self.graphs.run(ids, positions, layout)
+        elif self.prefill_graphs is not None and self.prefill_graphs.fits(ids.shape[0]):
+            hidden = self.prefill_graphs.run(ids, positions, layout, mm)
         else:
             hidden = self.model.forward(ids, positions, self._attention(layout), mm)
         return self.model.compute_logits(hidden[sample_idx]).float()

@@ -113,15 +113,28 @@ class TextModel(nn.Module):
                                     for i in range(cfg["num_hidden_layers"]))
         self.norm = RMSNorm(cfg["hidden_size"], cfg.get("rms_norm_eps", 1e-6))
 
-    def forward(self, input_ids, positions, ctx: AttentionContext, rope, mm: MultimodalEmbeds | None) -> torch.Tensor:
+    def embed(self, input_ids: torch.Tensor, mm: MultimodalEmbeds | None) -> torch.Tensor:
+        """The decoder's input [T, hidden]: token embeddings, visual embeddings at the image-pad rows."""
         h = self.embed_tokens(input_ids)  # [T, hidden]
         if mm is not None and mm.embeds.numel():
             h[mm.where] = mm.embeds.to(h.dtype)  # image embeddings into the image-pad positions, in order
+        return h
+
+    def forward(self, input_ids, positions, ctx: AttentionContext, rope, mm: MultimodalEmbeds | None, *,
+                inputs_embeds: torch.Tensor | None = None,
+                dense_deepstack: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """inputs_embeds [T, hidden] replaces embed(input_ids, mm); dense_deepstack (a list of [T, hidden], zero
+        but at the visual rows) replaces mm.deepstack: static shapes for CUDA graphs (engine/prefill_graphs.py),
+        the same values (adding a zero row changes nothing)."""
+        h = self.embed(input_ids, mm) if inputs_embeds is None else inputs_embeds
         deepstack = (mm.deepstack or []) if mm is not None else []
         residual = None
         for i, layer in enumerate(self.layers):
             h, residual = layer(h, residual, positions, ctx, rope)
-            if i < len(deepstack):
+            if dense_deepstack is not None:
+                if i < len(dense_deepstack):
+                    h = h + dense_deepstack[i]
+            elif i < len(deepstack):
                 # the residual stream is h + residual; adding to h adds to the stream
                 h[mm.where] += deepstack[i].to(h.dtype)
         return self.norm.add(h, residual)[0]
@@ -145,9 +158,21 @@ class VisionLanguageModel(nn.Module):
 
     @torch.no_grad()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: AttentionContext,
-                mm: MultimodalEmbeds | None = None) -> torch.Tensor:
-        """input_ids [T], positions [3, T] -> hidden [T, hidden] after the final norm."""
-        return self.model.language_model(input_ids, positions, ctx, self.rope, mm)
+                mm: MultimodalEmbeds | None = None, *, inputs_embeds: torch.Tensor | None = None,
+                dense_deepstack: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """input_ids [T], positions [3, T] -> hidden [T, hidden] after the final norm (the keyword inputs: see
+        TextModel.forward)."""
+        return self.model.language_model(input_ids, positions, ctx, self.rope, mm, inputs_embeds=inputs_embeds,
+                                          dense_deepstack=dense_deepstack)
+
+    @torch.no_grad()
+    def embed(self, input_ids: torch.Tensor, mm: MultimodalEmbeds | None = None) -> torch.Tensor:
+        """The text decoder's input rows [T, hidden] (TextModel.embed)."""
+        return self.model.language_model.embed(input_ids, mm)
+
+    def deepstack_layers(self) -> int:
+        """How many decoder layers get deepstack features added (Qwen3-VL's deepstack mergers; 0 for Qwen2.5)."""
+        return len(getattr(self.model.visual, "deepstack_indexes", None) or [])
 
     @torch.no_grad()
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

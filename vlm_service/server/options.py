@@ -100,6 +100,9 @@ _FIELD_HELP = {
     "enable_prefix_cache": "reuse the KV of a shared prompt prefix (same text and same images)",
     "vision_cache_bytes": "bytes of image embeddings kept for repeated images (keyed by content hash); 0 = off",
     "cuda_graphs": "replay decode steps as CUDA graphs (CUDA only)",
+    "prefill_graph_max_tokens": "with --cuda-graphs: prefill and mixed steps of up to this many tokens replay "
+                                "piecewise CUDA graphs (eager attention between the pieces; off under tensor "
+                                "parallelism); 0 = eager",
     "overlap_scheduling": "launch step N+1 before step N's tokens are read back (--no-overlap-scheduling: serial)",
     "short_prefill_tokens": "a request with at most this many prompt tokens left to compute is scheduled before "
                             "long prefills (its first token does not wait for a large image's prefill); 0 = "
