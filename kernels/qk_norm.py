@@ -11,14 +11,8 @@ from kernels._dispatch import check, check_float, check_same_device, next_pow2, 
 from kernels.rotary import _check_mrope, _check_qk
 
 
-def qk_norm_mrope(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor, eps: float,
-                  positions: torch.Tensor, cos_sin_cache: torch.Tensor, mrope_section, interleaved: bool,
-                  impl: str = "auto", block_h: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
-    """Out of place: (mrope(rmsnorm(q, q_weight)), mrope(rmsnorm(k, k_weight))), both contiguous.
-
-    q [T, Hq, D], k [T, Hk, D] may be strided views (e.g. of a fused qkv output; unit last stride); weights [D];
-    positions [3, T]; cos_sin_cache [max_pos, D] = [cos | sin]. Outputs in the promoted dtype of q and the weights.
-    Positions must lie in [0, max_pos); the CUDA path does not check them (that would cost a sync)."""
+def _check(q, k, q_weight, k_weight, positions, cos_sin_cache, mrope_section, block_h: int) -> tuple[int, int, int]:
+    """Both launchers' input checks; returns the validated mrope section."""
     _check_qk(q, k)
     section = _check_mrope(q, positions, cos_sin_cache, mrope_section)
     d = q.shape[2]
@@ -28,6 +22,19 @@ def qk_norm_mrope(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor, k_we
     check(block_h >= 1 and block_h & (block_h - 1) == 0, lambda: f"block_h must be a power of two, got {block_h}")
     check_same_device(("q", q), ("k", k), ("q_weight", q_weight), ("k_weight", k_weight),
                       ("positions", positions), ("cos_sin_cache", cos_sin_cache))
+    return section
+
+
+def qk_norm_mrope(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor, eps: float,
+                  positions: torch.Tensor, cos_sin_cache: torch.Tensor, mrope_section, interleaved: bool,
+                  impl: str = "auto", block_h: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Out of place: (mrope(rmsnorm(q, q_weight)), mrope(rmsnorm(k, k_weight))), both contiguous.
+
+    q [T, Hq, D], k [T, Hk, D] may be strided views (e.g. of a fused qkv output; unit last stride); weights [D];
+    positions [3, T]; cos_sin_cache [max_pos, D] = [cos | sin]. Outputs in the promoted dtype of q and the weights.
+    Positions must lie in [0, max_pos); the CUDA path does not check them (that would cost a sync)."""
+    section = _check(q, k, q_weight, k_weight, positions, cos_sin_cache, mrope_section, block_h)
+    d = q.shape[2]
     if not use_triton(impl, q):
         return reference.qk_norm_mrope(q, k, q_weight, k_weight, eps, positions, cos_sin_cache, section,
                                        interleaved)
@@ -55,16 +62,9 @@ def qk_norm_mrope_store(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_wei
     writes k (normalised, rotated) and v [T, Hk, D] into kv_cache [num_blocks, 2, block_size, Hk, D] at the flat
     slots [T] (a negative slot stores nothing). One launch where the unfused pair takes two; the values are
     exactly those of qk_norm_mrope then store_kv."""
-    _check_qk(q, k)
-    section = _check_mrope(q, positions, cos_sin_cache, mrope_section)
+    section = _check(q, k, q_weight, k_weight, positions, cos_sin_cache, mrope_section, block_h)
     d = q.shape[2]
-    for name, w in (("q_weight", q_weight), ("k_weight", k_weight)):
-        check(w.shape == (d,), lambda: f"{name} must have shape ({d},), got {tuple(w.shape)}")
-        check_float(name, w)
-    check(block_h >= 1 and block_h & (block_h - 1) == 0, lambda: f"block_h must be a power of two, got {block_h}")
     kv_store.check_inputs(k, v, kv_cache, slot_mapping)
-    check_same_device(("q", q), ("k", k), ("q_weight", q_weight), ("k_weight", k_weight),
-                      ("positions", positions), ("cos_sin_cache", cos_sin_cache))
     if not use_triton(impl, q):
         qo, ko = reference.qk_norm_mrope(q, k, q_weight, k_weight, eps, positions, cos_sin_cache, section,
                                          interleaved)
