@@ -55,7 +55,7 @@ class PrefillPolicy:
 def _first_new_visual(seq: Sequence) -> int | None:
     """Offset of the first visual span whose item no computed token has reached yet (None: there is none)."""
     start = seq.num_computed_tokens
-    started = {s.item for s in seq.visuals if s.offset < start}
+    started = seq.items_started_before(start)
     for span in seq.visuals:  # in prompt order
         if span.offset >= start and span.item not in started:
             return span.offset

@@ -168,7 +168,10 @@ class Scheduler:
 
     def _age(self, out: SchedulerOutput, budget: _Budget) -> None:
         """Count a mixed step against every long sequence it did not schedule unrestricted (it was held back); one
-        that ran unrestricted (not a mixed step, or it counted as short) starts again from 0."""
+        that ran unrestricted (not a mixed step, or it counted as short) starts again from 0. With the policy off
+        no step is mixed and every count stays 0: nothing to walk."""
+        if not self.policy.enabled:
+            return
         for q in (self.running, self.waiting):
             for seq in q:
                 if id(seq) in budget.unheld:

@@ -113,3 +113,7 @@ class Sequence:
     def visuals_in(self, start: int, end: int) -> list[VisualSpan]:
         """Visual spans whose pad tokens overlap token range [start, end)."""
         return [s for s in self.visuals if s.offset < end and s.end > start]
+
+    def items_started_before(self, offset: int) -> set[int]:
+        """Visual items (by index) with a pad token before `offset`: a chunk from `offset` on starts none of them."""
+        return {s.item for s in self.visuals if s.offset < offset}

@@ -17,7 +17,7 @@ def new_visual_tokens(out: SchedulerOutput) -> int:
     """Visual tokens of the items this step reaches first (what its vision encodes cover, before cache hits)."""
     total = 0
     for c in out.chunks:
-        started = {s.item for s in c.seq.visuals if s.offset < c.start}
+        started = c.seq.items_started_before(c.start)
         fresh = {s.item for s in c.seq.visuals_in(c.start, c.end) if s.item not in started}
         total += sum(s.num_tokens for s in c.seq.visuals if s.item in fresh)
     return total
