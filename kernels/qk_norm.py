@@ -85,7 +85,7 @@ def qk_norm_mrope_store(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_wei
             q, k, v, qo, q_weight, k_weight, positions, cos_sin_cache, c, slot_mapping.contiguous(), hq, hk,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), positions.stride(0),
             positions.stride(1), cos_sin_cache.stride(0), c.stride(0), c.stride(1), c.stride(2), c.stride(3),
-            c.shape[2], eps, k_dtype=getattr(tl, str(k_dtype).removeprefix("torch.")), HALF=d // 2, BLOCK_F=next_pow2(d // 2),
-            BLOCK_H=block_h, S0=section[0], S1=section[1], S2=section[2], INTERLEAVED=bool(interleaved), num_warps=4)
+            c.shape[2], eps, k_dtype=getattr(tl, str(k_dtype).removeprefix("torch.")), HALF=d // 2,
+            BLOCK_F=next_pow2(d // 2), BLOCK_H=block_h, S0=section[0], S1=section[1], S2=section[2],
+            INTERLEAVED=bool(interleaved), num_warps=4)
     return qo
-
