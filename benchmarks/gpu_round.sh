@@ -19,6 +19,13 @@
 #   bash benchmarks/gpu_round.sh s7b     # issue 15: sweep_video_threads.py, then the 8B video TTFT with the
 #                                        # sweep's best AUTO scale ($VLM_VIDEO_DECODE_THREADS_SCALE)           (4.2 min)
 #   bash benchmarks/gpu_round.sh s7c     # issue 15: 7B video TTFT + the video GPU tests                       (5.6 min)
+# Session 9, planned (carry .whlA + vlm_service/_proto; s9a first on a fresh machine, the others right after it):
+#   bash benchmarks/gpu_round.sh s9a     # issue 17: gRPC single-request TTFT, 8B, 1024² JPEG and PNG, GPU preprocessing,
+#                                        # three servers: --prefill-graph-max-tokens 0 / 1024 / 2048 (does the
+#                                        # 1,267-token step lose host time inside the server?), server step logs
+#   bash benchmarks/gpu_round.sh s9b     # issue 17: mixed_load.sh with the prefill graphs on, then off (same build)
+#   bash benchmarks/gpu_round.sh s9c     # issue 14: 30B decode with VLM_DECODE_TENSOR_CORES=0 (its session-8 run timed
+#                                        # out on a fresh machine: run it warm, with room for the JIT build)
 set -o pipefail
 source benchmarks/gpu_env.sh >/dev/null || exit 1
 log() { grep -v "leaked\|nanobind\|^ - \|USDT\|Warning:" | tail -n "$1"; }
@@ -83,5 +90,33 @@ print(min(on, key=lambda r: r['prepare_device']['median_ms'])['scale'])" $OUT/sw
     VIDEO_MODELS=qwen2_5_vl_7b VIDEO_TTFT_PROMPTS=5 VIDEO_TTFT_TIMEOUT_S=220 bash benchmarks/gpu_video.sh ttft
     timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests/processor/test_video_processor_gpu.py \
       tests/processor/test_gpu_video_gpu.py tests/models/test_video_gpu.py 2>&1 | tee $OUT/gpu_tests_video.log | log 12 ;;
-  *) echo "usage: $0 moe|serve|load|http|video|s7a|s7b|s7c" >&2; exit 2 ;;
+  s9a)
+    dir=$(python3 -c "from vlm_service.demo.presets import ensure_preset_dir as e; print(e('/tmp/vlm-state','qwen3_vl_8b'))")
+    ports=()
+    for m in 0 1024 2048; do
+      port=$(python3 -c "from vlm_service.bench.launch import free_port as f; print(f())")
+      python3 -m vlm_service.cli serve --model random:qwen3_vl_8b --preprocess-device cuda --num-blocks 2048 \
+        --vit-attention-backend fa3 --prefill-graph-max-tokens $m --host 127.0.0.1 --port $port --insecure \
+        --log-format json --step-log > $OUT/server_pg$m.log 2>&1 &
+      ports+=(127.0.0.1:$port)
+      deadline=$((SECONDS + 240))
+      until python3 -m vlm_service.cli health --target 127.0.0.1:$port --insecure \
+          --service vlm.v1.VisionLanguageService >/dev/null 2>&1; do
+        [ $SECONDS -ge $deadline ] && { echo "server pg$m not ready" >&2; break; }; sleep 1
+      done
+    done
+    for fmt in jpeg png; do
+      timeout 100 python3 benchmarks/ttft.py --compare "${ports[@]}" --insecure --compare-labels pg0 pg1024 pg2048 \
+        --compare-rounds 2 --num-prompts 12 --max-concurrency 1 --image-resolution 1024x1024 --image-format $fmt \
+        --input-len 60 --output-len 4 --tokenizer $dir --no-plots --result-dir $OUT/ttft_pg_$fmt 2>&1 | log 16
+    done
+    pkill -f "vlm_service.cli serve" ;;
+  s9b)
+    VLM_BENCH_RUN_TIMEOUT=150 timeout 280 bash benchmarks/mixed_load.sh 2>&1 | log 30
+    mkdir -p $OUT/graphs_off && VLM_BENCH_SERVE_ARGS="--prefill-graph-max-tokens 0" OUT=$OUT/graphs_off \
+      VLM_BENCH_RUN_TIMEOUT=150 timeout 280 bash benchmarks/mixed_load.sh 2>&1 | log 30 ;;
+  s9c)
+    VLM_DECODE_TENSOR_CORES=0 timeout 400 python3 benchmarks/bench_decode.py --model random:qwen3_vl_30b_a3b \
+      --vit fa3 --out $OUT/decode_30b_tc0.json 2>&1 | log 12 ;;
+  *) echo "usage: $0 moe|serve|load|http|video|s7a|s7b|s7c|s9a|s9b|s9c" >&2; exit 2 ;;
 esac
