@@ -49,9 +49,9 @@ class TorchPagedAttention:
     def store_target(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.kv_caches[layer], self.layout.slot_mapping
 
-    def attend_stored(self, layer: int, q: torch.Tensor) -> torch.Tensor:
+    def attend_stored(self, layer: int, q: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         cache = self.kv_caches[layer]
-        out = torch.empty_like(q)
+        out = torch.empty_like(q) if out is None else out
         start = 0
         for qlen, ctx, table, mask in zip(self.layout.query_lens, self.layout.context_lens,
                                           self.layout.block_tables, self._masks):
@@ -96,8 +96,8 @@ class FlashInferAttention:
     def store_target(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.kv_caches[layer], self.slot_mapping
 
-    def attend_stored(self, layer: int, q: torch.Tensor) -> torch.Tensor:
-        return self.wrapper.run(q, self.kv_caches[layer])
+    def attend_stored(self, layer: int, q: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        return self.wrapper.run(q, self.kv_caches[layer], out=out)
 
 
 def decode_uses_tensor_cores(spec) -> bool:

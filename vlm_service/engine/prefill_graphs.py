@@ -185,16 +185,8 @@ class PrefillGraphs:
             self._deep_dirty = False
 
     def _attend(self, attention, layer: int, n: int) -> None:
-        """The attention of `layer` over the real rows: q[:n] -> att[:n]."""
-        q, out = self.q[:n], self.att[:n]
-        wrapper = getattr(attention, "wrapper", None)
-        if wrapper is not None:  # FlashInfer: straight into the static buffer
-            try:
-                wrapper.run(q, attention.kv_caches[layer], out=out)
-            except TypeError:  # a FlashInfer without run(out=)
-                out.copy_(wrapper.run(q, attention.kv_caches[layer]))
-        else:
-            out.copy_(attention.attend_stored(layer, q))
+        """The attention of `layer` over the real rows: q[:n] -> att[:n] (the step's context writes it there)."""
+        attention.attend_stored(layer, self.q[:n], out=self.att[:n])
 
     def run(self, ids: torch.Tensor, positions: torch.Tensor, layout, mm) -> torch.Tensor:
         """ids [n], positions [3, n], the step's layout and visual embeddings -> hidden [n, hidden]."""

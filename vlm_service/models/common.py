@@ -23,12 +23,13 @@ class AttentionContext(Protocol):
 class StoringAttentionContext(AttentionContext, Protocol):
     """A context that lets the model write k/v into its cache itself (a kernel that fuses the store into the op
     making k, e.g. kernels.qk_norm_mrope_store): `store_target(layer)` -> (kv_cache [num_blocks, 2, block_size,
-    Hk, D], slot_mapping [T]); `attend_stored(layer, q)` then attends as `attend` would, with k/v already stored."""
+    Hk, D], slot_mapping [T]); `attend_stored(layer, q)` then attends as `attend` would, with k/v already stored
+    (into `out` [T, Hq, D] when given: a static buffer of engine/prefill_graphs.py)."""
 
     def store_target(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         ...
 
-    def attend_stored(self, layer: int, q: torch.Tensor) -> torch.Tensor:
+    def attend_stored(self, layer: int, q: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         ...
 
 
